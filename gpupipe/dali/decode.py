@@ -1,0 +1,177 @@
+"""The DALI decode pipeline: encoded bytes -> RGB pixels + a 32x32 grayscale thumb.
+
+This package is the only place that imports ``nvidia.dali``.  The same
+pipeline definition runs on the CPU (``device_id=None``, ``cpu`` decoder) or
+the GPU (``mixed`` decoder, GPU resize); `gpupipe.device.Device` decides.
+
+Bytes are fed through ``external_source`` (the hash stage has already read
+them to hash them, so they are not read twice).  The pipeline runs
+synchronously (not pipelined) so that a file that fails to decode is reported
+with its own batch: DALI then invalidates the pipeline, so `Decoder` rebuilds
+it and decodes that batch one file at a time to tell the bad file(s) from the
+good ones.  Files are screened by `gpupipe.io.sniff` first, so this slow path
+is rare.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gpupipe.device import Device
+
+try:  # keep the import error for a clear message at setup() time
+    from nvidia.dali import fn, pipeline_def, types
+
+    _DALI_ERROR: Exception | None = None
+except Exception as e:  # pragma: no cover - exercised only without DALI
+    _DALI_ERROR = e
+
+THUMB = 32
+
+
+class DaliMissing(RuntimeError):
+    pass
+
+
+def dali_version() -> str | None:
+    try:
+        import nvidia.dali as dali
+
+        return dali.__version__
+    except Exception:
+        return None
+
+
+@dataclass
+class Decoded:
+    """One decoded batch, on the decode device.
+
+    rgb_groups: list of (positions, images) where images is a (b, H, W, 3) uint8
+        xp array of same-shape images and positions their indices in the batch.
+    thumbs: (B_ok, 32, 32) uint8 xp array, grayscale, for the positions in ``ok``.
+    ok: positions (into the fed batch) that decoded.
+    errors: position -> decoder message, for the ones that did not.
+    """
+
+    rgb_groups: list[tuple[np.ndarray, Any]]
+    thumbs: Any
+    ok: np.ndarray
+    errors: dict[int, str] = field(default_factory=dict)
+
+
+class Decoder:
+    """Decode batches of encoded images with DALI on the resolved device.
+
+    Heavy state (the DALI pipeline) is built in `setup`, not in the constructor.
+    """
+
+    def __init__(self, device: Device, *, batch_size: int = 256, num_threads: int | None = None):
+        self.device = device
+        self.batch_size = int(batch_size)
+        self.num_threads = num_threads
+        self._pipe = None
+
+    def setup(self) -> "Decoder":
+        if _DALI_ERROR is not None:
+            raise DaliMissing(
+                "NVIDIA DALI is not installed: install gpupipe with one of the extras "
+                "[cpu], [cuda12] or [cuda13] (e.g. pip install 'gpupipe[cpu]'). "
+                f"Import error: {_DALI_ERROR}"
+            )
+        self._pipe = self._build()
+        return self
+
+    def _build(self):
+        dev = self.device
+        threads = self.num_threads or max(1, min(os.cpu_count() or 1, 8))
+        gpu = dev.decoder == "mixed"
+
+        @pipeline_def(
+            batch_size=self.batch_size, num_threads=threads, device_id=dev.dali_device_id,
+            exec_async=False, exec_pipelined=False, prefetch_queue_depth=1,
+        )
+        def _pipeline():
+            enc = fn.external_source(name="encoded", dtype=types.UINT8, device="cpu")
+            rgb = fn.decoders.image(enc, device="mixed" if gpu else "cpu", output_type=types.RGB)
+            gray = fn.color_space_conversion(rgb, image_type=types.RGB, output_type=types.GRAY)
+            thumb = fn.resize(gray, size=[THUMB, THUMB], antialias=True, dtype=types.UINT8)
+            return rgb, thumb
+
+        pipe = _pipeline()
+        pipe.build()
+        return pipe
+
+    def _run(self, encoded: list[np.ndarray]):
+        self._pipe.feed_input("encoded", encoded)
+        return self._pipe.run()
+
+    def decode(self, encoded: list[np.ndarray]) -> Decoded:
+        """Decode up to ``batch_size`` encoded files (1-D uint8 numpy arrays)."""
+        if self._pipe is None:
+            self.setup()
+        n = len(encoded)
+        try:
+            rgb, thumb = self._run(encoded)
+            return self._collect(rgb, thumb, np.arange(n))
+        except RuntimeError:
+            # One bad file fails the whole batch and invalidates the pipeline:
+            # rebuild and isolate the bad ones.
+            self._pipe = self._build()
+        oks, rgbs, thumbs, errors = [], [], [], {}
+        for i, e in enumerate(encoded):
+            try:
+                rgb, thumb = self._run([e])
+            except RuntimeError as err:
+                errors[i] = _short(err)
+                self._pipe = self._build()
+                continue
+            d = self._collect(rgb, thumb, np.array([i]))
+            oks.append(i)
+            rgbs.extend(d.rgb_groups)
+            thumbs.append(d.thumbs)
+        xp = self.device.xp
+        th = xp.concatenate(thumbs) if thumbs else xp.zeros((0, THUMB, THUMB), xp.uint8)
+        return Decoded(_regroup(rgbs, xp), th, np.asarray(oks, dtype=np.int64), errors)
+
+    def _collect(self, rgb, thumb, positions: np.ndarray) -> Decoded:
+        xp = self.device.xp
+        thumbs = _as_xp(thumb.as_tensor(), xp).reshape(len(positions), THUMB, THUMB)
+        if rgb.is_dense_tensor():
+            groups = [(positions, _as_xp(rgb.as_tensor(), xp))]
+        else:
+            items = [_as_xp(rgb[i], xp) for i in range(len(positions))]
+            groups = _regroup([(positions[i:i + 1], it[None]) for i, it in enumerate(items)], xp)
+        return Decoded(groups, thumbs, positions)
+
+
+def _as_xp(t, xp):
+    """A DALI tensor -> xp array.  CPU: a numpy copy; GPU: a CuPy copy (DALI
+    reuses its buffers on the next run)."""
+    if xp is np:
+        return np.array(t)
+    return xp.array(t, copy=True)  # TensorGPU exposes __cuda_array_interface__
+
+
+def _regroup(groups: list[tuple[np.ndarray, Any]], xp) -> list[tuple[np.ndarray, Any]]:
+    """Merge (positions, images) groups of equal image shape into one each."""
+    by_shape: dict[tuple, list] = {}
+    for pos, imgs in groups:
+        by_shape.setdefault(tuple(imgs.shape[1:]), []).append((pos, imgs))
+    out = []
+    for parts in by_shape.values():
+        pos = np.concatenate([p for p, _ in parts])
+        imgs = parts[0][1] if len(parts) == 1 else xp.concatenate([i for _, i in parts])
+        out.append((pos, imgs))
+    return out
+
+
+def _short(err: Exception) -> str:
+    msg = str(err)
+    for line in msg.splitlines():
+        if "nvImageCodec" in line or "Unsupported" in line or "failed" in line.lower():
+            return line.strip()[:200]
+    return msg.splitlines()[0][:200] if msg else type(err).__name__

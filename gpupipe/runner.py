@@ -1,0 +1,181 @@
+"""Runs the stages in order over one ledger and writes the run directory.
+
+The runner knows the order of stages, checks each stage's column contract
+(what it reads is there before; what it adds is there after, with the declared
+dtypes), hands per-partition work to an executor, and writes
+``RUN_DIR/ledger.parquet`` and ``RUN_DIR/summary.json`` atomically.  It knows
+nothing about hashes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+
+from gpupipe import __version__, schema
+from gpupipe.device import Device, DeviceRequest, resolve_device
+from gpupipe.scale.executor import make_executor, threads_per_worker
+from gpupipe.stages import dedup as dedup_stage
+from gpupipe.stages import hashing
+from gpupipe.stages.ingest import ingest
+from gpupipe.table import Ledger, write_npy_atomic, write_parquet_atomic, write_text_atomic
+
+LEDGER = "ledger.parquet"
+THUMBS = "thumbs.npy"        # (N, 32, 32) uint8 grayscale, aligned with the ledger's rows
+SUMMARY = "summary.json"
+
+
+@dataclass(frozen=True)
+class DedupOptions:
+    device: DeviceRequest = "auto"
+    max_distance: int | None = None
+    max_thumb_distance: float | None = None
+    verify: bool = True
+    workers: int | None = None
+    scheduler: str | None = None
+    batch_size: int = 256
+    partition_rows: int | None = None   # None: about 4 partitions per worker, at most 16384 rows
+    seed: int = 0
+
+
+@dataclass
+class RunSummary:
+    source: str
+    run_dir: str
+    device: str
+    executor: str
+    layout: str
+    rows: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, Any] = field(default_factory=dict)
+    max_distance: int = 0
+    max_thumb_distance: float | None = None
+    versions: dict[str, Any] = field(default_factory=dict)
+
+    def images_per_second(self) -> dict[str, float]:
+        return {k: (self.rows / v if v > 0 else float("inf")) for k, v in self.seconds.items()}
+
+
+def _check(frame, stage: str, when: str) -> None:
+    cols = schema.columns(stage)
+    missing = [c.name for c in cols if c.name not in frame.columns]
+    if missing:
+        raise RuntimeError(f"stage {stage!r} {when}: columns {missing} are missing")
+
+
+def _partitions(table: pa.Table, rows: int) -> list[pa.Table]:
+    return [table.slice(i, rows) for i in range(0, table.num_rows, rows)] or [table]
+
+
+def run_dedup(
+    src: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    options: DedupOptions = DedupOptions(),
+    *,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> RunSummary:
+    """ingest -> hash (per partition) -> dedup; writes the ledger and summary.
+
+    ``progress(stage, done, total)`` is called as partitions finish.
+    """
+    t_all = time.perf_counter()
+    run_dir = Path(run_dir)
+    src = Path(src)
+    device: Device = resolve_device(options.device)
+    ledger = Ledger(device)
+    seconds: dict[str, float] = {}
+
+    t = time.perf_counter()
+    ing = ingest(src)
+    seconds["ingest"] = time.perf_counter() - t
+    n = ing.table.num_rows
+
+    t = time.perf_counter()
+    with make_executor(workers=options.workers, scheduler=options.scheduler, gpu=device.is_gpu) as ex:
+        per_part = options.partition_rows or max(256, min(16384, -(-n // (4 * ex.n_workers))))
+        dali_threads = None if ex.name == "in-process" else threads_per_worker(ex.n_workers)
+        config = hashing.HashConfig(device=device.kind, batch_size=options.batch_size, dali_threads=dali_threads)
+        parts = _partitions(ing.table.select([schema.SAMPLE_ID, schema.PATH]), per_part)
+        done = [0]
+
+        def on_done(result) -> None:
+            done[0] += result[0].num_rows
+            if progress is not None:
+                progress("hash", done[0], n)
+
+        results = ex.map(hashing.hash_partition, parts, config, on_done=on_done)
+        executor_name = ex.name
+    hashed = pa.concat_tables([r[0] for r in results])
+    thumbs = np.concatenate([r[2] for r in results]) if results else np.zeros((0, 32, 32), np.uint8)
+    counts = results[0][1]
+    for r in results[1:]:
+        counts = counts.add(r[1])
+    seconds["hash"] = time.perf_counter() - t
+
+    joined = ing.table
+    for name in hashed.column_names[1:]:
+        joined = joined.append_column(hashed.schema.field(name), hashed.column(name))
+    frame = ledger.from_arrow(joined)
+    _check(frame, "ingest", "output")
+    _check(frame, "hash", "output")
+
+    t = time.perf_counter()
+    cfg = dedup_stage.DedupConfig(max_distance=options.max_distance, max_thumb_distance=options.max_thumb_distance,
+                                  verify=options.verify, seed=options.seed)
+    frame, dstats = dedup_stage.dedup(frame, ledger, cfg, thumbs=thumbs)
+    _check(frame, "dedup", "output")
+    seconds["dedup"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    out = ledger.to_arrow(frame).cast(schema.arrow_schema("ingest", "hash", "dedup"))
+    write_parquet_atomic(out, run_dir / LEDGER)
+    write_npy_atomic(thumbs, run_dir / THUMBS)
+    seconds["write"] = time.perf_counter() - t
+    seconds["total"] = time.perf_counter() - t_all
+
+    summary = RunSummary(
+        source=str(src.absolute()), run_dir=str(run_dir.absolute()),
+        device=device.kind + (f" ({device.note})" if device.note else ""),
+        executor=executor_name, layout=ing.layout, rows=n, seconds=seconds,
+        counts={"hash_stage": asdict(counts), "dedup_stage": asdict(dstats), "skipped_non_images": ing.skipped_non_images, **_counts(out)},
+        max_distance=cfg.resolved_distance(),
+        max_thumb_distance=cfg.resolved_thumb_distance() if cfg.verify else None, versions=_versions(),
+    )
+    write_text_atomic(json.dumps(asdict(summary), indent=2, default=str), run_dir / SUMMARY)
+    return summary
+
+
+def _counts(t: pa.Table) -> dict[str, Any]:
+    import pyarrow.compute as pc
+
+    def col(name):
+        return t.column(name)
+
+    kinds = pc.value_counts(col(schema.DEDUP_KIND)).to_pylist()
+    reasons = pc.value_counts(col(schema.INVALID_REASON)).to_pylist()
+    non_unique = pc.and_(pc.greater(col(schema.DEDUP_GROUP_SIZE), 1), col(schema.DEDUP_KEEP))
+    return {
+        "invalid": int(pc.sum(col(schema.IS_INVALID)).as_py() or 0),
+        "invalid_by_reason": {r["values"]: r["counts"] for r in reasons if r["values"] is not None},
+        "kept": int(pc.sum(col(schema.DEDUP_KEEP)).as_py() or 0),
+        "duplicates": int(pc.sum(pc.is_valid(col(schema.DEDUP_DUPLICATE_OF))).as_py() or 0),
+        "duplicate_groups": int(pc.sum(non_unique).as_py() or 0),
+        "duplicates_by_kind": {k["values"]: k["counts"] for k in kinds if k["values"] is not None},
+        "label_conflict_groups": int(pc.sum(pc.and_(col(schema.DEDUP_LABEL_CONFLICT), col(schema.DEDUP_KEEP))).as_py() or 0),
+        "split_leak_groups": int(pc.sum(pc.and_(col(schema.DEDUP_SPLIT_LEAK), col(schema.DEDUP_KEEP))).as_py() or 0),
+    }
+
+
+def _versions() -> dict[str, Any]:
+    from gpupipe.dali.decode import dali_version
+
+    return {"gpupipe": __version__, "python": sys.version.split()[0], "dali": dali_version(),
+            "pyarrow": pa.__version__}

@@ -1,0 +1,107 @@
+"""Every column of the per-sample ledger: its name, Arrow dtype and owning stage.
+
+One row per sample.  Stages add columns; they never rename or drop another
+stage's columns.  Column names carry their owning stage as a prefix
+(``hash_*``, ``dedup_*``) except the ingest identity columns.  Other modules
+refer to columns through the constants here, never through string literals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    dtype: pa.DataType
+    doc: str
+    nullable: bool = True
+
+
+def _cols(*cols: Column) -> tuple[Column, ...]:
+    return cols
+
+
+# --- ingest: identity of each sample -------------------------------------------------
+SAMPLE_ID = "sample_id"
+PATH = "path"
+REL_PATH = "rel_path"
+LABEL = "label"
+SPLIT = "split"
+FILE_BYTES = "ingest_file_bytes"
+
+INGEST = _cols(
+    Column(SAMPLE_ID, pa.int64(), "stable id: xxh3-64 of rel_path, as signed int64", False),
+    Column(PATH, pa.string(), "absolute path of the source file (read-only)", False),
+    Column(REL_PATH, pa.string(), "path relative to the source root, POSIX separators", False),
+    Column(LABEL, pa.string(), "class label as given by the source"),
+    Column(SPLIT, pa.string(), "split as given by the source (train/val/test), null if none"),
+    Column(FILE_BYTES, pa.int64(), "file size in bytes at ingest time; null if it could not be stat'ed"),
+)
+
+# --- hash: per-partition work (read, sniff, decode, hash) ------------------------------
+IMAGE_FORMAT = "hash_format"
+IMAGE_WIDTH = "hash_width"
+IMAGE_HEIGHT = "hash_height"
+IS_INVALID = "is_invalid_issue"
+INVALID_REASON = "invalid_reason"
+BYTES_HASH = "hash_bytes"
+PIXELS_HASH = "hash_pixels"
+PHASH = "hash_phash"
+
+HASH = _cols(
+    Column(IMAGE_FORMAT, pa.string(), "format from the file header (png, jpeg, bmp, tiff, webp, gif)"),
+    Column(IMAGE_WIDTH, pa.int32(), "width in pixels from the header"),
+    Column(IMAGE_HEIGHT, pa.int32(), "height in pixels from the header"),
+    Column(IS_INVALID, pa.bool_(), "true when the file is not a usable image", False),
+    Column(INVALID_REASON, pa.string(), "why the file is invalid (see gpupipe.io.sniff), null if valid"),
+    Column(BYTES_HASH, pa.string(), "xxh3-128 of the file bytes, hex; null for unreadable files"),
+    Column(PIXELS_HASH, pa.string(), "128-bit hash of the decoded RGB pixels and shape, hex"),
+    Column(PHASH, pa.uint64(), "64-bit DCT perceptual hash of the decoded image"),
+)
+
+# --- dedup: global grouping over the hash columns -----------------------------------
+DEDUP_GROUP = "dedup_group"
+DEDUP_DUPLICATE_OF = "dedup_duplicate_of"
+DEDUP_KIND = "dedup_kind"
+DEDUP_DISTANCE = "dedup_distance"
+DEDUP_GROUP_SIZE = "dedup_group_size"
+DEDUP_KEEP = "dedup_keep"
+DEDUP_LABEL_CONFLICT = "is_label_conflict_issue"
+DEDUP_SPLIT_LEAK = "is_split_leak_issue"
+
+# dedup_kind values: how a row relates to its group's representative.
+KIND_UNIQUE = "unique"            # group of one
+KIND_REPRESENTATIVE = "representative"
+KIND_BYTES = "bytes"              # identical file bytes to the representative
+KIND_PIXELS = "pixels"            # identical decoded pixels, different bytes
+KIND_NEAR = "near"                # joined through perceptual-hash neighbours
+DEDUP_KINDS = (KIND_UNIQUE, KIND_REPRESENTATIVE, KIND_BYTES, KIND_PIXELS, KIND_NEAR)
+
+DEDUP = _cols(
+    Column(DEDUP_GROUP, pa.int64(), "sample_id of the group's representative; null for invalid rows"),
+    Column(DEDUP_DUPLICATE_OF, pa.int64(), "sample_id this row duplicates; null for kept rows"),
+    Column(DEDUP_KIND, pa.string(), "one of DEDUP_KINDS; null for invalid rows"),
+    Column(DEDUP_DISTANCE, pa.int16(), "pHash Hamming distance to the representative (0..64)"),
+    Column(DEDUP_GROUP_SIZE, pa.int32(), "number of rows in the group (1 for unique)"),
+    Column(DEDUP_KEEP, pa.bool_(), "true for the one row kept per group; false for duplicates and invalid rows", False),
+    Column(DEDUP_LABEL_CONFLICT, pa.bool_(), "the group holds more than one distinct label", False),
+    Column(DEDUP_SPLIT_LEAK, pa.bool_(), "the group spans more than one split", False),
+)
+
+STAGES: dict[str, tuple[Column, ...]] = {"ingest": INGEST, "hash": HASH, "dedup": DEDUP}
+
+
+def columns(*stages: str) -> tuple[Column, ...]:
+    return tuple(c for s in stages for c in STAGES[s])
+
+
+def arrow_schema(*stages: str) -> pa.Schema:
+    return pa.schema([pa.field(c.name, c.dtype, c.nullable) for c in columns(*stages)])
+
+
+def names(*stages: str) -> list[str]:
+    return [c.name for c in columns(*stages)]

@@ -1,0 +1,197 @@
+"""Hash stage: the per-partition work (read, sniff, decode, hash).
+
+For each row of a partition, cheapest first:
+1. read the file and hash its bytes (xxh3-128) -- stage 1 of dedup;
+2. sniff the header: format, dimensions, and the obvious invalid files
+   (empty, not an image, truncated, absurd dimensions) -- never decoded;
+3. decode with DALI only the first file of each distinct byte hash in the
+   partition; its byte twins get its results without decoding again;
+4. from the decoded pixels: the exact pixel hash (stage 2) and the 64-bit
+   pHash (stage 3), both on the decode device.
+
+A partition is streamed in chunks, so memory stays bounded whatever its size.
+The output depends only on the files, never on partitioning or device
+(a twin's hashes are what its own decode would give).
+
+Reads: sample_id, path.  Adds: `schema.HASH`.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import xxhash
+
+from gpupipe import schema
+from gpupipe.device import Device, DeviceRequest, resolve_device
+from gpupipe.hashing.phash import DCT_SIZE as THUMB
+from gpupipe.hashing.phash import phash
+from gpupipe.hashing.pixels import pixel_hash, to_hex
+from gpupipe.io.sniff import sniff
+
+READS = (schema.SAMPLE_ID, schema.PATH)
+UNREADABLE = "unreadable"
+UNDECODABLE = "undecodable"
+OUTPUT_SCHEMA = pa.schema([pa.field(schema.SAMPLE_ID, pa.int64(), False), *schema.arrow_schema("hash")])
+
+
+@dataclass(frozen=True)
+class HashConfig:
+    device: DeviceRequest = "auto"
+    batch_size: int = 256
+    dali_threads: int | None = None     # None: the decode process's cores, up to 8
+    io_threads: int = 4
+    max_pixels: int = 178_956_970       # Pillow's decompression-bomb limit
+    min_side: int = 1
+
+
+@dataclass
+class HashCounts:
+    rows: int = 0
+    read: int = 0
+    invalid: int = 0
+    byte_twins: int = 0     # settled by stage 1, not decoded
+    decoded: int = 0
+    # seconds spent, summed over partitions (CPU seconds of each worker)
+    s_read: float = 0.0     # reading files + xxh3 of their bytes (stage 1)
+    s_sniff: float = 0.0
+    s_decode: float = 0.0   # DALI decode + 32x32 gray thumbs
+    s_pixels: float = 0.0   # exact pixel hash (stage 2)
+    s_phash: float = 0.0    # DCT pHash (stage 3)
+
+    def add(self, other: "HashCounts") -> "HashCounts":
+        return HashCounts(*(a + b for a, b in zip(vars(self).values(), vars(other).values())))
+
+
+@functools.lru_cache(maxsize=4)
+def _decoder(config: HashConfig):
+    """One DALI decoder per process and configuration (built on first use)."""
+    from gpupipe.dali.decode import Decoder
+
+    device = resolve_device(config.device)
+    return Decoder(device, batch_size=config.batch_size, num_threads=config.dali_threads).setup()
+
+
+def _read(path: str) -> bytes | OSError:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as e:
+        return e
+
+
+def hash_partition(
+    part: pa.Table, config: HashConfig, progress: Callable[[int], None] | None = None
+) -> tuple[pa.Table, HashCounts, np.ndarray]:
+    """Run the hash stage over one partition (an Arrow table with `READS`).
+
+    Returns an Arrow table with ``sample_id`` and the `schema.HASH` columns, in
+    the partition's row order; the work counts; and the (n, 32, 32) uint8
+    grayscale thumbnails (zeros for invalid rows), kept outside the ledger
+    (`gpupipe.runner` writes them to ``thumbs.npy``) for near-duplicate checks.
+    """
+    decoder = _decoder(config)
+    device: Device = decoder.device
+    n = part.num_rows
+    ids = part.column(schema.SAMPLE_ID).to_numpy()
+    paths = part.column(schema.PATH).to_pylist()
+    out = {
+        "fmt": [None] * n, "w": [None] * n, "h": [None] * n, "reason": [None] * n,
+        "bytes": [None] * n, "pixels": [None] * n, "phash": [None] * n,
+    }
+    settled: dict[str, tuple] = {}      # byte hash -> (pixel hex, phash, thumb, error)
+    thumbs = np.zeros((n, THUMB, THUMB), dtype=np.uint8)
+    counts = HashCounts(rows=n)
+    chunk = max(1, config.batch_size * 4)
+    with ThreadPoolExecutor(max_workers=config.io_threads) as pool:
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            t0 = time.perf_counter()
+            datas = list(pool.map(_read, paths[start:stop]))
+            t_sniff = 0.0
+            to_decode: list[tuple[int, str, np.ndarray]] = []
+            waiting: list[tuple[int, str]] = []
+            pending: set[str] = set()
+            for i, data in zip(range(start, stop), datas):
+                if isinstance(data, OSError):
+                    out["reason"][i] = UNREADABLE
+                    continue
+                counts.read += 1
+                bh = xxhash.xxh3_128_hexdigest(data)
+                out["bytes"][i] = bh
+                t1 = time.perf_counter()
+                s = sniff(data, max_pixels=config.max_pixels, min_side=config.min_side)
+                t_sniff += time.perf_counter() - t1
+                out["fmt"][i], out["w"][i], out["h"][i] = s.format, s.width, s.height
+                if s.invalid_reason is not None:
+                    out["reason"][i] = s.invalid_reason
+                elif bh in settled or bh in pending:
+                    waiting.append((i, bh))
+                else:
+                    pending.add(bh)
+                    to_decode.append((i, bh, np.frombuffer(data, dtype=np.uint8)))
+            counts.s_sniff += t_sniff
+            counts.s_read += time.perf_counter() - t0 - t_sniff
+            for b in range(0, len(to_decode), config.batch_size):
+                batch = to_decode[b:b + config.batch_size]
+                _decode_batch(decoder, device, batch, settled, counts)
+                counts.decoded += len(batch)
+            for i, bh, _ in to_decode:
+                _settle(out, thumbs, i, settled[bh])
+            for i, bh in waiting:
+                counts.byte_twins += 1
+                _settle(out, thumbs, i, settled[bh])
+            if progress is not None:
+                progress(stop - start)
+    invalid = [r is not None for r in out["reason"]]
+    counts.invalid = sum(invalid)
+    table = pa.table(
+        {
+            schema.SAMPLE_ID: pa.array(ids, pa.int64()),
+            schema.IMAGE_FORMAT: pa.array(out["fmt"], pa.string()),
+            schema.IMAGE_WIDTH: pa.array(out["w"], pa.int32()),
+            schema.IMAGE_HEIGHT: pa.array(out["h"], pa.int32()),
+            schema.IS_INVALID: pa.array(invalid, pa.bool_()),
+            schema.INVALID_REASON: pa.array(out["reason"], pa.string()),
+            schema.BYTES_HASH: pa.array(out["bytes"], pa.string()),
+            schema.PIXELS_HASH: pa.array(out["pixels"], pa.string()),
+            schema.PHASH: pa.array(out["phash"], pa.uint64()),
+        },
+        schema=OUTPUT_SCHEMA,
+    )
+    return table, counts, thumbs
+
+
+def _settle(out, thumbs: np.ndarray, i: int, result) -> None:
+    pix, ph, thumb, err = result
+    if err is not None:
+        out["reason"][i] = err
+    else:
+        out["pixels"][i], out["phash"][i] = pix, ph
+        thumbs[i] = thumb
+
+
+def _decode_batch(decoder, device: Device, batch, settled, counts: HashCounts) -> None:
+    """Decode one batch and record (pixel_hex, phash, error) per byte hash."""
+    t0 = time.perf_counter()
+    decoded = decoder.decode([e for _, _, e in batch])
+    t1 = time.perf_counter()
+    phashes = device.to_host(phash(decoded.thumbs, device.xp))
+    thumbs_h = device.to_host(decoded.thumbs)
+    ph_of = {p: (h, thumbs_h[k]) for k, (p, h) in enumerate(zip(decoded.ok.tolist(), phashes.tolist()))}
+    t2 = time.perf_counter()
+    for pos, images in decoded.rgb_groups:
+        hexes = to_hex(device.to_host(pixel_hash(images, device.xp)))
+        for p, hx in zip(pos.tolist(), hexes):
+            settled[batch[p][1]] = (hx, *ph_of[p], None)
+    counts.s_decode += t1 - t0
+    counts.s_phash += t2 - t1
+    counts.s_pixels += time.perf_counter() - t2
+    for p in decoded.errors:
+        settled[batch[p][1]] = (None, None, None, UNDECODABLE)

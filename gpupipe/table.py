@@ -1,0 +1,142 @@
+"""The per-sample ledger: Parquet I/O and the pandas | cuDF adapter.
+
+On a CPU host the ledger is a pandas DataFrame with Arrow-backed columns; on a
+GPU host with a working cuDF it is a cuDF DataFrame.  Stages talk to it through
+`Ledger`, which hides the few places where the two libraries differ (getting
+an xp array out of a column, putting one back with nulls).  Parquet files are
+written atomically (temporary file, fsync, rename).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from gpupipe import schema
+from gpupipe.device import Device
+
+
+def _is_cudf(frame) -> bool:
+    return type(frame).__module__.startswith("cudf")
+
+
+class Ledger:
+    """Adapter bound to one device: build, read and write per-sample tables."""
+
+    def __init__(self, device: Device):
+        self.device = device
+        self.xp = device.xp
+        self.df = device.df
+        self.gpu_frames = device.df.__name__.startswith("cudf")
+
+    # --- conversions ---------------------------------------------------------
+    def from_arrow(self, table: pa.Table):
+        if self.gpu_frames:
+            return self.df.DataFrame.from_arrow(table)
+        return table.to_pandas(types_mapper=pd.ArrowDtype)
+
+    def to_arrow(self, frame) -> pa.Table:
+        if _is_cudf(frame):
+            return frame.to_arrow()
+        return pa.Table.from_pandas(frame, preserve_index=False)
+
+    def array(self, frame, name: str, *, fill: Any = None, dtype=None):
+        """A column as an xp array (nulls replaced by ``fill`` when given)."""
+        return self.series_array(frame[name], fill=fill, dtype=dtype)
+
+    def series_array(self, s, *, fill: Any = None, dtype=None):
+        """A Series (pandas or cuDF) as an xp array."""
+        if fill is not None:
+            s = s.fillna(fill)
+        if _is_cudf(s):
+            return s.to_cupy(dtype=dtype) if dtype is not None else s.to_cupy()
+        return s.to_numpy(dtype=dtype) if dtype is not None else s.to_numpy()
+
+    def codes(self, frame, name: str):
+        """Factorise a column: (N,) int64 xp array of codes, -1 for nulls."""
+        if _is_cudf(frame):
+            codes, _ = frame[name].factorize()
+            return codes.to_cupy().astype(self.xp.int64)
+        codes, _ = pd.factorize(frame[name], use_na_sentinel=True)
+        return np.asarray(codes, dtype=np.int64)
+
+    def assign(self, frame, columns: dict[str, tuple[Any, Any]]):
+        """Add columns from (values, valid) pairs: values an xp array, valid an
+        xp bool array or None (all valid).  Dtypes come from `schema`."""
+        out = frame.copy(deep=False)
+        for name, (values, valid) in columns.items():
+            dtype = _dtype_of(name)
+            values_h = self.device.to_host(values)
+            mask = None if valid is None else ~self.device.to_host(valid).astype(bool)
+            arr = pa.array(values_h, type=dtype, mask=mask, from_pandas=False) \
+                if not isinstance(values_h, pa.Array) else values_h
+            if self.gpu_frames:
+                out[name] = self.df.Series.from_arrow(arr)
+            else:
+                out[name] = pd.Series(pd.arrays.ArrowExtensionArray(arr), index=out.index)
+        return out
+
+    # --- persistence ---------------------------------------------------------
+    def read(self, path: str | os.PathLike):
+        return self.from_arrow(pq.read_table(path))
+
+    def write(self, frame, path: str | os.PathLike) -> Path:
+        return write_parquet_atomic(self.to_arrow(frame), path)
+
+
+def _dtype_of(name: str) -> pa.DataType:
+    for stage in schema.STAGES.values():
+        for col in stage:
+            if col.name == name:
+                return col.dtype
+    raise KeyError(f"column {name!r} is not declared in gpupipe.schema")
+
+
+@contextlib.contextmanager
+def _atomic(path: str | os.PathLike, mode: str):
+    """Open a temporary file beside ``path``; on success fsync and rename it
+    over ``path``, so readers see the old file or the new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_parquet_atomic(table: pa.Table, path: str | os.PathLike) -> Path:
+    with _atomic(path, "wb") as fh:
+        pq.write_table(table, fh, compression="zstd")
+    return Path(path)
+
+
+def write_npy_atomic(array: np.ndarray, path: str | os.PathLike) -> Path:
+    with _atomic(path, "wb") as fh:
+        np.save(fh, np.ascontiguousarray(array))
+    return Path(path)
+
+
+def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
+    with _atomic(path, "w") as fh:
+        fh.write(text)
+    return Path(path)
+
+
+def check_columns(frame, required: Iterable[str], *, where: str) -> None:
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise KeyError(f"{where}: the ledger lacks column(s) {missing}")

@@ -1,0 +1,71 @@
+"""Ingest: ImageFolder trees (with and without splits) and manifests."""
+
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+import pytest
+
+from gpupipe import schema
+from gpupipe.stages.ingest import SourceError, ingest, sample_id_of
+
+
+def _write(p, data=b"x"):
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(data)
+
+
+def test_imagefolder_labels_and_ids(tmp_path):
+    for rel in ("cat/a.png", "cat/b.JPG", "dog/c.webp", "dog/notes.txt", "dog/.hidden.png"):
+        _write(tmp_path / rel)
+    res = ingest(tmp_path)
+    t = res.table
+    assert res.layout == "imagefolder"
+    assert t.column(schema.REL_PATH).to_pylist() == ["cat/a.png", "cat/b.JPG", "dog/c.webp"]
+    assert t.column(schema.LABEL).to_pylist() == ["cat", "cat", "dog"]
+    assert t.column(schema.SPLIT).to_pylist() == [None, None, None]
+    assert t.column(schema.SAMPLE_ID).to_pylist() == [sample_id_of(p) for p in ("cat/a.png", "cat/b.JPG", "dog/c.webp")]
+    assert res.skipped_non_images == 1
+    assert t.schema == schema.arrow_schema("ingest")
+
+
+def test_imagefolder_with_splits(digits_planted):
+    root, truth = digits_planted
+    t = ingest(root).table
+    splits = set(t.column(schema.SPLIT).to_pylist())
+    assert splits == {"train", "val", "test"}
+    labels = set(t.column(schema.LABEL).to_pylist())
+    assert labels == {str(d) for d in range(10)}
+    assert t.num_rows == len(truth.originals) + len(truth.items)
+
+
+def test_sample_id_is_stable_under_additions(tmp_path):
+    _write(tmp_path / "a" / "1.png")
+    first = ingest(tmp_path).table.column(schema.SAMPLE_ID).to_pylist()
+    _write(tmp_path / "a" / "0.png")
+    second = dict(zip(*(ingest(tmp_path).table.column(c).to_pylist() for c in (schema.REL_PATH, schema.SAMPLE_ID))))
+    assert second["a/1.png"] == first[0]
+
+
+def test_manifest_csv_and_parquet(tmp_path):
+    _write(tmp_path / "imgs" / "x.png")
+    _write(tmp_path / "imgs" / "y.png")
+    (tmp_path / "m.csv").write_text("path,label,split\nimgs/x.png,3,Train\nimgs/y.png,4,validation\nimgs/missing.png,5,test\n")
+    t = ingest(tmp_path / "m.csv").table
+    assert t.column(schema.LABEL).to_pylist() == ["5", "3", "4"]       # sorted by rel_path
+    assert t.column(schema.SPLIT).to_pylist() == ["test", "train", "val"]
+    assert t.column(schema.FILE_BYTES).to_pylist() == [None, 1, 1]     # missing: flagged later
+    pq.write_table(t.select([schema.REL_PATH, schema.LABEL]).rename_columns(["path", "label"]), tmp_path / "m.parquet")
+    t2 = ingest(tmp_path / "m.parquet").table
+    assert t2.column(schema.SAMPLE_ID).to_pylist() == t.column(schema.SAMPLE_ID).to_pylist()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p / "nope", "does not exist"),
+    (lambda p: (p / "empty").mkdir() or p / "empty", "no class folders"),
+    (lambda p: (p / "m.csv").write_text("file,label\na,1\n") and p / "m.csv", "no 'path' column"),
+    (lambda p: (p / "m.csv").write_text("path\na.png\na.png\n") and p / "m.csv", "twice"),
+    (lambda p: (p / "m.json").write_text("{}") and p / "m.json", "must be .csv"),
+])
+def test_bad_sources_give_clear_errors(tmp_path, make, message):
+    with pytest.raises(SourceError, match=message):
+        ingest(make(tmp_path))
