@@ -41,6 +41,7 @@ test-gpu: install
 
 bench: install
 	$(BIN)/python -m pip install -q -r benchmarks/requirements.txt
+	$(BIN)/python -m pip install -q --no-deps -r benchmarks/requirements-nodeps.txt
 	$(BIN)/python benchmarks/bench_dedup.py
 	$(BIN)/python benchmarks/bench_neighbors.py
 

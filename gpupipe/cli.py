@@ -23,11 +23,14 @@ def _add_dedup_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-distance", type=int, default=None, metavar="BITS",
                    help="pHash Hamming distance (0-64) under which two images are near duplicates "
                         "(default: %(default)s -> 8)")
+    p.add_argument("--verify", choices=("fine", "thumbs", "none"), default="fine",
+                   help="second check of pHash candidates on the 32x32 thumbnails: 'fine' a 256-bit DCT "
+                        "hash (cheap; default), 'thumbs' a shift-tolerant pixel distance (slower on CPU, "
+                        "finds small shifts), 'none' accept every candidate as pHash-only tools do")
+    p.add_argument("--max-fine-distance", type=int, default=None, metavar="BITS",
+                   help="for --verify fine: bits of 256 (default 38)")
     p.add_argument("--max-thumb-distance", type=float, default=None, metavar="D",
-                   help="second check of near duplicates on 32x32 thumbnails: shift-tolerant mean "
-                        "difference of standardised pixels (default: 0.12; 0 = identical)")
-    p.add_argument("--no-verify", action="store_true",
-                   help="accept every pHash candidate without the thumbnail check (as pHash-only tools do)")
+                   help="for --verify thumbs: mean difference of standardised pixels (default 0.12)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--workers", type=int, default=None, metavar="N",
                    help="start a local Dask cluster of N worker processes (GPU: one per GPU)")
@@ -79,7 +82,8 @@ def _options(args):
     if args.batch_size < 1:
         raise ValueError("--batch-size must be at least 1")
     return DedupOptions(device=args.device, max_distance=args.max_distance,
-                        max_thumb_distance=args.max_thumb_distance, verify=not args.no_verify, workers=args.workers,
+                        verify=args.verify, max_fine_distance=args.max_fine_distance,
+                        max_thumb_distance=args.max_thumb_distance, workers=args.workers,
                         scheduler=args.scheduler, batch_size=args.batch_size)
 
 
@@ -97,7 +101,7 @@ def format_summary(s) -> str:
         f"  work: read {h['read']}, decoded {h['decoded']}, byte twins not decoded {h['byte_twins']}; "
         f"near candidates {c['dedup_stage']['candidates']} within {s.max_distance} bits, "
         f"{c['dedup_stage']['verified']} verified"
-        + (f" (thumbnail distance <= {s.max_thumb_distance})" if s.max_thumb_distance is not None else " (no check)"),
+        + f" ({', '.join(f'{k} {v}' for k, v in s.verify.items())})",
         f"  time: {s.seconds['total']:.2f} s ({ips['total']:.0f} images/s; hash stage "
         f"{s.seconds['hash']:.2f} s, dedup {s.seconds['dedup']:.2f} s)",
         f"  wrote {Path(s.run_dir) / 'ledger.parquet'} and summary.json",

@@ -62,14 +62,20 @@ def found_groups(ledger: pa.Table) -> dict[str, int]:
     return {p: g for p, g in zip(paths, groups) if g is not None}
 
 
-def score_pairs(ledger: pa.Table, expected: Iterable[frozenset[str]], *, only: set[str] | None = None) -> PairScore:
+def score_pairs(ledger: pa.Table, expected: Iterable[frozenset[str]], *,
+                only: set[str] | None = None) -> PairScore:
     """Pair precision/recall of ``ledger``'s groups against ``expected`` groups.
 
     only: when given, count just the pairs with at least one member in it (e.g.
     the planted files), leaving out pairs among raw-data images whose truth is
     unknown.
     """
-    group_of = found_groups(ledger)
+    return score_group_map(found_groups(ledger), expected, only=only)
+
+
+def score_group_map(group_of: dict[str, int], expected: Iterable[frozenset[str]], *,
+                    only: set[str] | None = None) -> PairScore:
+    """As `score_pairs`, from a rel_path -> group id map (any tool's output)."""
     expected = [g for g in expected if len(g) > 1]
     truth_of = {p: i for i, g in enumerate(expected) for p in g}
 

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from gpupipe import __version__, schema
+from gpupipe.hashing.verify import VerifyMode
 from gpupipe.device import Device, DeviceRequest, resolve_device
 from gpupipe.scale.executor import make_executor, threads_per_worker
 from gpupipe.stages import dedup as dedup_stage
@@ -37,8 +38,9 @@ SUMMARY = "summary.json"
 class DedupOptions:
     device: DeviceRequest = "auto"
     max_distance: int | None = None
+    verify: VerifyMode = "fine"
+    max_fine_distance: int | None = None
     max_thumb_distance: float | None = None
-    verify: bool = True
     workers: int | None = None
     scheduler: str | None = None
     batch_size: int = 256
@@ -57,7 +59,7 @@ class RunSummary:
     seconds: dict[str, float] = field(default_factory=dict)
     counts: dict[str, Any] = field(default_factory=dict)
     max_distance: int = 0
-    max_thumb_distance: float | None = None
+    verify: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, Any] = field(default_factory=dict)
 
     def images_per_second(self) -> dict[str, float]:
@@ -128,8 +130,9 @@ def run_dedup(
     _check(frame, "hash", "output")
 
     t = time.perf_counter()
-    cfg = dedup_stage.DedupConfig(max_distance=options.max_distance, max_thumb_distance=options.max_thumb_distance,
-                                  verify=options.verify, seed=options.seed)
+    cfg = dedup_stage.DedupConfig(
+        max_distance=options.max_distance, verify=options.verify, max_fine_distance=options.max_fine_distance,
+        max_thumb_distance=options.max_thumb_distance, seed=options.seed)
     frame, dstats = dedup_stage.dedup(frame, ledger, cfg, thumbs=thumbs)
     _check(frame, "dedup", "output")
     seconds["dedup"] = time.perf_counter() - t
@@ -147,7 +150,7 @@ def run_dedup(
         executor=executor_name, layout=ing.layout, rows=n, seconds=seconds,
         counts={"hash_stage": asdict(counts), "dedup_stage": asdict(dstats), "skipped_non_images": ing.skipped_non_images, **_counts(out)},
         max_distance=cfg.resolved_distance(),
-        max_thumb_distance=cfg.resolved_thumb_distance() if cfg.verify else None, versions=_versions(),
+        verify=cfg.resolved_verify(), versions=_versions(),
     )
     write_text_atomic(json.dumps(asdict(summary), indent=2, default=str), run_dir / SUMMARY)
     return summary

@@ -58,7 +58,9 @@ class Ledger:
             s = s.fillna(fill)
         if _is_cudf(s):
             return s.to_cupy(dtype=dtype) if dtype is not None else s.to_cupy()
-        return s.to_numpy(dtype=dtype) if dtype is not None else s.to_numpy()
+        host = s.to_numpy(dtype=dtype) if dtype is not None else s.to_numpy()
+        # A GPU without cuDF keeps pandas frames but computes on CuPy arrays.
+        return host if self.xp is np else self.xp.asarray(host)
 
     def codes(self, frame, name: str):
         """Factorise a column: (N,) int64 xp array of codes, -1 for nulls."""
@@ -66,7 +68,7 @@ class Ledger:
             codes, _ = frame[name].factorize()
             return codes.to_cupy().astype(self.xp.int64)
         codes, _ = pd.factorize(frame[name], use_na_sentinel=True)
-        return np.asarray(codes, dtype=np.int64)
+        return self.xp.asarray(codes, dtype=self.xp.int64)
 
     def assign(self, frame, columns: dict[str, tuple[Any, Any]]):
         """Add columns from (values, valid) pairs: values an xp array, valid an

@@ -14,10 +14,23 @@ from gpupipe.datasets import INVALID_KINDS, NEAR_KINDS
 from gpupipe.evaluate import score_invalid, score_pairs
 from gpupipe.runner import LEDGER, THUMBS, DedupOptions, run_dedup
 
-# Measured recall per planted near-duplicate kind on 32x32 digits (see
-# benchmarks/RESULTS.md): pHash is not translation-invariant, and a 2 px shift
-# is 6% of a 32 px image -- beyond the default threshold.
-NEAR_RECALL_AT_LEAST = {kind: 1.0 for kind in NEAR_KINDS} | {"shift_2px": 0.0}
+# Measured recall per planted near-duplicate kind on 32x32 digits, 4 of each
+# (see benchmarks/RESULTS.md).  DCT hashes are not translation-invariant: a
+# 1-2 px shift is 3-6% of a 32 px image, beyond pHash's default threshold for
+# most pairs and beyond the default "fine" check for all; the "thumbs" check,
+# which searches shifts, recovers 1 px shifts (test below).
+NEAR_RECALL_AT_LEAST = {kind: 0.75 for kind in NEAR_KINDS} | {"shift_1px": 0.0, "shift_2px": 0.0}
+
+
+def _recall_by_kind(ledger, truth) -> dict[str, float]:
+    rows = _rows(ledger)
+    group = ledger.column(schema.DEDUP_GROUP).to_pylist()
+    found, planted = defaultdict(int), defaultdict(int)
+    for it in truth.items:
+        if it.category == "near":
+            planted[it.kind] += 1
+            found[it.kind] += group[rows[it.path]] == group[rows[it.source]]
+    return {k: found[k] / n for k, n in planted.items()}
 
 
 def _rows(ledger):
@@ -34,16 +47,22 @@ def test_every_copy_and_reencode_lands_in_its_sources_group(digits_planted, digi
 def test_near_duplicates_per_kind(digits_planted, digits_run):
     _, truth = digits_planted
     ledger, _ = digits_run
-    rows = _rows(ledger)
-    group = ledger.column(schema.DEDUP_GROUP).to_pylist()
-    found, planted = defaultdict(int), defaultdict(int)
-    for it in truth.items:
-        if it.category == "near":
-            planted[it.kind] += 1
-            found[it.kind] += group[rows[it.path]] == group[rows[it.source]]
-    assert set(planted) == set(NEAR_KINDS)
-    for kind, n in planted.items():
-        assert found[kind] / n >= NEAR_RECALL_AT_LEAST[kind], (kind, found[kind], n)
+    recall = _recall_by_kind(ledger, truth)
+    assert set(recall) == set(NEAR_KINDS)
+    for kind, r in recall.items():
+        assert r >= NEAR_RECALL_AT_LEAST[kind], (kind, r)
+    assert sum(recall.values()) / len(recall) >= 0.6
+
+
+def test_thumbs_check_finds_one_pixel_shifts(digits_planted, digits_run, tmp_path):
+    root, truth = digits_planted
+    run_dedup(root, tmp_path, DedupOptions(device="cpu", verify="thumbs"))
+    ledger = pq.read_table(tmp_path / LEDGER)
+    recall = _recall_by_kind(ledger, truth)
+    assert recall["shift_1px"] == 1.0
+    assert all(recall[k] == 1.0 for k in ("jpeg_q75", "brightness_-10", "resize_90"))
+    planted = {it.path for it in truth.items if it.category != "invalid"}
+    assert score_pairs(ledger, truth.expected_groups("near"), only=planted).precision == 1.0
 
 
 def test_groups_touching_planted_files_are_exact(digits_planted, digits_run):
@@ -55,9 +74,9 @@ def test_groups_touching_planted_files_are_exact(digits_planted, digits_run):
     planted = {it.path for it in truth.items if it.category != "invalid"}
     score = score_pairs(ledger, truth.expected_groups("near"), only=planted)
     assert score.precision == 1.0
-    assert score.recall >= 0.9
+    assert score.recall >= 0.8
     # overall precision, unknown raw near-duplicates counted as errors: a floor
-    assert score_pairs(ledger, truth.expected_groups("near")).precision >= 0.5
+    assert score_pairs(ledger, truth.expected_groups("near")).precision >= 0.35
 
 
 def test_kinds_representatives_and_flags(digits_planted, digits_run):
@@ -119,7 +138,7 @@ def test_ledger_schema_thumbs_and_read_only_source(digits_planted, digits_run, t
 def test_no_verify_accepts_more_pairs(digits_planted, digits_run, tmp_path):
     root, truth = digits_planted
     ledger, _ = digits_run
-    run_dedup(root, tmp_path, DedupOptions(device="cpu", verify=False))
+    run_dedup(root, tmp_path, DedupOptions(device="cpu", verify="none"))
     loose = pq.read_table(tmp_path / LEDGER)
     strict, lax = (score_pairs(t, truth.expected_groups("near")) for t in (ledger, loose))
     assert lax.predicted_pairs > strict.predicted_pairs

@@ -8,9 +8,8 @@ Bytes are fed through ``external_source`` (the hash stage has already read
 them to hash them, so they are not read twice).  The pipeline runs
 synchronously (not pipelined) so that a file that fails to decode is reported
 with its own batch: DALI then invalidates the pipeline, so `Decoder` rebuilds
-it and decodes that batch one file at a time to tell the bad file(s) from the
-good ones.  Files are screened by `gpupipe.io.sniff` first, so this slow path
-is rare.
+it and bisects that batch to tell the bad file(s) from the good ones.  Files are screened by `gpupipe.io.sniff` first, so this slow path
+is rare, and bisection keeps it short.
 """
 
 from __future__ import annotations
@@ -113,29 +112,33 @@ class Decoder:
         """Decode up to ``batch_size`` encoded files (1-D uint8 numpy arrays)."""
         if self._pipe is None:
             self.setup()
-        n = len(encoded)
-        try:
-            rgb, thumb = self._run(encoded)
-            return self._collect(rgb, thumb, np.arange(n))
-        except RuntimeError:
-            # One bad file fails the whole batch and invalidates the pipeline:
-            # rebuild and isolate the bad ones.
-            self._pipe = self._build()
-        oks, rgbs, thumbs, errors = [], [], [], {}
-        for i, e in enumerate(encoded):
-            try:
-                rgb, thumb = self._run([e])
-            except RuntimeError as err:
-                errors[i] = _short(err)
-                self._pipe = self._build()
-                continue
-            d = self._collect(rgb, thumb, np.array([i]))
-            oks.append(i)
-            rgbs.extend(d.rgb_groups)
-            thumbs.append(d.thumbs)
+        parts: list[Decoded] = []
+        errors: dict[int, str] = {}
+        self._decode_range(encoded, np.arange(len(encoded)), parts, errors)
+        if len(parts) == 1 and not errors:
+            return parts[0]
         xp = self.device.xp
-        th = xp.concatenate(thumbs) if thumbs else xp.zeros((0, THUMB, THUMB), xp.uint8)
-        return Decoded(_regroup(rgbs, xp), th, np.asarray(oks, dtype=np.int64), errors)
+        groups = _regroup([g for d in parts for g in d.rgb_groups], xp)
+        ok = np.concatenate([d.ok for d in parts]) if parts else np.zeros(0, np.int64)
+        thumbs = xp.concatenate([d.thumbs for d in parts]) if parts else xp.zeros((0, THUMB, THUMB), xp.uint8)
+        return Decoded(groups, thumbs, ok, errors)
+
+    def _decode_range(self, encoded, positions: np.ndarray, parts: list, errors: dict) -> None:
+        """Decode ``encoded[positions]``; on failure bisect to find the bad
+        files: O(k log n) pipeline runs for k bad files among n."""
+        try:
+            rgb, thumb = self._run([encoded[i] for i in positions])
+            parts.append(self._collect(rgb, thumb, positions))
+            return
+        except RuntimeError as err:
+            # One bad file fails the whole batch and invalidates the pipeline.
+            self._pipe = self._build()
+            if len(positions) == 1:
+                errors[int(positions[0])] = _short(err)
+                return
+        half = len(positions) // 2
+        self._decode_range(encoded, positions[:half], parts, errors)
+        self._decode_range(encoded, positions[half:], parts, errors)
 
     def _collect(self, rgb, thumb, positions: np.ndarray) -> Decoded:
         xp = self.device.xp

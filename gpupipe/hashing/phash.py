@@ -7,6 +7,10 @@ kept, and each bit says whether a coefficient is >= the median of the 63 AC
 coefficients.  Bit 63 is coefficient (0, 0); bits run row-major.  Similar
 images have hashes at a small Hamming distance (0..64).
 
+`dct_hash` with ``size=16`` gives a 256-bit hash of the same kind: the
+mid frequencies it adds tell apart different objects that share a coarse
+shape, which is how pHash candidates are verified (`gpupipe.hashing.verify`).
+
 The DCT is two small matrix products in float64 so that CPU and GPU agree
 bit for bit except on exact ties at the median.
 """
@@ -32,25 +36,32 @@ def dct_matrix(n: int = DCT_SIZE) -> np.ndarray:
 
 
 _BIT_WEIGHTS = (np.uint64(1) << np.arange(63, -1, -1, dtype=np.uint64)).astype(np.uint64)
+FINE_SIZE = 16      # the 256-bit "fine" hash used to verify pHash candidates
+
+
+def dct_hash(gray32, *, size: int = HASH_SIZE, xp=np):
+    """DCT hash with ``size * size`` bits (size 8: pHash; 16: the fine hash).
+
+    gray32: (B, 32, 32) or (B, 32, 32, 1), uint8 or float, on ``xp``'s device.
+    Returns (B, size * size // 64) uint64 on the same device; word 0 holds the
+    lowest frequencies, bit 63 of word 0 is coefficient (0, 0).
+    """
+    x = gray32.reshape(gray32.shape[0], DCT_SIZE, DCT_SIZE).astype(xp.float64)
+    b = x.shape[0]
+    low = xp.asarray(dct_matrix()[:size])                 # (size, 32): only the rows we keep
+    # X @ low.T as one (B*32, 32) x (32, size) product, then low @ that: two flat
+    # GEMMs instead of a batched one (4x faster in numpy, same numbers).
+    right = xp.matmul(x.reshape(b * DCT_SIZE, DCT_SIZE), low.T).reshape(b, DCT_SIZE, size)
+    coef = xp.matmul(low[None], right)                     # (B, size, size)
+    flat = coef.reshape(b, size * size)
+    # The median of the size*size - 1 AC coefficients (an odd count) is one of
+    # them: a partition is exact and several times faster than xp.median.
+    k = (size * size - 1) // 2
+    med = xp.partition(flat[:, 1:], k, axis=1)[:, k]
+    bits = (flat >= med[:, None]).astype(xp.uint64).reshape(b, size * size // 64, 64)
+    return (bits * xp.asarray(_BIT_WEIGHTS)).sum(axis=2, dtype=xp.uint64)
 
 
 def phash(gray32, xp=np):
-    """pHash of a batch.
-
-    gray32: (B, 32, 32) or (B, 32, 32, 1), uint8 or float, on ``xp``'s device.
-    Returns (B,) uint64 on the same device.
-    """
-    x = gray32.reshape(gray32.shape[0], DCT_SIZE, DCT_SIZE).astype(xp.float64)
-    d = xp.asarray(dct_matrix())
-    low = d[:HASH_SIZE]                               # (8, 32): only the rows we keep
-    b = x.shape[0]
-    # X @ low.T as one (B*32, 32) x (32, 8) product, then low @ that: two flat
-    # GEMMs instead of a batched one (4x faster in numpy, same numbers).
-    right = xp.matmul(x.reshape(b * DCT_SIZE, DCT_SIZE), low.T).reshape(b, DCT_SIZE, HASH_SIZE)
-    coef = xp.matmul(low[None], right)                   # (B, 8, 8)
-    flat = coef.reshape(coef.shape[0], HASH_SIZE * HASH_SIZE)
-    # The median of the 63 AC coefficients is their 32nd smallest (odd count):
-    # a partition is exact and several times faster than xp.median.
-    med = xp.partition(flat[:, 1:], 31, axis=1)[:, 31]
-    bits = (flat >= med[:, None]).astype(xp.uint64)
-    return (bits * xp.asarray(_BIT_WEIGHTS)[None, :]).sum(axis=1, dtype=xp.uint64)
+    """pHash of a batch: (B, 32, 32) gray -> (B,) uint64 (see `dct_hash`)."""
+    return dct_hash(gray32, size=HASH_SIZE, xp=xp)[:, 0]

@@ -6,9 +6,9 @@ twins are always pixel twins too, so grouping starts from the pixel hash:
 - stage 3: the pHash of one row per node goes to the bounded near-neighbour
   search (`gpupipe.hashing.neighbors`), pairs within ``max_distance`` bits are
   verified there, and connected components of those edges are the groups.
-Candidates are then checked on their 32x32 thumbnails
-(`gpupipe.hashing.verify`), since 64 bits alone match many unrelated small
-images.  Per group one representative is kept, chosen deterministically: most pixels,
+Candidates are then checked again on their 32x32 thumbnails
+(`gpupipe.hashing.verify`: a 256-bit DCT hash by default), since 64 bits
+alone match many unrelated small images.  Per group one representative is kept, chosen deterministically: most pixels,
 then lossless before JPEG, then largest file, then first relative path.
 Groups with more than one label are label conflicts; groups spanning more
 than one split are split leaks.  Invalid rows get no group and are not kept.
@@ -28,7 +28,9 @@ from scipy.sparse.csgraph import connected_components
 
 from gpupipe import schema
 from gpupipe.hashing.neighbors import hamming, near_pairs
-from gpupipe.hashing.verify import DEFAULT_MAX_THUMB_DISTANCE, thumb_distance
+from gpupipe.hashing.verify import (
+    DEFAULT_MAX_FINE_DISTANCE, DEFAULT_MAX_THUMB_DISTANCE, VerifyMode, verify_pairs,
+)
 from gpupipe.table import Ledger, check_columns
 
 READS = (
@@ -43,15 +45,23 @@ LOSSY_FORMATS = ("jpeg",)
 @dataclass(frozen=True)
 class DedupConfig:
     max_distance: int | None = None          # pHash Hamming threshold; None -> DEFAULT_MAX_DISTANCE
-    max_thumb_distance: float | None = None  # thumbnail check; None -> verify.DEFAULT_MAX_THUMB_DISTANCE
-    verify: bool = True                      # False: accept every pHash candidate
+    verify: VerifyMode = "fine"              # second check of pHash candidates (gpupipe.hashing.verify)
+    max_fine_distance: int | None = None     # for verify="fine": bits of 256
+    max_thumb_distance: float | None = None  # for verify="thumbs"
     seed: int = 0                            # for the near-neighbour search's bit permutations
 
     def resolved_distance(self) -> int:
         return DEFAULT_MAX_DISTANCE if self.max_distance is None else int(self.max_distance)
 
-    def resolved_thumb_distance(self) -> float:
-        return DEFAULT_MAX_THUMB_DISTANCE if self.max_thumb_distance is None else float(self.max_thumb_distance)
+    def resolved_verify(self) -> dict:
+        """The verification actually applied, for the run summary."""
+        if self.verify == "fine":
+            return {"mode": "fine", "max_fine_distance":
+                    DEFAULT_MAX_FINE_DISTANCE if self.max_fine_distance is None else self.max_fine_distance}
+        if self.verify == "thumbs":
+            return {"mode": "thumbs", "max_thumb_distance":
+                    DEFAULT_MAX_THUMB_DISTANCE if self.max_thumb_distance is None else self.max_thumb_distance}
+        return {"mode": "none"}
 
 
 @dataclass
@@ -66,7 +76,7 @@ def dedup(frame, ledger: Ledger, config: DedupConfig = DedupConfig(), *, thumbs=
 
     thumbs: optional (N, 32, 32) uint8 array aligned with ``frame``'s rows (the
     hash stage's thumbnails); when given and ``config.verify``, pHash candidates
-    must also pass `gpupipe.hashing.verify.thumb_distance`.
+    must also pass `gpupipe.hashing.verify.verify_pairs`.
     Returns (frame with the new columns, DedupStats).
     """
     check_columns(frame, READS, where="dedup")
@@ -86,10 +96,14 @@ def dedup(frame, ledger: Ledger, config: DedupConfig = DedupConfig(), *, thumbs=
     ei, ej, _ = near_pairs(ph[first_rows], max_distance=config.resolved_distance(), xp=xp, seed=config.seed)
     m = int(node_codes.shape[0])
     stats = DedupStats(nodes=m, candidates=int(ei.shape[0]))
-    if thumbs is not None and config.verify and stats.candidates:
-        t = xp.asarray(thumbs)
-        d = thumb_distance(t[first_rows[ei]], t[first_rows[ej]], xp=xp)
-        ok = d <= config.resolved_thumb_distance()
+    if thumbs is not None and config.verify != "none" and stats.candidates:
+        # Thumbnails of the images that have a candidate, each moved once.
+        involved, pos = xp.unique(xp.concatenate([ei, ej]), return_inverse=True)
+        pos = pos.ravel()
+        t = xp.asarray(thumbs[ledger.device.to_host(first_rows[involved])])
+        ok = verify_pairs(t, pos[:stats.candidates], pos[stats.candidates:], mode=config.verify,
+                          max_fine_distance=config.max_fine_distance,
+                          max_thumb_distance=config.max_thumb_distance, xp=xp)
         ei, ej = ei[ok], ej[ok]
     stats.verified = int(ei.shape[0])
     ei_h, ej_h = ledger.device.to_host(ei), ledger.device.to_host(ej)
