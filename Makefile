@@ -43,7 +43,7 @@ bench: install
 	$(BIN)/python -m pip install -q -r benchmarks/requirements.txt
 	$(BIN)/python -m pip install -q --no-deps -r benchmarks/requirements-nodeps.txt
 	$(BIN)/python benchmarks/bench_dedup.py
-	$(BIN)/python benchmarks/bench_neighbors.py
+	$(BIN)/python benchmarks/bench_neighbors.py --max-distance 8
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache
