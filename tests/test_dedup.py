@@ -151,3 +151,16 @@ def test_partitioning_does_not_change_the_ledger(digits_planted, digits_run, tmp
     ledger, _ = digits_run
     run_dedup(root, tmp_path, DedupOptions(device="cpu", partition_rows=partition_rows, batch_size=64))
     assert pq.read_table(tmp_path / LEDGER).equals(ledger)
+
+
+def test_manifest_with_a_missing_file_flags_it(digits_planted, tmp_path):
+    root, truth = digits_planted
+    originals = sorted(truth.originals)[:20]
+    lines = ["path,label"] + [f"{root / p},{truth.class_of(p)}" for p in originals] + [f"{root}/nope.png,3"]
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    run_dedup(tmp_path / "m.csv", tmp_path / "run", DedupOptions(device="cpu"))
+    t = pq.read_table(tmp_path / "run" / LEDGER).to_pandas()
+    assert len(t) == 21
+    missing = t[t[schema.REL_PATH].str.endswith("nope.png")].iloc[0]
+    assert missing[schema.IS_INVALID] and missing[schema.INVALID_REASON] == "unreadable"
+    assert t[schema.IS_INVALID].sum() == 1

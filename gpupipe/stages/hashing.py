@@ -59,7 +59,7 @@ class HashCounts:
     byte_twins: int = 0     # settled by stage 1, not decoded
     decoded: int = 0
     # seconds spent, summed over partitions (CPU seconds of each worker)
-    s_read: float = 0.0     # reading files + xxh3 of their bytes (stage 1)
+    s_read: float = 0.0     # waiting for file reads + xxh3 of their bytes (stage 1)
     s_sniff: float = 0.0
     s_decode: float = 0.0   # DALI decode + 32x32 gray thumbs
     s_pixels: float = 0.0   # exact pixel hash (stage 2)
@@ -109,11 +109,15 @@ def hash_partition(
     thumbs = np.zeros((n, THUMB, THUMB), dtype=np.uint8)
     counts = HashCounts(rows=n)
     chunk = max(1, config.batch_size * 4)
+    starts = list(range(0, n, chunk))
     with ThreadPoolExecutor(max_workers=config.io_threads) as pool:
-        for start in range(0, n, chunk):
+        # Reads of the next chunk run in the pool while this one is decoded.
+        ahead = [pool.submit(_read, p) for p in paths[0:chunk]]
+        for k, start in enumerate(starts):
             stop = min(n, start + chunk)
             t0 = time.perf_counter()
-            datas = list(pool.map(_read, paths[start:stop]))
+            datas = [f.result() for f in ahead]
+            ahead = [pool.submit(_read, p) for p in paths[stop:stop + chunk]] if k + 1 < len(starts) else []
             t_sniff = 0.0
             to_decode: list[tuple[int, str, np.ndarray]] = []
             waiting: list[tuple[int, str]] = []
