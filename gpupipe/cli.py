@@ -36,7 +36,7 @@ def _add_dedup_options(p: argparse.ArgumentParser) -> None:
                    help="start a local Dask cluster of N worker processes (GPU: one per GPU)")
     g.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="run on an existing Dask cluster, e.g. tcp://host:8786")
-    p.add_argument("--batch-size", type=int, default=256, help="images per DALI batch")
+    p.add_argument("--batch-size", type=int, default=512, help="images per DALI batch")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

@@ -43,7 +43,7 @@ class DedupOptions:
     max_thumb_distance: float | None = None
     workers: int | None = None
     scheduler: str | None = None
-    batch_size: int = 256
+    batch_size: int = 512
     partition_rows: int | None = None   # None: about 4 partitions per worker, at most 16384 rows
     seed: int = 0
 

@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from gpupipe.xputil import unique
+
 _STEP = 4                         # rotation between tables of one permutation (16 tables each)
 _PER_PERM = 64 // _STEP
 _DEFAULT_WINDOW = 16              # measured best recall per CPU second at 1M..10M hashes
@@ -264,11 +266,11 @@ def near_pairs(hashes, *, max_distance: int, xp: types.ModuleType | None = None,
             codes.append(xp.minimum(a, b) * u + xp.maximum(a, b))
             held += int(a.shape[0])
         if held > limit:                                    # bound memory in clustered data
-            codes = [xp.unique(xp.concatenate(codes))]
+            codes = [unique(xp.concatenate(codes), xp)]
             held = int(codes[0].shape[0])
             limit = max(limit, 2 * held)
     del s
-    near = xp.unique(xp.concatenate(codes)) if codes else xp.empty(0, dtype=xp.int64)
+    near = unique(xp.concatenate(codes), xp) if codes else xp.empty(0, dtype=xp.int64)
     na, nb = first[near // max(u, 1)], first[near % max(u, 1)]
 
     # 3. both edge kinds, i < j, sorted by (i, j)

@@ -39,13 +39,17 @@ _BIT_WEIGHTS = (np.uint64(1) << np.arange(63, -1, -1, dtype=np.uint64)).astype(n
 FINE_SIZE = 16      # the 256-bit "fine" hash used to verify pHash candidates
 
 
-def dct_hash(gray32, *, size: int = HASH_SIZE, xp=np):
+def dct_hash(gray32, *, size: int = HASH_SIZE, xp=np, chunk: int = 8192):
     """DCT hash with ``size * size`` bits (size 8: pHash; 16: the fine hash).
 
     gray32: (B, 32, 32) or (B, 32, 32, 1), uint8 or float, on ``xp``'s device.
     Returns (B, size * size // 64) uint64 on the same device; word 0 holds the
-    lowest frequencies, bit 63 of word 0 is coefficient (0, 0).
+    lowest frequencies, bit 63 of word 0 is coefficient (0, 0).  Works in
+    chunks of ``chunk`` images (float64 temporaries stay in cache).
     """
+    if gray32.shape[0] > chunk:
+        return xp.concatenate([dct_hash(gray32[s:s + chunk], size=size, xp=xp, chunk=chunk)
+                               for s in range(0, gray32.shape[0], chunk)])
     x = gray32.reshape(gray32.shape[0], DCT_SIZE, DCT_SIZE).astype(xp.float64)
     b = x.shape[0]
     low = xp.asarray(dct_matrix()[:size])                 # (size, 32): only the rows we keep

@@ -32,6 +32,7 @@ from gpupipe.hashing.verify import (
     DEFAULT_MAX_FINE_DISTANCE, DEFAULT_MAX_THUMB_DISTANCE, VerifyMode, verify_pairs,
 )
 from gpupipe.table import Ledger, check_columns
+from gpupipe.xputil import unique
 
 READS = (
     schema.SAMPLE_ID, schema.LABEL, schema.SPLIT, schema.FILE_BYTES, schema.IMAGE_FORMAT,
@@ -90,7 +91,7 @@ def dedup(frame, ledger: Ledger, config: DedupConfig = DedupConfig(), *, thumbs=
 
     # Stage 2: one node per distinct pixel hash; its first row stands for it.
     rows_valid = xp.nonzero(valid)[0]
-    node_codes, node_first, node_of_valid = xp.unique(pix[rows_valid], return_index=True, return_inverse=True)
+    node_codes, node_first, node_of_valid = unique(pix[rows_valid], xp, return_index=True, return_inverse=True)
     first_rows = rows_valid[node_first]
     # Stage 3: bounded near-neighbour search over one pHash per node.
     ei, ej, _ = near_pairs(ph[first_rows], max_distance=config.resolved_distance(), xp=xp, seed=config.seed)
@@ -98,7 +99,7 @@ def dedup(frame, ledger: Ledger, config: DedupConfig = DedupConfig(), *, thumbs=
     stats = DedupStats(nodes=m, candidates=int(ei.shape[0]))
     if thumbs is not None and config.verify != "none" and stats.candidates:
         # Thumbnails of the images that have a candidate, each moved once.
-        involved, pos = xp.unique(xp.concatenate([ei, ej]), return_inverse=True)
+        involved, pos = unique(xp.concatenate([ei, ej]), xp, return_inverse=True)
         pos = pos.ravel()
         t = xp.asarray(thumbs[ledger.device.to_host(first_rows[involved])])
         ok = verify_pairs(t, pos[:stats.candidates], pos[stats.candidates:], mode=config.verify,
@@ -163,7 +164,7 @@ def _spans(comp, codes, valid, xp):
     if not bool(keep.any()):
         return xp.zeros(n, dtype=bool)
     k = int(codes.max()) + 1
-    pairs = xp.unique(comp[keep] * k + codes[keep])
+    pairs = unique(comp[keep] * k + codes[keep], xp)
     distinct = xp.bincount(pairs // k, minlength=int(comp.max()) + 1)
     out = xp.zeros(n, dtype=bool)
     out[valid] = distinct[comp[valid]] > 1

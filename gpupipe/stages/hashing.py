@@ -44,7 +44,7 @@ OUTPUT_SCHEMA = pa.schema([pa.field(schema.SAMPLE_ID, pa.int64(), False), *schem
 @dataclass(frozen=True)
 class HashConfig:
     device: DeviceRequest = "auto"
-    batch_size: int = 256
+    batch_size: int = 512
     dali_threads: int | None = None     # None: the decode process's cores, up to 8
     io_threads: int = 4
     max_pixels: int = 178_956_970       # Pillow's decompression-bomb limit
@@ -58,7 +58,8 @@ class HashCounts:
     invalid: int = 0
     byte_twins: int = 0     # settled by stage 1, not decoded
     decoded: int = 0
-    # seconds spent, summed over partitions (CPU seconds of each worker)
+    # seconds spent per step, summed over partitions; decoding runs in its own
+    # thread, overlapping the other steps, so these add up to more than the stage
     s_read: float = 0.0     # waiting for file reads + xxh3 of their bytes (stage 1)
     s_sniff: float = 0.0
     s_decode: float = 0.0   # DALI decode + 32x32 gray thumbs
@@ -86,6 +87,16 @@ def _read(path: str) -> bytes | OSError:
         return e
 
 
+def _read_many(paths: list[str]) -> list[bytes | OSError]:
+    return [_read(p) for p in paths]
+
+
+def _submit_reads(pool: ThreadPoolExecutor, paths: list[str], n_tasks: int) -> list:
+    """Read ``paths`` in ``n_tasks`` tasks (one future per file costs ~10 us)."""
+    step = max(1, -(-len(paths) // n_tasks))
+    return [pool.submit(_read_many, paths[i:i + step]) for i in range(0, len(paths), step)]
+
+
 def hash_partition(
     part: pa.Table, config: HashConfig, progress: Callable[[int], None] | None = None
 ) -> tuple[pa.Table, HashCounts, np.ndarray]:
@@ -110,14 +121,14 @@ def hash_partition(
     counts = HashCounts(rows=n)
     chunk = max(1, config.batch_size * 4)
     starts = list(range(0, n, chunk))
-    with ThreadPoolExecutor(max_workers=config.io_threads) as pool:
+    with ThreadPoolExecutor(max_workers=config.io_threads) as pool, ThreadPoolExecutor(max_workers=1) as decode_pool:
         # Reads of the next chunk run in the pool while this one is decoded.
-        ahead = [pool.submit(_read, p) for p in paths[0:chunk]]
+        ahead = _submit_reads(pool, paths[0:chunk], config.io_threads)
         for k, start in enumerate(starts):
             stop = min(n, start + chunk)
             t0 = time.perf_counter()
-            datas = [f.result() for f in ahead]
-            ahead = [pool.submit(_read, p) for p in paths[stop:stop + chunk]] if k + 1 < len(starts) else []
+            datas = [d for f in ahead for d in f.result()]
+            ahead = _submit_reads(pool, paths[stop:stop + chunk], config.io_threads) if k + 1 < len(starts) else []
             t_sniff = 0.0
             to_decode: list[tuple[int, str, np.ndarray]] = []
             waiting: list[tuple[int, str]] = []
@@ -142,9 +153,14 @@ def hash_partition(
                     to_decode.append((i, bh, np.frombuffer(data, dtype=np.uint8)))
             counts.s_sniff += t_sniff
             counts.s_read += time.perf_counter() - t0 - t_sniff
-            for b in range(0, len(to_decode), config.batch_size):
-                batch = to_decode[b:b + config.batch_size]
-                _decode_batch(decoder, device, batch, settled, counts)
+            # DALI decodes batch k+1 in its own thread (it releases the GIL)
+            # while this thread hashes batch k.
+            batches = [to_decode[b:b + config.batch_size] for b in range(0, len(to_decode), config.batch_size)]
+            futures = [decode_pool.submit(_decode, decoder, batch) for batch in batches]
+            for batch, fut in zip(batches, futures):
+                decoded, seconds = fut.result()
+                counts.s_decode += seconds
+                _hash_decoded(device, batch, decoded, settled, counts)
                 counts.decoded += len(batch)
             for i, bh, _ in to_decode:
                 _settle(out, thumbs, i, settled[bh])
@@ -181,10 +197,15 @@ def _settle(out, thumbs: np.ndarray, i: int, result) -> None:
         thumbs[i] = thumb
 
 
-def _decode_batch(decoder, device: Device, batch, settled, counts: HashCounts) -> None:
-    """Decode one batch and record (pixel_hex, phash, error) per byte hash."""
+def _decode(decoder, batch):
+    """Decode one batch (runs in the decode thread) -> (Decoded, seconds)."""
     t0 = time.perf_counter()
     decoded = decoder.decode([e for _, _, e in batch])
+    return decoded, time.perf_counter() - t0
+
+
+def _hash_decoded(device: Device, batch, decoded, settled, counts: HashCounts) -> None:
+    """Hash one decoded batch; record (pixel_hex, phash, thumb, error) per byte hash."""
     t1 = time.perf_counter()
     phashes = device.to_host(phash(decoded.thumbs, device.xp))
     thumbs_h = device.to_host(decoded.thumbs)
@@ -194,7 +215,6 @@ def _decode_batch(decoder, device: Device, batch, settled, counts: HashCounts) -
         hexes = to_hex(device.to_host(pixel_hash(images, device.xp)))
         for p, hx in zip(pos.tolist(), hexes):
             settled[batch[p][1]] = (hx, *ph_of[p], None)
-    counts.s_decode += t1 - t0
     counts.s_phash += t2 - t1
     counts.s_pixels += time.perf_counter() - t2
     for p in decoded.errors:
