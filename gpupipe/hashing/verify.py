@@ -41,24 +41,34 @@ DEFAULT_MAX_THUMB_DISTANCE = 0.12
 DEFAULT_MAX_FINE_DISTANCE = 38
 
 
-def verify_pairs(thumbs, i, j, *, mode: VerifyMode = "fine", max_fine_distance: int | None = None,
-                 max_thumb_distance: float | None = None, xp=np):
-    """Which candidate pairs (thumbs[i[k]], thumbs[j[k]]) are near duplicates.
+def pair_check(thumbs, *, mode: VerifyMode = "fine", max_fine_distance: int | None = None,
+               max_thumb_distance: float | None = None, xp=np):
+    """A function ``check(i, j) -> (M,) bool`` telling which pairs
+    (thumbs[i[k]], thumbs[j[k]]) are near duplicates.
 
-    thumbs: (U, 32, 32) uint8, the thumbnails of the images involved; i, j: (M,)
-    int64 indices into it.  Thresholds default to DEFAULT_MAX_FINE_DISTANCE
-    (bits of 256) and DEFAULT_MAX_THUMB_DISTANCE.  Returns (M,) bool.
+    thumbs: (U, 32, 32) uint8, the thumbnails of the images involved.  For
+    ``fine`` the 256-bit hashes are computed here, once per image, however many
+    pairs are checked later.  Thresholds default to DEFAULT_MAX_FINE_DISTANCE
+    (bits of 256) and DEFAULT_MAX_THUMB_DISTANCE.
     """
-    if mode == "none" or int(i.shape[0]) == 0:
-        return xp.ones(int(i.shape[0]), dtype=bool)
+    if mode == "none":
+        return lambda i, j: xp.ones(int(i.shape[0]), dtype=bool)
     if mode == "fine":
-        fine = dct_hash(thumbs, size=FINE_SIZE, xp=xp)         # once per image, not per pair
-        d = hamming(fine[i], fine[j], xp=xp).astype(xp.int32).sum(axis=1)
-        return d <= (DEFAULT_MAX_FINE_DISTANCE if max_fine_distance is None else max_fine_distance)
+        fine = dct_hash(thumbs, size=FINE_SIZE, xp=xp)
+        limit = DEFAULT_MAX_FINE_DISTANCE if max_fine_distance is None else max_fine_distance
+        return lambda i, j: hamming(fine[i], fine[j], xp=xp).astype(xp.int32).sum(axis=1) <= limit
     if mode == "thumbs":
-        d = thumb_distance(thumbs[i], thumbs[j], xp=xp)
-        return d <= (DEFAULT_MAX_THUMB_DISTANCE if max_thumb_distance is None else max_thumb_distance)
+        tlimit = DEFAULT_MAX_THUMB_DISTANCE if max_thumb_distance is None else max_thumb_distance
+        return lambda i, j: thumb_distance(thumbs[i], thumbs[j], xp=xp) <= tlimit
     raise ValueError(f"verify mode must be one of fine, thumbs, none; not {mode!r}")
+
+
+def verify_pairs(thumbs, i, j, **options):
+    """`pair_check` applied once: (M,) bool for the pairs (thumbs[i], thumbs[j])."""
+    xp = options.get("xp", np)
+    if int(i.shape[0]) == 0:
+        return xp.ones(0, dtype=bool)
+    return pair_check(thumbs, **options)(i, j)
 
 
 def _standardise(t, xp):

@@ -29,7 +29,7 @@ from scipy.sparse.csgraph import connected_components
 from gpupipe import schema
 from gpupipe.hashing.neighbors import hamming, near_pairs
 from gpupipe.hashing.verify import (
-    DEFAULT_MAX_FINE_DISTANCE, DEFAULT_MAX_THUMB_DISTANCE, VerifyMode, verify_pairs,
+    DEFAULT_MAX_FINE_DISTANCE, DEFAULT_MAX_THUMB_DISTANCE, VerifyMode, pair_check, verify_pairs,
 )
 from gpupipe.table import Ledger, check_columns
 from gpupipe.xputil import unique
@@ -70,6 +70,7 @@ class DedupStats:
     nodes: int = 0            # distinct decoded pictures (after stages 1-2)
     candidates: int = 0       # pHash edges within max_distance (stage 3)
     verified: int = 0         # of those, passing the thumbnail check
+    split_groups: int = 0     # extra groups from splitting chained components
 
 
 def dedup(frame, ledger: Ledger, config: DedupConfig = DedupConfig(), *, thumbs=None):
@@ -97,29 +98,42 @@ def dedup(frame, ledger: Ledger, config: DedupConfig = DedupConfig(), *, thumbs=
     ei, ej, _ = near_pairs(ph[first_rows], max_distance=config.resolved_distance(), xp=xp, seed=config.seed)
     m = int(node_codes.shape[0])
     stats = DedupStats(nodes=m, candidates=int(ei.shape[0]))
-    if thumbs is not None and config.verify != "none" and stats.candidates:
+    checks = dict(mode=config.verify if thumbs is not None else "none", xp=xp,
+                  max_fine_distance=config.max_fine_distance, max_thumb_distance=config.max_thumb_distance)
+    if stats.candidates and checks["mode"] != "none":
         # Thumbnails of the images that have a candidate, each moved once.
         involved, pos = unique(xp.concatenate([ei, ej]), xp, return_inverse=True)
-        pos = pos.ravel()
         t = xp.asarray(thumbs[ledger.device.to_host(first_rows[involved])])
-        ok = verify_pairs(t, pos[:stats.candidates], pos[stats.candidates:], mode=config.verify,
-                          max_fine_distance=config.max_fine_distance,
-                          max_thumb_distance=config.max_thumb_distance, xp=xp)
+        ok = verify_pairs(t, pos[:stats.candidates], pos[stats.candidates:], **checks)
         ei, ej = ei[ok], ej[ok]
     stats.verified = int(ei.shape[0])
     ei_h, ej_h = ledger.device.to_host(ei), ledger.device.to_host(ej)
     graph = coo_matrix((np.ones(len(ei_h), np.int8), (ei_h, ej_h)), shape=(m, m))
     _, comp_of_node = connected_components(graph, directed=False)
-    comp = xp.full(n, -1, dtype=xp.int64)
-    comp[rows_valid] = xp.asarray(comp_of_node, dtype=xp.int64)[node_of_valid.ravel()]
 
-    # Representative: lexsort, last key is primary.
+    # Priority of each row as a representative (lower is better): most pixels,
+    # lossless before JPEG, largest file, first path (ledger order).
     pixels = ledger.array(frame, schema.IMAGE_WIDTH, fill=0, dtype=np.int64) * \
         ledger.array(frame, schema.IMAGE_HEIGHT, fill=0, dtype=np.int64)
     lossy = ledger.series_array(frame[schema.IMAGE_FORMAT].isin(list(LOSSY_FORMATS)), fill=False, dtype=bool)
     fsize = ledger.array(frame, schema.FILE_BYTES, fill=0, dtype=np.int64)
     row = xp.arange(n, dtype=xp.int64)          # ledger order = relative-path order
-    order = xp.lexsort(xp.stack([row, -fsize, lossy.astype(xp.int64), -pixels, comp]))
+    rank = xp.empty(n, dtype=xp.int64)
+    rank[xp.lexsort(xp.stack([row, -fsize, lossy.astype(xp.int64), -pixels]))] = row
+    node_of_valid = node_of_valid.ravel()
+    node_rank = xp.full(m, n, dtype=xp.int64)
+    by_node = xp.lexsort(xp.stack([rank[rows_valid], node_of_valid]))
+    firsts = xp.concatenate([xp.ones(min(1, len(by_node)), dtype=bool),
+                             node_of_valid[by_node][1:] != node_of_valid[by_node][:-1]])
+    node_rank[node_of_valid[by_node][firsts]] = rank[rows_valid][by_node][firsts]
+
+    comp_node = _split_chains(xp.asarray(comp_of_node, dtype=xp.int64), node_rank, ph[first_rows],
+                              thumbs, first_rows, config, checks, ledger, stats)
+    comp = xp.full(n, -1, dtype=xp.int64)
+    comp[rows_valid] = comp_node[node_of_valid]
+
+    # Representative: the best-ranked row of each group.
+    order = xp.lexsort(xp.stack([rank, comp]))
     order = order[comp[order] >= 0]
     sorted_comp = comp[order]
     is_first = xp.concatenate([xp.ones(1, dtype=bool), sorted_comp[1:] != sorted_comp[:-1]]) \
@@ -155,6 +169,45 @@ def dedup(frame, ledger: Ledger, config: DedupConfig = DedupConfig(), *, thumbs=
         schema.DEDUP_LABEL_CONFLICT: (label_conflict, None),
         schema.DEDUP_SPLIT_LEAK: (split_leak, None),
     }), stats)
+
+
+def _split_chains(comp, node_rank, node_ph, thumbs, first_rows, config, checks, ledger, stats):
+    """Split connected components so that every node is itself within the
+    thresholds of its group's leader: no chains of A~B~C where A and C differ.
+
+    comp: (m,) component per node; node_rank: (m,) priority (lower is better).
+    Components of 3+ nodes are peeled leader by leader: the best-ranked node
+    not yet placed leads, and every unplaced node of its component that passes
+    the pHash threshold and the check against it joins it.  Returns (m,) labels.
+    """
+    xp = ledger.xp
+    m = int(comp.shape[0])
+    if m == 0:
+        return comp
+    sizes = xp.bincount(comp)
+    todo = xp.nonzero(sizes[comp] > 2)[0]
+    if int(todo.shape[0]) == 0:
+        return comp
+    check = pair_check(xp.asarray(thumbs[ledger.device.to_host(first_rows[todo])]), **checks) \
+        if checks["mode"] != "none" else pair_check(None, mode="none", xp=xp)
+    c, r, ph = comp[todo], node_rank[todo], node_ph[todo]
+    label = xp.full(int(todo.shape[0]), -1, dtype=xp.int64)
+    pending = xp.arange(int(todo.shape[0]))
+    limit = config.resolved_distance()
+    while int(pending.shape[0]):
+        order = pending[xp.lexsort(xp.stack([r[pending], c[pending]]))]
+        lead_mask = xp.concatenate([xp.ones(1, dtype=bool), c[order][1:] != c[order][:-1]])
+        leaders = order[lead_mask]                        # sorted by component
+        lead = leaders[xp.searchsorted(c[leaders], c[pending])]
+        ok = (hamming(ph[pending], ph[lead], xp=xp) <= limit) & check(pending, lead)
+        ok |= pending == lead
+        label[pending[ok]] = lead[ok]
+        pending = pending[~ok]
+    out = comp.copy()
+    base = int(comp.max()) + 1                            # fresh labels after the old ones
+    out[todo] = base + todo[label]
+    stats.split_groups = int(unique(out[todo], xp).shape[0]) - int(unique(c, xp).shape[0])
+    return out
 
 
 def _spans(comp, codes, valid, xp):
