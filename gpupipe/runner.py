@@ -54,6 +54,7 @@ class RunSummary:
     run_dir: str
     device: str
     executor: str
+    device_note: str
     layout: str
     rows: int
     seconds: dict[str, float] = field(default_factory=dict)
@@ -146,7 +147,7 @@ def run_dedup(
 
     summary = RunSummary(
         source=str(src.absolute()), run_dir=str(run_dir.absolute()),
-        device=device.kind + (f" ({device.note})" if device.note else ""),
+        device=device.kind, device_note=device.note,
         executor=executor_name, layout=ing.layout, rows=n, seconds=seconds,
         counts={"hash_stage": asdict(counts), "dedup_stage": asdict(dstats), "skipped_non_images": ing.skipped_non_images, **_counts(out)},
         max_distance=cfg.resolved_distance(),
