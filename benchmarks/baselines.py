@@ -141,23 +141,19 @@ def _ensure_torchvision() -> Literal["real", "stub"]:
 # --------------------------------------------------------------------------- #
 def _components(dup_map: dict[str, list[str]]) -> list[frozenset[str]]:
     """Connected components (size >= 2) of imagededup's {file: [dups]} map."""
-    parent: dict[str, str] = {}
+    import numpy as np
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
 
-    def find(x: str) -> str:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for key, dups in dup_map.items():
-        for other in dups:
-            ra, rb = find(key), find(other)
-            if ra != rb:
-                parent[rb] = ra
-    groups: dict[str, set[str]] = {}
-    for x in parent:
-        groups.setdefault(find(x), set()).add(x)
+    names = sorted(set(dup_map) | {o for dups in dup_map.values() for o in dups})
+    index = {name: i for i, name in enumerate(names)}
+    src = [index[k] for k, dups in dup_map.items() for _ in dups]
+    dst = [index[o] for dups in dup_map.values() for o in dups]
+    graph = coo_matrix((np.ones(len(src), np.int8), (src, dst)), shape=(len(names), len(names)))
+    _, label = connected_components(graph, directed=False)
+    groups: dict[int, set[str]] = {}
+    for name, lab in zip(names, label.tolist()):
+        groups.setdefault(lab, set()).add(name)
     return sorted((frozenset(g) for g in groups.values() if len(g) > 1), key=lambda g: (-len(g), min(g)))
 
 

@@ -32,7 +32,7 @@ from gpupipe.hashing.verify import (
     DEFAULT_MAX_FINE_DISTANCE, DEFAULT_MAX_THUMB_DISTANCE, VerifyMode, pair_check, verify_pairs,
 )
 from gpupipe.table import Ledger, check_columns
-from gpupipe.xputil import unique
+from gpupipe.xputil import min_per_group, run_starts, unique
 
 READS = (
     schema.SAMPLE_ID, schema.LABEL, schema.SPLIT, schema.FILE_BYTES, schema.IMAGE_FORMAT,
@@ -111,42 +111,22 @@ def dedup(frame, ledger: Ledger, config: DedupConfig = DedupConfig(), *, thumbs=
     graph = coo_matrix((np.ones(len(ei_h), np.int8), (ei_h, ej_h)), shape=(m, m))
     _, comp_of_node = connected_components(graph, directed=False)
 
-    # Priority of each row as a representative (lower is better): most pixels,
-    # lossless before JPEG, largest file, first path (ledger order).
-    pixels = ledger.array(frame, schema.IMAGE_WIDTH, fill=0, dtype=np.int64) * \
-        ledger.array(frame, schema.IMAGE_HEIGHT, fill=0, dtype=np.int64)
-    lossy = ledger.series_array(frame[schema.IMAGE_FORMAT].isin(list(LOSSY_FORMATS)), fill=False, dtype=bool)
-    fsize = ledger.array(frame, schema.FILE_BYTES, fill=0, dtype=np.int64)
-    row = xp.arange(n, dtype=xp.int64)          # ledger order = relative-path order
-    rank = xp.empty(n, dtype=xp.int64)
-    rank[xp.lexsort(xp.stack([row, -fsize, lossy.astype(xp.int64), -pixels]))] = row
+    rank, row_of_rank = _representative_rank(frame, ledger)
     node_of_valid = node_of_valid.ravel()
-    node_rank = xp.full(m, n, dtype=xp.int64)
-    by_node = xp.lexsort(xp.stack([rank[rows_valid], node_of_valid]))
-    firsts = xp.concatenate([xp.ones(min(1, len(by_node)), dtype=bool),
-                             node_of_valid[by_node][1:] != node_of_valid[by_node][:-1]])
-    node_rank[node_of_valid[by_node][firsts]] = rank[rows_valid][by_node][firsts]
-
+    node_rank = min_per_group(rank[rows_valid], node_of_valid, m, xp)
     comp_node = _split_chains(xp.asarray(comp_of_node, dtype=xp.int64), node_rank, ph[first_rows],
                               thumbs, first_rows, config, checks, ledger, stats)
     comp = xp.full(n, -1, dtype=xp.int64)
     comp[rows_valid] = comp_node[node_of_valid]
-
     # Representative: the best-ranked row of each group.
-    order = xp.lexsort(xp.stack([rank, comp]))
-    order = order[comp[order] >= 0]
-    sorted_comp = comp[order]
-    is_first = xp.concatenate([xp.ones(1, dtype=bool), sorted_comp[1:] != sorted_comp[:-1]]) \
-        if order.shape[0] else xp.zeros(0, dtype=bool)
-    rep_rows = order[is_first]                   # one per component, in component order
-    n_comp = int(rep_rows.shape[0])
-    rep_of_comp = xp.full(int(comp.max()) + 1 if n_comp else 0, -1, dtype=xp.int64)
-    rep_of_comp[sorted_comp[is_first]] = rep_rows
+    n_labels = int(comp.max()) + 1 if int(rows_valid.shape[0]) else 0
+    rep_of_comp = row_of_rank[min_per_group(rank[rows_valid], comp[rows_valid], n_labels, xp)]
+    row = xp.arange(n, dtype=xp.int64)
     rep = xp.full(n, -1, dtype=xp.int64)
     rep[valid] = rep_of_comp[comp[valid]]
 
     ids = ledger.array(frame, schema.SAMPLE_ID, dtype=np.int64)
-    size_of_comp = xp.bincount(comp[valid], minlength=rep_of_comp.shape[0]) if n_comp else xp.zeros(0, xp.int64)
+    size_of_comp = xp.bincount(comp[valid], minlength=n_labels)
     size = xp.zeros(n, dtype=xp.int64)
     size[valid] = size_of_comp[comp[valid]]
     is_rep = valid & (rep == row)
@@ -169,6 +149,23 @@ def dedup(frame, ledger: Ledger, config: DedupConfig = DedupConfig(), *, thumbs=
         schema.DEDUP_LABEL_CONFLICT: (label_conflict, None),
         schema.DEDUP_SPLIT_LEAK: (split_leak, None),
     }), stats)
+
+
+def _representative_rank(frame, ledger: Ledger):
+    """Each row's priority as a representative, 0 = best: most pixels, lossless
+    before JPEG, largest file, first path (ledger order).
+    Returns (rank (n,), row_of_rank (n,)), inverse permutations of each other."""
+    xp = ledger.xp
+    n = len(frame)
+    pixels = ledger.array(frame, schema.IMAGE_WIDTH, fill=0, dtype=np.int64) * \
+        ledger.array(frame, schema.IMAGE_HEIGHT, fill=0, dtype=np.int64)
+    lossy = ledger.series_array(frame[schema.IMAGE_FORMAT].isin(list(LOSSY_FORMATS)), fill=False, dtype=bool)
+    fsize = ledger.array(frame, schema.FILE_BYTES, fill=0, dtype=np.int64)
+    row = xp.arange(n, dtype=xp.int64)          # ledger order = relative-path order
+    row_of_rank = xp.lexsort(xp.stack([row, -fsize, lossy.astype(xp.int64), -pixels]))
+    rank = xp.empty(n, dtype=xp.int64)
+    rank[row_of_rank] = row
+    return rank, row_of_rank
 
 
 def _split_chains(comp, node_rank, node_ph, thumbs, first_rows, config, checks, ledger, stats):
@@ -196,8 +193,7 @@ def _split_chains(comp, node_rank, node_ph, thumbs, first_rows, config, checks, 
     limit = config.resolved_distance()
     while int(pending.shape[0]):
         order = pending[xp.lexsort(xp.stack([r[pending], c[pending]]))]
-        lead_mask = xp.concatenate([xp.ones(1, dtype=bool), c[order][1:] != c[order][:-1]])
-        leaders = order[lead_mask]                        # sorted by component
+        leaders = order[run_starts(c[order], xp)]         # best pending node of each component
         lead = leaders[xp.searchsorted(c[leaders], c[pending])]
         ok = (hamming(ph[pending], ph[lead], xp=xp) <= limit) & check(pending, lead)
         ok |= pending == lead
