@@ -164,3 +164,20 @@ def test_manifest_with_a_missing_file_flags_it(digits_planted, tmp_path):
     missing = t[t[schema.REL_PATH].str.endswith("nope.png")].iloc[0]
     assert missing[schema.IS_INVALID] and missing[schema.INVALID_REASON] == "unreadable"
     assert t[schema.IS_INVALID].sum() == 1
+
+
+@pytest.mark.gpu
+def test_dedup_stage_on_gpu_equals_cpu(digits_run):
+    """The dedup stage over CuPy (and cuDF where it works) gives the CPU ledger."""
+    from gpupipe.device import resolve_device
+    from gpupipe.stages.dedup import DedupConfig, dedup
+    from gpupipe.table import Ledger
+
+    ledger_cpu, summary = digits_run
+    thumbs = np.load(f"{summary.run_dir}/{THUMBS}")
+    ledger = Ledger(resolve_device("gpu"))
+    frame = ledger.from_arrow(ledger_cpu.drop_columns(schema.names("dedup")))
+    out, _ = dedup(frame, ledger, DedupConfig(), thumbs=thumbs)
+    got = ledger.to_arrow(out).select(schema.names("dedup"))
+    want = ledger_cpu.select(schema.names("dedup"))
+    assert got.cast(want.schema).equals(want)
