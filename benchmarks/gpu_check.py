@@ -63,7 +63,7 @@ def main() -> int:
     # 2. kernel throughput on the GPU
     for b, hw in ((65536, 28), (4096, 224)):
         imgs = cp.random.randint(0, 255, size=(b, hw, hw, 3), dtype=cp.uint8)
-        s, _ = timed(lambda: pixel_hash(imgs, cp), cp)
+        s, _ = timed(lambda imgs=imgs: pixel_hash(imgs, cp), cp)
         print(f"pixel hash {hw}x{hw}x3: {b / s:,.0f} images/s ({imgs.nbytes / s / 1e9:.0f} GB/s)")
         del imgs
     big = cp.asarray(np.tile(thumbs, (max(1, 262144 // n), 1, 1)))

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from gpupipe.datasets import (
-    COPY_KINDS, FASHION_MNIST_CLASSES, FASHION_MNIST_DEBIAN_PACKAGE, INVALID_KINDS, NEAR_KINDS,
+    FASHION_MNIST_CLASSES, FASHION_MNIST_DEBIAN_PACKAGE, INVALID_KINDS, NEAR_KINDS,
     REENCODE_KINDS, GroundTruth, PlantedItem, load_digits_images, load_fashion_mnist, plant_dataset,
 )
 
