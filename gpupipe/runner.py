@@ -21,8 +21,8 @@ import numpy as np
 import pyarrow as pa
 
 from gpupipe import __version__, schema
-from gpupipe.hashing.verify import VerifyMode
 from gpupipe.device import Device, DeviceRequest, resolve_device
+from gpupipe.hashing.verify import VerifyMode
 from gpupipe.scale.executor import make_executor, threads_per_worker
 from gpupipe.stages import dedup as dedup_stage
 from gpupipe.stages import hashing

@@ -8,8 +8,9 @@ Bytes are fed through ``external_source`` (the hash stage has already read
 them to hash them, so they are not read twice).  The pipeline runs
 synchronously (not pipelined) so that a file that fails to decode is reported
 with its own batch: DALI then invalidates the pipeline, so `Decoder` rebuilds
-it and bisects that batch to tell the bad file(s) from the good ones.  Files are screened by `gpupipe.io.sniff` first, so this slow path
-is rare, and bisection keeps it short.
+it and bisects that batch to tell the bad file(s) from the good ones.  Files
+are screened by `gpupipe.io.sniff` first, so this slow path is rare, and
+bisection keeps it short.
 """
 
 from __future__ import annotations

@@ -63,14 +63,6 @@ def pair_check(thumbs, *, mode: VerifyMode = "fine", max_fine_distance: int | No
     raise ValueError(f"verify mode must be one of fine, thumbs, none; not {mode!r}")
 
 
-def verify_pairs(thumbs, i, j, **options):
-    """`pair_check` applied once: (M,) bool for the pairs (thumbs[i], thumbs[j])."""
-    xp = options.get("xp", np)
-    if int(i.shape[0]) == 0:
-        return xp.ones(0, dtype=bool)
-    return pair_check(thumbs, **options)(i, j)
-
-
 def _standardise(t, xp):
     t = t.reshape(t.shape[0], THUMB, THUMB).astype(xp.float32)
     t = t - t.mean(axis=(1, 2), keepdims=True)

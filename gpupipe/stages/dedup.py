@@ -29,7 +29,7 @@ from scipy.sparse.csgraph import connected_components
 from gpupipe import schema
 from gpupipe.hashing.neighbors import hamming, near_pairs
 from gpupipe.hashing.verify import (
-    DEFAULT_MAX_FINE_DISTANCE, DEFAULT_MAX_THUMB_DISTANCE, VerifyMode, pair_check, verify_pairs,
+    DEFAULT_MAX_FINE_DISTANCE, DEFAULT_MAX_THUMB_DISTANCE, VerifyMode, pair_check,
 )
 from gpupipe.table import Ledger, check_columns
 from gpupipe.xputil import min_per_group, run_starts, unique
@@ -78,7 +78,7 @@ def dedup(frame, ledger: Ledger, config: DedupConfig = DedupConfig(), *, thumbs=
 
     thumbs: optional (N, 32, 32) uint8 array aligned with ``frame``'s rows (the
     hash stage's thumbnails); when given and ``config.verify``, pHash candidates
-    must also pass `gpupipe.hashing.verify.verify_pairs`.
+    must also pass `gpupipe.hashing.verify.pair_check`.
     Returns (frame with the new columns, DedupStats).
     """
     check_columns(frame, READS, where="dedup")
@@ -98,13 +98,15 @@ def dedup(frame, ledger: Ledger, config: DedupConfig = DedupConfig(), *, thumbs=
     ei, ej, _ = near_pairs(ph[first_rows], max_distance=config.resolved_distance(), xp=xp, seed=config.seed)
     m = int(node_codes.shape[0])
     stats = DedupStats(nodes=m, candidates=int(ei.shape[0]))
-    checks = dict(mode=config.verify if thumbs is not None else "none", xp=xp,
-                  max_fine_distance=config.max_fine_distance, max_thumb_distance=config.max_thumb_distance)
-    if stats.candidates and checks["mode"] != "none":
-        # Thumbnails of the images that have a candidate, each moved once.
-        involved, pos = unique(xp.concatenate([ei, ej]), xp, return_inverse=True)
-        t = xp.asarray(thumbs[ledger.device.to_host(first_rows[involved])])
-        ok = verify_pairs(t, pos[:stats.candidates], pos[stats.candidates:], **checks)
+    # One check over the images that have a candidate (thumbnails moved and,
+    # for "fine", 256-bit hashes computed once each); the chain split reuses it.
+    mode = config.verify if thumbs is not None else "none"
+    involved, pos = unique(xp.concatenate([ei, ej]), xp, return_inverse=True)
+    check = pair_check(xp.asarray(thumbs[ledger.device.to_host(first_rows[involved])]) if mode != "none" else None,
+                       mode=mode, max_fine_distance=config.max_fine_distance,
+                       max_thumb_distance=config.max_thumb_distance, xp=xp)
+    if stats.candidates:
+        ok = check(pos[:stats.candidates], pos[stats.candidates:])
         ei, ej = ei[ok], ej[ok]
     stats.verified = int(ei.shape[0])
     ei_h, ej_h = ledger.device.to_host(ei), ledger.device.to_host(ej)
@@ -115,7 +117,7 @@ def dedup(frame, ledger: Ledger, config: DedupConfig = DedupConfig(), *, thumbs=
     node_of_valid = node_of_valid.ravel()
     node_rank = min_per_group(rank[rows_valid], node_of_valid, m, xp)
     comp_node = _split_chains(xp.asarray(comp_of_node, dtype=xp.int64), node_rank, ph[first_rows],
-                              thumbs, first_rows, config, checks, ledger, stats)
+                              involved, check, config.resolved_distance(), stats, xp)
     comp = xp.full(n, -1, dtype=xp.int64)
     comp[rows_valid] = comp_node[node_of_valid]
     # Representative: the best-ranked row of each group.
@@ -168,16 +170,17 @@ def _representative_rank(frame, ledger: Ledger):
     return rank, row_of_rank
 
 
-def _split_chains(comp, node_rank, node_ph, thumbs, first_rows, config, checks, ledger, stats):
+def _split_chains(comp, node_rank, node_ph, involved, check, limit: int, stats: DedupStats, xp):
     """Split connected components so that every node is itself within the
     thresholds of its group's leader: no chains of A~B~C where A and C differ.
 
-    comp: (m,) component per node; node_rank: (m,) priority (lower is better).
+    comp: (m,) component per node; node_rank: (m,) priority (lower is better);
+    node_ph: (m,) pHashes; involved: sorted node ids that ``check`` indexes
+    (every node of a 3+ component has a verified edge, so it is among them).
     Components of 3+ nodes are peeled leader by leader: the best-ranked node
     not yet placed leads, and every unplaced node of its component that passes
     the pHash threshold and the check against it joins it.  Returns (m,) labels.
     """
-    xp = ledger.xp
     m = int(comp.shape[0])
     if m == 0:
         return comp
@@ -185,17 +188,15 @@ def _split_chains(comp, node_rank, node_ph, thumbs, first_rows, config, checks, 
     todo = xp.nonzero(sizes[comp] > 2)[0]
     if int(todo.shape[0]) == 0:
         return comp
-    check = pair_check(xp.asarray(thumbs[ledger.device.to_host(first_rows[todo])]), **checks) \
-        if checks["mode"] != "none" else pair_check(None, mode="none", xp=xp)
+    at = xp.searchsorted(involved, todo)                   # todo -> position in `check`
     c, r, ph = comp[todo], node_rank[todo], node_ph[todo]
     label = xp.full(int(todo.shape[0]), -1, dtype=xp.int64)
     pending = xp.arange(int(todo.shape[0]))
-    limit = config.resolved_distance()
     while int(pending.shape[0]):
         order = pending[xp.lexsort(xp.stack([r[pending], c[pending]]))]
         leaders = order[run_starts(c[order], xp)]         # best pending node of each component
         lead = leaders[xp.searchsorted(c[leaders], c[pending])]
-        ok = (hamming(ph[pending], ph[lead], xp=xp) <= limit) & check(pending, lead)
+        ok = (hamming(ph[pending], ph[lead], xp=xp) <= limit) & check(at[pending], at[lead])
         ok |= pending == lead
         label[pending[ok]] = lead[ok]
         pending = pending[~ok]

@@ -120,15 +120,14 @@ def hash_partition(
     thumbs = np.zeros((n, THUMB, THUMB), dtype=np.uint8)
     counts = HashCounts(rows=n)
     chunk = max(1, config.batch_size * 4)
-    starts = list(range(0, n, chunk))
     with ThreadPoolExecutor(max_workers=config.io_threads) as pool, ThreadPoolExecutor(max_workers=1) as decode_pool:
         # Reads of the next chunk run in the pool while this one is decoded.
         ahead = _submit_reads(pool, paths[0:chunk], config.io_threads)
-        for k, start in enumerate(starts):
+        for start in range(0, n, chunk):
             stop = min(n, start + chunk)
             t0 = time.perf_counter()
             datas = [d for f in ahead for d in f.result()]
-            ahead = _submit_reads(pool, paths[stop:stop + chunk], config.io_threads) if k + 1 < len(starts) else []
+            ahead = _submit_reads(pool, paths[stop:stop + chunk], config.io_threads)   # [] after the last
             t_sniff = 0.0
             to_decode: list[tuple[int, str, np.ndarray]] = []
             waiting: list[tuple[int, str]] = []
