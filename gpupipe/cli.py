@@ -2,6 +2,9 @@
 
     gpupipe dedup SRC --out RUN_DIR [--device auto|cpu|gpu] [--max-distance D]
                       [--workers N | --scheduler ADDRESS]
+    gpupipe rank RUN_DIR [--mode certified|oof] [--review person|auto|oracle] ...
+    gpupipe review RUN_DIR DECISIONS.csv
+    gpupipe augment RUN_DIR --out GRID.png
     gpupipe demo [--out DIR]        the embedded default dataset, found vs planted
 
 Bad input ends with a one-line message and exit status 2, never a traceback.
@@ -39,6 +42,77 @@ def _add_dedup_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("auxiliary model")
+    g.add_argument("--model", default="small-cnn",
+                   help="small-cnn (fast on CPU), resnet50-layer1 (the Data-Centric AI competition's model), "
+                        "or package.module:function returning a torch.nn.Module (default: %(default)s)")
+    g.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the model's own)")
+    g.add_argument("--image-size", type=int, default=32, help="side images are resized to, in memory (default: 32)")
+    g.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                   help="model input channels (default: 1 if the images are grayscale, else 3)")
+    g.add_argument("--epochs", type=int, default=30, help="most epochs per training (default: 30)")
+    g.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs (default: 5)")
+    g.add_argument("--epoch-samples", type=int, default=2048,
+                   help="an epoch shows at least this many augmented samples (default: 2048)")
+    g.add_argument("--train-batch", type=int, default=64, help="training batch size (default: 64)")
+    g.add_argument("--score-batch", type=int, default=None, help="scoring batch (default: 1024 CPU, 4096 GPU)")
+    _add_augment_options(p)
+
+
+def _add_augment_options(p: argparse.ArgumentParser) -> None:
+    a = p.add_argument_group("augmentation (DALI; 0 turns one off)")
+    a.add_argument("--rotation", type=float, default=0.05, help="fraction of a full turn (default: 0.05 = 18 deg)")
+    a.add_argument("--contrast", type=float, default=0.5, help="factor range 1 +- this (default: 0.5)")
+    a.add_argument("--translation", type=float, default=0.2, help="fraction of each side (default: 0.2)")
+    a.add_argument("--black-spots", type=int, default=2, help="most pen-stroke black spots (default: 2)")
+    a.add_argument("--white-spots", type=int, default=2, help="most pen-stroke white spots (default: 2)")
+    a.add_argument("--dashed-lines", type=int, default=1, help="most dashed lines (default: 1)")
+    a.add_argument("--no-augment", action="store_true", help="train on plain images")
+
+
+def _augment_config(args):
+    from gpupipe.dali.augment import AugmentConfig
+    from gpupipe.dali.strokes import StrokeSpec
+
+    if args.no_augment:
+        return None
+    for name in ("black_spots", "white_spots", "dashed_lines"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0")
+    return AugmentConfig(rotation=args.rotation, contrast=args.contrast, translation=args.translation,
+                         strokes=StrokeSpec(black_spots=args.black_spots, white_spots=args.white_spots,
+                                            dashed_lines=args.dashed_lines))
+
+
+def _rank_options(args):
+    from gpupipe.loop import RankOptions
+    from gpupipe.models.nets import resolve_model
+    from gpupipe.models.train import TrainConfig
+    from gpupipe.stages.review import AutoPolicy
+
+    resolve_model(args.model)        # a bad name or import fails here, before any work
+    for name in ("image_size", "epochs", "epoch_samples", "train_batch", "seed_size", "max_rounds", "folds"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.image_size < 8:
+        raise ValueError("--image-size must be at least 8")
+    for name in ("accept_prob", "relabel_prob", "remove_prob"):
+        if not 0 <= getattr(args, name) <= 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a probability in 0..1")
+    review = "oracle" if args.oracle else args.review
+    train = TrainConfig(model=args.model, lr=args.lr, batch_size=args.train_batch, image_size=args.image_size,
+                        epoch_samples=args.epoch_samples, max_epochs=args.epochs, patience=args.patience,
+                        augment=_augment_config(args))
+    return RankOptions(
+        device=args.device, mode=args.mode, folds=args.folds, review=review, oracle=args.oracle,
+        trust_seed=args.trust_seed, seed_size=args.seed_size, seed_val=args.seed_val, seed_dir=args.seed_dir,
+        worst=args.worst, best=args.best, max_rounds=args.max_rounds, review_budget=args.review_budget,
+        policy=AutoPolicy(accept_prob=args.accept_prob, relabel_prob=args.relabel_prob,
+                          remove_prob=args.remove_prob),
+        train=train, channels=args.channels, score_batch=args.score_batch, seed=args.seed)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpupipe", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -47,6 +121,50 @@ def build_parser() -> argparse.ArgumentParser:
                                "or a manifest .csv/.parquet with path,label[,split]")
     d.add_argument("--out", required=True, help="run directory to write (created if missing)")
     _add_dedup_options(d)
+    r = sub.add_parser("rank", help="train auxiliary models on certified samples, score and rank the rest by "
+                                    "loss, and run the review loop (person, oracle or automatic)")
+    r.add_argument("run_dir", help="a run directory written by gpupipe dedup")
+    r.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    r.add_argument("--mode", choices=("certified", "oof"), default="certified",
+                   help="certified: train on the certified set, score the rest (the method); oof: K-fold "
+                        "out-of-fold scores over everything, for data without a trustworthy seed set")
+    r.add_argument("--folds", type=int, default=5, help="folds for --mode oof (default: 5)")
+    r.add_argument("--review", choices=("person", "auto", "oracle"), default="person",
+                   help="who decides: person (write the queue and stop; apply with gpupipe review), auto "
+                        "(the thresholds below), oracle (known labels from --oracle)")
+    r.add_argument("--oracle", default=None, metavar="LABELS.csv",
+                   help="rel_path,label of the true labels (empty label: invalid); implies --review oracle")
+    r.add_argument("--seed-size", type=int, default=200, help="random class-stratified seed set (default: 200)")
+    r.add_argument("--seed-val", type=int, default=20, help="of which held out for validation (default: 20)")
+    r.add_argument("--seed-dir", default=None, metavar="DIR",
+                   help="certify the images whose bytes match an ImageFolder of known-good images instead")
+    r.add_argument("--trust-seed", action="store_true",
+                   help="take the random seed set's labels as given, without a review (auto does)")
+    r.add_argument("--worst", type=int, default=100, metavar="L", help="highest-loss samples per queue (default: 100)")
+    r.add_argument("--best", type=int, default=500, metavar="K", help="lowest-loss samples per queue (default: 500)")
+    r.add_argument("--max-rounds", type=int, default=10, help="rounds in this call (default: 10)")
+    r.add_argument("--review-budget", type=int, default=None, help="most samples a person/oracle reviews in total")
+    r.add_argument("--accept-prob", type=float, default=0.9,
+                   help="auto: confirm when the model's top class is the label with at least this (default: 0.9)")
+    r.add_argument("--relabel-prob", type=float, default=0.95,
+                   help="auto: relabel to the model's top class when it has at least this (default: 0.95)")
+    r.add_argument("--remove-prob", type=float, default=0.01,
+                   help="auto: remove when the label's probability is at most this (default: 0.01)")
+    r.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
+    _add_train_options(r)
+    v = sub.add_parser("review", help="apply a person's decisions (confirm / relabel / remove) to the ledger")
+    v.add_argument("run_dir")
+    v.add_argument("decisions", help="CSV: decision (confirm|relabel|remove, blank = skip), sample_id or "
+                                     "rel_path, new_label for relabel; the review/round-NNN.csv queue, filled in")
+    a = sub.add_parser("augment", help="write a PNG grid of augmented samples: what the model trains on")
+    a.add_argument("run_dir")
+    a.add_argument("--out", required=True, help="PNG file to write")
+    a.add_argument("--samples", type=int, default=8, help="rows (default: 8)")
+    a.add_argument("--variants", type=int, default=8, help="augmented copies per row (default: 8)")
+    a.add_argument("--image-size", type=int, default=32)
+    a.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    a.add_argument("--seed", type=int, default=0)
+    _add_augment_options(a)
     m = sub.add_parser("demo", help="write the embedded default dataset (real digits with planted "
                                     "defects), dedup it, print found vs planted")
     m.add_argument("--out", default="demo", help="directory for the dataset and the run (default: %(default)s)")
@@ -113,7 +231,34 @@ def main(argv: list[str] | None = None) -> int:
     from gpupipe.dali.decode import DaliMissing
     from gpupipe.stages.ingest import SourceError
 
+    from gpupipe.loop import PendingReview
+
     try:
+        if args.command == "rank":
+            from gpupipe.loop import run_rank
+
+            res = run_rank(args.run_dir, _rank_options(args), log=lambda m: print(m, flush=True))
+            print(f"gpupipe rank: {res.stopped}; " + ", ".join(f"{k} {v}" for k, v in res.counts.items()))
+            return 0
+        if args.command == "review":
+            from gpupipe.loop import run_review
+
+            out = run_review(args.run_dir, args.decisions)
+            print("gpupipe review: " + ", ".join(f"{k} {v}" for k, v in out.items()))
+            return 0
+        if args.command == "augment":
+            from gpupipe.loop import write_augment_grid
+
+            if args.samples < 1 or args.variants < 1 or args.image_size < 8:
+                raise ValueError("--samples and --variants must be >= 1, --image-size >= 8")
+            aug = _augment_config(args)
+            if aug is None:
+                raise ValueError("--no-augment leaves nothing to show")
+            path = write_augment_grid(args.run_dir, args.out, augment=aug, image_size=args.image_size,
+                                      samples=args.samples, variants=args.variants, seed=args.seed,
+                                      device=args.device)
+            print(f"gpupipe augment: wrote {path}")
+            return 0
         options = _options(args)
         if args.command == "dedup":
             from gpupipe.runner import run_dedup
@@ -125,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             from gpupipe.demo import run_demo
 
             return run_demo(Path(args.out), options, progress=_progress(args.quiet))
-    except (SourceError, DeviceError, DaliMissing, ValueError, OSError) as e:
+    except (SourceError, DeviceError, DaliMissing, ValueError, OSError, PendingReview) as e:
         print(f"gpupipe: error: {e}", file=sys.stderr)
         return 2
     return 1

@@ -27,7 +27,7 @@ import numpy as np
 
 __all__ = [
     "COPY_KINDS", "FASHION_MNIST_CLASSES", "FASHION_MNIST_DEBIAN_PACKAGE", "GroundTruth",
-    "INVALID_KINDS", "NEAR_KINDS", "PlantedItem", "REENCODE_KINDS", "load_digits_images",
+    "INVALID_KINDS", "NEAR_KINDS", "PlantedItem", "REENCODE_KINDS", "flip_labels", "load_digits_images",
     "load_fashion_mnist", "plant_dataset",
 ]
 
@@ -106,6 +106,34 @@ def load_fashion_mnist(
         if len(arrays["images"][-1]) != len(arrays["labels"][-1]):
             raise ValueError(f"{root}: {part} has unequal numbers of images and labels")
     return np.concatenate(arrays["images"]), np.concatenate(arrays["labels"]).astype(np.int64)
+
+
+def flip_labels(
+    labels: np.ndarray, *, rate: float, mode: Literal["symmetric", "pair"] = "symmetric",
+    n_classes: int | None = None, seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Plant label noise: ``labels int (N,)`` -> (noisy labels, flipped bool (N,)).
+
+    Exactly ``round(rate * N)`` samples, chosen at random, get a wrong label:
+    ``symmetric``: uniformly one of the other classes; ``pair``: class k becomes
+    class (k + 1) mod K (the class-pair flips of the label-noise literature).
+    """
+    labels = np.asarray(labels, np.int64)
+    if not 0 <= rate <= 1:
+        raise ValueError("rate must be in 0..1")
+    if mode not in ("symmetric", "pair"):
+        raise ValueError(f"mode must be 'symmetric' or 'pair', got {mode!r}")
+    k = int(n_classes if n_classes is not None else labels.max() + 1)
+    if k < 2:
+        raise ValueError("flipping labels needs at least two classes")
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(labels), int(round(rate * len(labels))), replace=False)
+    noisy = labels.copy()
+    step = rng.integers(1, k, len(pick)) if mode == "symmetric" else np.ones(len(pick), np.int64)
+    noisy[pick] = (labels[pick] + step) % k
+    flipped = np.zeros(len(labels), bool)
+    flipped[pick] = True
+    return noisy, flipped
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,58 @@ DEDUP = _cols(
     Column(DEDUP_SPLIT_LEAK, pa.bool_(), "the group spans more than one split", False),
 )
 
-STAGES: dict[str, tuple[Column, ...]] = {"ingest": INGEST, "hash": HASH, "dedup": DEDUP}
+# --- rank: auxiliary-model scores of each scored row (latest round that scored it) ---
+RANK_ROUND = "rank_round"
+RANK_LOSS = "rank_loss"
+RANK_PRED = "rank_pred"
+RANK_PROB_GIVEN = "rank_prob_given"
+RANK_MARGIN = "rank_margin"
+RANK_PROBS = "rank_probs"
+RANK_OOF = "rank_oof"
+RANK_FLAG = "is_mislabeled_issue"
+
+RANK = _cols(
+    Column(RANK_ROUND, pa.int32(), "round whose model produced this row's scores; null if never scored"),
+    Column(RANK_LOSS, pa.float32(), "cross-entropy of the current label, nats (higher = more suspect)"),
+    Column(RANK_PRED, pa.string(), "the model's most probable class: the suggested label"),
+    Column(RANK_PROB_GIVEN, pa.float32(), "probability of the current label, 0..1 (lower = more suspect)"),
+    Column(RANK_MARGIN, pa.float32(), "prob of the current label minus the largest other, -1..1 (<0: model disagrees)"),
+    Column(RANK_PROBS, pa.list_(pa.float32()), "softmax over the classes listed in rank.json, in that order"),
+    Column(RANK_OOF, pa.bool_(), "true when the score is out-of-fold (the row was not trained on)"),
+    Column(RANK_FLAG, pa.bool_(), "likely mislabeled: among the estimated number of errors with the highest loss (models.score.flag_label_issues)", False),
+)
+
+# --- review: decisions on each row (latest; the full history is decisions.parquet) ---
+REVIEW_STATUS = "review_status"
+REVIEW_LABEL = "review_label"
+REVIEW_ROUND = "review_round"
+REVIEW_SOURCE = "review_source"
+REVIEW_HOLDOUT = "review_holdout"
+
+# review_status values
+STATUS_CERTIFIED = "certified"     # valid, label confirmed (review_label == label)
+STATUS_RELABELED = "relabeled"     # valid, label corrected to review_label
+STATUS_REMOVED = "removed"         # invalid or unusable: out of the curated set
+REVIEW_STATUSES = (STATUS_CERTIFIED, STATUS_RELABELED, STATUS_REMOVED)
+# review_source values: who decided
+SOURCE_PERSON = "person"
+SOURCE_ORACLE = "oracle"           # known labels standing in for a person (benchmarks)
+SOURCE_AUTO = "auto"               # the documented automatic policy (--review auto)
+SOURCE_SEED = "seed"               # a random seed sample trusted as given (no person looked)
+SOURCE_SEED_DIR = "seed-dir"       # matched an image in a directory of known-good images
+REVIEW_SOURCES = (SOURCE_PERSON, SOURCE_ORACLE, SOURCE_AUTO, SOURCE_SEED, SOURCE_SEED_DIR)
+
+REVIEW = _cols(
+    Column(REVIEW_STATUS, pa.string(), "one of REVIEW_STATUSES; null while not yet certified"),
+    Column(REVIEW_LABEL, pa.string(), "the label after review (the given one when confirmed); null if not reviewed"),
+    Column(REVIEW_ROUND, pa.int32(), "round of the latest decision (0: the seed set)"),
+    Column(REVIEW_SOURCE, pa.string(), "who made the latest decision: one of REVIEW_SOURCES"),
+    Column(REVIEW_HOLDOUT, pa.bool_(), "a certified row used as validation (early stopping), not for training"),
+)
+
+STAGES: dict[str, tuple[Column, ...]] = {
+    "ingest": INGEST, "hash": HASH, "dedup": DEDUP, "rank": RANK, "review": REVIEW,
+}
 
 
 def columns(*stages: str) -> tuple[Column, ...]:

@@ -78,13 +78,41 @@ class Ledger:
             dtype = _dtype_of(name)
             values_h = self.device.to_host(values)
             mask = None if valid is None else ~self.device.to_host(valid).astype(bool)
-            arr = pa.array(values_h, type=dtype, mask=mask, from_pandas=False) \
-                if not isinstance(values_h, pa.Array) else values_h
+            if isinstance(values_h, pa.Array):
+                arr = values_h
+            elif pa.types.is_list(dtype):      # (N, K) array -> one list of K values per row
+                k = values_h.shape[1]
+                offsets = pa.array(np.arange(0, k * len(values_h) + 1, k, dtype=np.int32))
+                flat = pa.array(np.ascontiguousarray(values_h).reshape(-1), type=dtype.value_type)
+                arr = pa.ListArray.from_arrays(offsets, flat, mask=None if mask is None else pa.array(mask))
+            else:
+                arr = pa.array(values_h, type=dtype, mask=mask, from_pandas=False)
             if self.gpu_frames:
                 out[name] = self.df.Series.from_arrow(arr)
             else:
                 out[name] = pd.Series(pd.arrays.ArrowExtensionArray(arr), index=out.index)
         return out
+
+    def host(self, frame, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """A column on the host: (values numpy, valid bool numpy).  Strings come
+        as an object array (None where null); list columns as a 2-D float array
+        (NaN rows where null); other nulls hold arbitrary values."""
+        s = frame[name]
+        arr = s.to_arrow() if _is_cudf(s) else pa.array(s)
+        if isinstance(arr, pa.ChunkedArray):
+            arr = arr.combine_chunks()
+        valid = np.array(arr.is_valid().to_numpy(zero_copy_only=False), dtype=bool)   # writable copies
+        if pa.types.is_list(arr.type):
+            lengths = arr.value_lengths().fill_null(0).to_numpy()
+            k = int(lengths.max()) if len(lengths) else 0
+            out = np.full((len(arr), k), np.nan, np.float32)
+            if valid.any():
+                out[valid] = np.asarray(arr.filter(arr.is_valid()).flatten().to_numpy()).reshape(-1, k)
+            return out, valid
+        if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+            return np.asarray(arr.to_pylist(), dtype=object), valid
+        filled = arr.fill_null(False if pa.types.is_boolean(arr.type) else 0)
+        return np.array(filled.to_numpy(zero_copy_only=False)), valid
 
     # --- persistence ---------------------------------------------------------
     def read(self, path: str | os.PathLike):

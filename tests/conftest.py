@@ -44,3 +44,46 @@ def digits_run(digits_planted, tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
     summary = run_dedup(root, run, DedupOptions(device="cpu"))
     return pq.read_table(run / LEDGER), summary
+
+
+@pytest.fixture(scope="session")
+def digits_noisy(tmp_path_factory):
+    """Real digits (32x32 PNGs, no split folders) with 10% of the labels flipped
+    to another class (seeded), deduplicated on the CPU.
+
+    -> dict(root, run (a dedup run dir: copy it before changing it), flipped
+    (set of rel_paths whose folder label is wrong), truth (rel_path -> true
+    class name), oracle (CSV path of the true labels)).
+    """
+    import csv
+
+    import numpy as np
+
+    from gpupipe.datasets import flip_labels, load_digits_images, plant_dataset
+    from gpupipe.runner import DedupOptions, run_dedup
+
+    images, labels = load_digits_images()
+    noisy, flipped = flip_labels(labels, rate=0.1, mode="symmetric", seed=0)
+    base = tmp_path_factory.mktemp("noisy")
+    truth_tree = plant_dataset(images, noisy, base / "tree", upscale=4)
+    true = {p: str(labels[int(p.rsplit("_", 1)[1].split(".")[0])]) for p in truth_tree.originals}
+    wrong = {p for p in truth_tree.originals if flipped[int(p.rsplit("_", 1)[1].split(".")[0])]}
+    oracle = base / "oracle.csv"
+    with open(oracle, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["rel_path", "label"])
+        w.writerows(sorted(true.items()))
+    run = base / "run"
+    run_dedup(base / "tree", run, DedupOptions(device="cpu"))
+    assert np.isclose(len(wrong) / len(true), 0.1, atol=0.01)
+    return {"root": base / "tree", "run": run, "flipped": wrong, "truth": true, "oracle": oracle}
+
+
+@pytest.fixture
+def noisy_run(digits_noisy, tmp_path):
+    """A private copy of `digits_noisy`'s dedup run directory."""
+    import shutil
+
+    dst = tmp_path / "run"
+    shutil.copytree(digits_noisy["run"], dst)
+    return dst

@@ -1,0 +1,188 @@
+"""The DALI model-input pipeline: files -> decoded, resized, (augmented) float tensors.
+
+One pipeline definition for CPU and GPU (`gpupipe.device.Device` decides the
+decoder and the operator placement), used three ways:
+
+* scoring: every file once, in order, resized to ``size x size`` and scaled to
+  0..1, no augmentation;
+* training: shuffled, with the method's augmentations (`AugmentConfig`);
+* showing: an in-memory batch through the same augmentation graph, with the
+  random parameters as extra outputs (tests and the augmentation grid).
+
+Images are resized for the model in memory, never on disk.  Augmentations, in
+order: rotation and translation (one ``warp_affine``; areas moved in from
+outside repeat the border pixel), contrast around each channel's mean (as
+Keras ``RandomContrast``), then pen-stroke black and white spots and dashed
+lines from `gpupipe.dali.strokes`.  Every random draw is seeded: the same seed
+and the same inputs give the same batches.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from gpupipe.dali.decode import _DALI_ERROR, DaliMissing
+from gpupipe.dali.strokes import StrokeMasks, StrokeSpec
+from gpupipe.device import Device
+
+if _DALI_ERROR is None:
+    import nvidia.dali.math as dmath
+    from nvidia.dali import fn, pipeline_def, types
+
+READER = "reader"
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """The method's augmentations, each with its parameter (0 turns one off).
+
+    rotation: angle uniform in +-``rotation`` of a full turn (0.05 -> +-18 degrees).
+    contrast: factor uniform in [1 - contrast, 1 + contrast], around each channel's mean.
+    translation: offset uniform in +-``translation`` of the side, per axis.
+    strokes: how many black spots, white spots and dashed lines (0..max each).
+    """
+
+    rotation: float = 0.05
+    contrast: float = 0.5
+    translation: float = 0.2
+    strokes: StrokeSpec = field(default_factory=StrokeSpec)
+
+    def __post_init__(self):
+        if not 0 <= self.rotation <= 0.5:
+            raise ValueError("rotation is a fraction of a full turn in 0..0.5")
+        if not 0 <= self.contrast < 1:
+            raise ValueError("contrast must be in [0, 1)")
+        if not 0 <= self.translation <= 0.5:
+            raise ValueError("translation is a fraction of the side in 0..0.5")
+
+
+def _require_dali() -> None:
+    if _DALI_ERROR is not None:
+        raise DaliMissing("NVIDIA DALI is not installed: install gpupipe with one of the extras "
+                          f"[cpu], [cuda12] or [cuda13]. Import error: {_DALI_ERROR}")
+
+
+def _threads(n: int | None) -> int:
+    return n or max(1, min(os.cpu_count() or 1, 4))
+
+
+def _augment(img, cfg: AugmentConfig, *, size: int, batch_size: int, seed: int, gpu: bool):
+    """The augmentation graph over uint8 HWC ``size x size`` images.
+    Returns (images uint8, mask, angle degrees, offset px (2,), contrast factor)."""
+    half = size / 2.0
+    angle = _uniform(360.0 * cfg.rotation, centre=0.0)
+    offset = _uniform(cfg.translation * size, centre=0.0, shape=2)
+    mt = fn.transforms.rotation(angle=angle, center=[half, half])
+    mt = fn.transforms.translation(mt, offset=offset)
+    img = fn.warp_affine(img, matrix=mt, inverse_map=False)    # no fill_value: border pixels repeat
+    factor = _uniform(cfg.contrast, centre=1.0)
+    mean = fn.reductions.mean(img, axes=(0, 1), keep_dims=True)
+    img = mean + (factor.gpu() if gpu else factor) * (fn.cast(img, dtype=types.FLOAT) - mean)
+    img = fn.cast(dmath.clamp(img, 0.0, 255.0), dtype=types.UINT8)
+    mask = fn.external_source(source=StrokeMasks(cfg.strokes, size=size, batch_size=batch_size, seed=seed),
+                              batch=True, device="cpu", layout="HWC")
+    m = mask.gpu() if gpu else mask
+    img = fn.cast(img * (m == 0) + 255 * (m == 2), dtype=types.UINT8)
+    return img, mask, angle, offset, factor
+
+
+def _uniform(half_width: float, *, centre: float, shape: int | None = None):
+    """Uniform in centre +- half_width per sample (exactly ``centre`` when the width is 0)."""
+    kw = {} if shape is None else {"shape": shape}
+    if half_width <= 0:
+        return fn.random.uniform(values=[float(centre)], **kw)
+    return fn.random.uniform(range=(centre - half_width, centre + half_width), **kw)
+
+
+def _to_model(img):
+    return fn.crop_mirror_normalize(img, dtype=types.FLOAT, output_layout="CHW", mean=[0.0], std=[255.0])
+
+
+def file_pipeline(
+    device: Device, files: Sequence[str], rows: np.ndarray, *, size: int, channels: int,
+    batch_size: int, augment: AugmentConfig | None = None, shuffle: bool = False, seed: int = 0,
+    num_threads: int | None = None,
+):
+    """`Epochs` over ``files``: batches of (x float (B, C, size, size) in 0..1, rows (B,)),
+    ``rows[i]`` returned with ``files[i]``; shuffled anew each epoch when ``shuffle``."""
+    _require_dali()
+    gpu = device.decoder == "mixed"
+    files, rows = list(files), [int(r) for r in rows]
+    if shuffle:  # exact epochs: a seeded permutation first, DALI reshuffles the whole list after each
+        order = np.random.default_rng(seed).permutation(len(files))
+        files, rows = [files[i] for i in order], [rows[i] for i in order]
+
+    @pipeline_def(batch_size=batch_size, num_threads=_threads(num_threads), device_id=device.dali_device_id,
+                  seed=seed, prefetch_queue_depth=2)
+    def _pipe():
+        enc, row = fn.readers.file(files=files, labels=rows, shuffle_after_epoch=shuffle, seed=seed, name=READER,
+                                   pad_last_batch=True)
+        img = fn.decoders.image(enc, device="mixed" if gpu else "cpu",
+                                output_type=types.GRAY if channels == 1 else types.RGB)
+        img = fn.resize(img, size=[size, size], antialias=True, dtype=types.UINT8)
+        if augment is not None:
+            img = _augment(img, augment, size=size, batch_size=batch_size, seed=seed + 1, gpu=gpu)[0]
+        return _to_model(img), row
+
+    pipe = _pipe()
+    pipe.build()
+    return Epochs(pipe)
+
+
+class Epochs:
+    """Iterate a `file_pipeline` epoch by epoch: each ``iter()`` is one epoch of
+    (x torch tensor on the pipeline's device, rows int64 numpy).  One DALI
+    iterator serves every epoch, so prefetching never shifts an epoch's start."""
+
+    def __init__(self, pipe):
+        from nvidia.dali.plugin.base_iterator import LastBatchPolicy
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+        self._it = DALIGenericIterator(pipe, ["x", "row"], reader_name=READER,
+                                       last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=True)
+
+    def __iter__(self) -> Iterator[tuple["object", np.ndarray]]:
+        for batch in self._it:
+            b = batch[0]
+            yield b["x"], b["row"].reshape(-1).cpu().numpy().astype(np.int64)
+
+
+@dataclass
+class Shown:
+    """An augmented in-memory batch and the random parameters that made it."""
+
+    images: np.ndarray      # uint8 (B, S, S, C)
+    masks: np.ndarray       # uint8 (B, S, S): 0 none, 1 black, 2 white
+    angles: np.ndarray      # float (B,) degrees
+    offsets: np.ndarray     # float (B, 2) pixels (x, y)
+    contrast: np.ndarray    # float (B,)
+
+
+def show(device: Device, images: np.ndarray, augment: AugmentConfig, *, seed: int = 0) -> Shown:
+    """Augment ``images uint8 (B, S, S, C)`` (square, already at model size) once."""
+    _require_dali()
+    images = np.ascontiguousarray(images)
+    b, size = images.shape[0], images.shape[1]
+    gpu = device.decoder == "mixed"
+
+    @pipeline_def(batch_size=b, num_threads=_threads(None), device_id=device.dali_device_id, seed=seed,
+                  exec_async=False, exec_pipelined=False)
+    def _pipe():
+        img = fn.external_source(name="images", layout="HWC", device="gpu" if gpu else "cpu")
+        return _augment(img, augment, size=size, batch_size=b, seed=seed + 1, gpu=gpu)
+
+    pipe = _pipe()
+    pipe.build()
+    pipe.feed_input("images", list(images))
+    out = pipe.run()
+
+    def host(t):
+        t = t.as_cpu() if hasattr(t, "as_cpu") else t
+        return np.array(t.as_tensor())
+
+    img, mask, angle, offset, factor = (host(t) for t in out)
+    return Shown(img, mask[..., 0], angle.reshape(b), offset.reshape(b, 2), factor.reshape(b))

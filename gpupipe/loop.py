@@ -1,0 +1,310 @@
+"""The certify / rank / review loop over a run directory (steps 2 and 3 of the method).
+
+    RUN_DIR/ledger.parquet     the per-sample table, checkpointed after every round
+    RUN_DIR/rank.json          rounds so far, classes (order of rank_probs), pending review
+    RUN_DIR/decisions.parquet  every decision ever applied (append-only history)
+    RUN_DIR/review/round-NNN.csv / .png   the queue a person reviews, and its thumbnail sheet
+    RUN_DIR/models/round-NNN.pt           the round's auxiliary model (state_dict)
+
+A round: train on the certified rows (or out-of-fold), score the rest, queue
+the L worst and K best, decide (person, oracle or automatic policy), apply.
+With a person, `run_rank` stops after writing the queue and `run_review`
+applies the person's CSV; the next `run_rank` continues from the ledger.  The
+loop ends when every eligible row is decided, or a round or review budget is
+spent, or an automatic round decides nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from gpupipe import schema
+from gpupipe.device import DeviceRequest, resolve_device
+from gpupipe.models.train import TrainConfig
+from gpupipe.runner import LEDGER
+from gpupipe.stages import rank as rank_stage
+from gpupipe.stages import review as rv
+from gpupipe.table import Ledger, write_parquet_atomic, write_text_atomic
+
+RANK_STATE = "rank.json"
+DECISIONS = "decisions.parquet"
+REVIEW_DIR = "review"
+MODELS_DIR = "models"
+ReviewMode = Literal["person", "auto", "oracle"]
+
+
+class PendingReview(RuntimeError):
+    """A person's review of the last queue is still outstanding."""
+
+
+@dataclass(frozen=True)
+class RankOptions:
+    """Options of `run_rank` (see ``gpupipe rank --help`` for each)."""
+
+    device: DeviceRequest = "auto"
+    mode: rank_stage.RankMode = "certified"
+    folds: int = 5
+    review: ReviewMode = "person"
+    oracle: str | None = None
+    trust_seed: bool = False
+    seed_size: int = 200
+    seed_val: int = 20
+    seed_dir: str | None = None
+    worst: int = 100
+    best: int = 500
+    max_rounds: int = 10
+    review_budget: int | None = None
+    policy: rv.AutoPolicy = field(default_factory=rv.AutoPolicy)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    channels: int | None = None
+    score_batch: int | None = None
+    seed: int = 0
+
+
+@dataclass
+class LoopResult:
+    stopped: str                 # why the loop stopped
+    rounds: list[dict]           # this call's rounds (also appended to rank.json)
+    counts: dict[str, int]       # eligible / certified / relabeled / removed / open
+    queue: str | None = None     # the CSV awaiting a person, if any
+
+
+def _state(run_dir: Path) -> dict:
+    p = run_dir / RANK_STATE
+    return json.loads(p.read_text()) if p.exists() else {"rounds": [], "pending": None, "reviewed": 0}
+
+
+def _load(run_dir: Path, ledger: Ledger):
+    path = run_dir / LEDGER
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run `gpupipe dedup SRC --out {run_dir}` first")
+    frame = ledger.read(path)
+    missing = [n for n in schema.names("ingest", "hash", "dedup") if n not in frame.columns]
+    if missing:
+        raise ValueError(f"{path} lacks columns {missing}: was it written by gpupipe dedup?")
+    return rv.ensure_columns(frame, ledger)
+
+
+def _save(run_dir: Path, ledger: Ledger, frame, state: dict, log: pa.Table | None) -> None:
+    """Checkpoint: decisions log, then ledger, then state (each atomic).  A crash
+    between them leaves a ledger that matches the log's latest decisions."""
+    if log is not None and log.num_rows:
+        p = run_dir / DECISIONS
+        old = pq.read_table(p) if p.exists() else rv.LOG_SCHEMA.empty_table()
+        write_parquet_atomic(pa.concat_tables([old, log]), p)
+    stages = [s for s in schema.STAGES if all(c.name in frame.columns for c in schema.STAGES[s])]
+    write_parquet_atomic(ledger.to_arrow(frame).select(schema.names(*stages)).cast(schema.arrow_schema(*stages)),
+                         run_dir / LEDGER)
+    write_text_atomic(json.dumps(state, indent=2, default=str), run_dir / RANK_STATE)
+
+
+def counts(frame, ledger: Ledger) -> dict[str, int]:
+    rows = rank_stage.rows_of(frame, ledger)
+    status, _ = ledger.host(frame, schema.REVIEW_STATUS)
+    return {
+        "rows": len(rows.y), "eligible": int(rows.eligible.sum()),
+        "certified": int((status == schema.STATUS_CERTIFIED).sum()),
+        "relabeled": int((status == schema.STATUS_RELABELED).sum()),
+        "removed": int((status == schema.STATUS_REMOVED).sum()),
+        "open": int((rows.eligible & ~rows.certified).sum()),
+    }
+
+
+def _write_queue(run_dir: Path, q, round_no: int) -> Path:
+    from gpupipe.sheets import queue_sheet
+
+    csv = run_dir / REVIEW_DIR / f"round-{round_no:03d}.csv"
+    buf = io.StringIO()
+    q.to_csv(buf, index=False)
+    write_text_atomic(buf.getvalue(), csv)
+    queue_sheet(q, csv.with_suffix(".png"))
+    return csv
+
+
+def _seed_dir_decisions(seed_dir: str, frame, ledger: Ledger) -> rv.Decisions:
+    """Rows whose file bytes equal an image of ``seed_dir`` (an ImageFolder of
+    known-good images): confirmed, or relabeled to the seed image's folder."""
+    import xxhash
+
+    from gpupipe.stages.ingest import ingest
+
+    seeds = ingest(seed_dir).table
+    known = {}
+    for p, lab in zip(seeds.column(schema.PATH).to_pylist(), seeds.column(schema.LABEL).to_pylist()):
+        known[xxhash.xxh3_128_hexdigest(Path(p).read_bytes())] = lab
+    bh, has = ledger.host(frame, schema.BYTES_HASH)
+    rows = rank_stage.rows_of(frame, ledger)
+    pos = np.flatnonzero(has & rows.eligible & np.isin(bh, list(known)))
+    true = np.array([known[h] for h in bh[pos]], dtype=object)
+    action = np.where(true == rows.label[pos], "confirm", "relabel").astype(object)
+    return rv.Decisions(pos, action, np.where(action == "relabel", true, None), schema.SOURCE_SEED_DIR, 0)
+
+
+def run_rank(run_dir: str | os.PathLike, options: RankOptions = RankOptions(), *,
+             log: Callable[[str], None] = lambda s: None) -> LoopResult:
+    """Run rounds until the loop stops or a person must review (see module doc)."""
+    run_dir = Path(run_dir)
+    if options.review == "oracle" and not options.oracle:
+        raise ValueError("--review oracle needs --oracle LABELS.csv")
+    device = resolve_device(options.device)
+    ledger = Ledger(device)
+    frame = _load(run_dir, ledger)
+    state = _state(run_dir)
+    if state["pending"] is not None:
+        raise PendingReview(f"round {state['pending']}'s queue ({state.get('queue')}) awaits decisions: "
+                            f"run `gpupipe review {run_dir} DECISIONS.csv` first")
+    truth = rv.load_oracle(options.oracle, frame, ledger) if options.oracle else None
+    cfg = rank_stage.RankConfig(mode=options.mode, folds=options.folds, train=options.train,
+                                channels=options.channels, score_batch=options.score_batch)
+    rounds: list[dict] = []
+
+    def budget_left() -> int | None:
+        return None if options.review_budget is None else options.review_budget - state["reviewed"]
+
+    # Round 0: the certified seed set.
+    rows = rank_stage.rows_of(frame, ledger)
+    if options.mode == "certified" and not rows.certified.any():
+        if options.seed_dir:
+            d = _seed_dir_decisions(options.seed_dir, frame, ledger)
+            if len(d) == 0:
+                raise ValueError(f"no image of --seed-dir {options.seed_dir} matches a kept image of the ledger")
+        else:
+            pos, hold = rv.seed_set(rows, size=options.seed_size, val=options.seed_val, seed=options.seed)
+            if options.review == "person" and not options.trust_seed:
+                csv = _write_queue(run_dir, rv.seed_queue(frame, ledger, pos), 0)
+                ids, _ = ledger.host(frame, schema.SAMPLE_ID)
+                state.update(pending=0, queue=str(csv), seed_holdout=ids[pos[hold]].tolist())
+                _save(run_dir, ledger, frame, state, None)
+                log(f"round 0: certify the {len(pos)} seed samples in {csv}, then run gpupipe review")
+                return LoopResult("awaiting review", rounds, counts(frame, ledger), str(csv))
+            if options.review == "oracle" and not options.trust_seed:
+                d = rv.oracle_decisions(rv.seed_queue(frame, ledger, pos), truth, frame, round_no=0)
+                state["reviewed"] += len(pos)
+            else:
+                n = len(pos)
+                d = rv.Decisions(pos, np.full(n, "confirm", object), np.full(n, None, object), schema.SOURCE_SEED, 0)
+            d.holdout = hold
+        frame, entries = rv.apply(frame, ledger, d)
+        state["seed"] = {"size": len(d), "source": d.source, **_tally(d)}
+        _save(run_dir, ledger, frame, state, entries)
+        log(f"round 0: seed set of {len(d)} ({d.source}) {_tally(d)}")
+
+    stopped = "max rounds"
+    for _ in range(options.max_rounds):
+        c = counts(frame, ledger)
+        if c["open"] == 0:
+            stopped = "all eligible rows decided"
+            break
+        left = budget_left()
+        if left is not None and left <= 0:
+            stopped = "review budget spent"
+            break
+        r = len(state["rounds"]) + 1
+        frame, stats, model = rank_stage.rank(frame, ledger, device, cfg, round_no=r, seed=options.seed + 1000 * r)
+        if model is not None:
+            _save_model(run_dir / MODELS_DIR / f"round-{r:03d}.pt", model)
+        entry = {"round": r, "mode": stats.mode, "classes": stats.classes, "channels": stats.channels,
+                 "scored": stats.scored, "trained_on": stats.trained_on, "validated_on": stats.validated_on,
+                 "val_accuracy": stats.val_accuracy, "epochs": stats.epochs,
+                 "seconds_train": round(stats.seconds_train, 3), "seconds_score": round(stats.seconds_score, 3),
+                 "score_images_per_second": round(stats.score_images_per_second, 1)}
+        state["classes"] = stats.classes
+        if options.review == "person":
+            q = rv.queue(frame, ledger, worst=options.worst, best=options.best)
+            if left is not None:
+                q = q.iloc[:left]
+            csv = _write_queue(run_dir, q, r)
+            entry["queued"] = len(q)
+            state["rounds"].append(entry)
+            state.update(pending=r, queue=str(csv))
+            rounds.append(entry)
+            _save(run_dir, ledger, frame, state, None)
+            log(f"round {r}: scored {stats.scored}; review {len(q)} samples in {csv}, then run gpupipe review")
+            return LoopResult("awaiting review", rounds, counts(frame, ledger), str(csv))
+        if options.review == "oracle":
+            q = rv.queue(frame, ledger, worst=options.worst, best=options.best)
+            if left is not None:
+                q = q.iloc[:left]
+            d = rv.oracle_decisions(q, truth, frame, round_no=r)
+            state["reviewed"] += len(q)
+        else:
+            d = rv.auto_decisions(frame, ledger, options.policy, round_no=r)
+        frame, entries = rv.apply(frame, ledger, d)
+        entry.update(decided=len(d), source=d.source, **_tally(d))
+        state["rounds"].append(entry)
+        rounds.append(entry)
+        _save(run_dir, ledger, frame, state, entries)
+        log(f"round {r}: scored {stats.scored} ({stats.score_images_per_second:.0f} img/s), "
+            f"val acc {stats.val_accuracy if stats.val_accuracy is None else round(stats.val_accuracy, 3)}; "
+            f"{d.source} decided {len(d)} {_tally(d)}")
+        if len(d) == 0:
+            stopped = "a round decided nothing"
+            break
+    else:
+        if counts(frame, ledger)["open"] == 0:
+            stopped = "all eligible rows decided"
+    return LoopResult(stopped, rounds, counts(frame, ledger))
+
+
+def _tally(d: rv.Decisions) -> dict[str, int]:
+    return {a: int((d.action == a).sum()) for a in rv.ACTIONS}
+
+
+def _save_model(path: Path, model: torch.nn.Module) -> None:
+    from gpupipe.table import _atomic
+
+    with _atomic(path, "wb") as fh:
+        torch.save(model.state_dict(), fh)
+
+
+def run_review(run_dir: str | os.PathLike, decisions_csv: str | os.PathLike, *,
+               device: DeviceRequest = "auto") -> dict:
+    """Apply a person's decisions to the pending round -> the applied tally and counts."""
+    run_dir = Path(run_dir)
+    ledger = Ledger(resolve_device(device))
+    frame = _load(run_dir, ledger)
+    state = _state(run_dir)
+    round_no = state["pending"] if state["pending"] is not None else len(state["rounds"])
+    d = rv.read_decisions_csv(decisions_csv, frame, ledger, round_no=round_no)
+    if state["pending"] == 0 and state.get("seed_holdout"):   # keep the seed set's stratified holdout
+        ids, _ = ledger.host(frame, schema.SAMPLE_ID)
+        d.holdout = np.isin(ids[d.positions], np.asarray(state["seed_holdout"], np.int64))
+    frame, entries = rv.apply(frame, ledger, d)
+    state["reviewed"] += len(d)
+    state.update(pending=None, queue=None)
+    _save(run_dir, ledger, frame, state, entries)
+    return {"round": round_no, "applied": len(d), **_tally(d), **counts(frame, ledger)}
+
+
+def write_augment_grid(run_dir: str | os.PathLike, out: str | os.PathLike, *, augment, image_size: int = 32,
+                       channels: int | None = None, samples: int = 8, variants: int = 8, seed: int = 0,
+                       device: DeviceRequest = "auto") -> Path:
+    """A PNG: one row per sample (random eligible rows of the run), the model's
+    input first, then ``variants`` augmentations of it, as the model trains on them."""
+    from gpupipe.dali.augment import file_pipeline, show
+    from gpupipe.sheets import image_grid
+
+    dev = resolve_device(device)
+    ledger = Ledger(dev)
+    frame = _load(Path(run_dir), ledger)
+    rows = rank_stage.rows_of(frame, ledger)
+    elig = np.flatnonzero(rows.eligible)
+    if len(elig) == 0:
+        raise ValueError(f"{run_dir}: no eligible (valid, kept, labelled) images to show")
+    pick = np.sort(np.random.default_rng(seed).choice(elig, min(samples, len(elig)), replace=False))
+    ch = channels or rank_stage.probe_channels(dev, list(rows.paths[elig]))
+    x, _ = next(iter(file_pipeline(dev, list(rows.paths[pick]), pick, size=image_size, channels=ch,
+                                   batch_size=len(pick))))
+    base = np.rint(x.float().cpu().numpy().transpose(0, 2, 3, 1) * 255).astype(np.uint8)
+    cols = [base] + [show(dev, base, augment, seed=seed + v).images for v in range(1, variants + 1)]
+    return image_grid([[c[i] for c in cols] for i in range(len(pick))], out, scale=max(1, 64 // image_size))

@@ -1,0 +1,123 @@
+"""Auxiliary classifiers: a registry of model factories.
+
+A factory is ``f(num_classes: int, channels: int) -> torch.nn.Module`` taking
+``float (B, channels, S, S)`` images in 0..1 and returning ``(B, num_classes)``
+logits, for any ``S`` (both built-ins end in global average pooling).  Users
+plug in their own as ``"package.module:function"``.  The auxiliary models are
+tools for curation only; nothing downstream depends on their weights.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+Factory = Callable[[int, int], nn.Module]
+
+
+def small_cnn(num_classes: int, channels: int) -> nn.Module:
+    """Four 3x3 conv blocks (16-32-64-128 filters, batch norm, a 2x2 pool after
+    each of the first three), global average pooling, dropout 0.3, a dense
+    layer: ~0.1 M parameters, ~4 M multiply-adds per 32x32 image (fast on CPU)."""
+
+    def block(cin: int, cout: int) -> list[nn.Module]:
+        return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+    return nn.Sequential(
+        *block(channels, 16), nn.MaxPool2d(2), *block(16, 32), nn.MaxPool2d(2),
+        *block(32, 64), nn.MaxPool2d(2), *block(64, 128),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.3), nn.Linear(128, num_classes),
+    )
+
+
+class Bottleneck(nn.Module):
+    """ResNet v1.5 bottleneck (1x1, 3x3, 1x1 convolutions, expansion 4), as in
+    torchvision's ``Bottleneck``."""
+
+    def __init__(self, cin: int, width: int, *, downsample: bool):
+        super().__init__()
+        cout = width * 4
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, cout, 1, bias=False), nn.BatchNorm2d(cout),
+        )
+        self.skip = (nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
+                     if downsample else nn.Identity())
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.body(x) + self.skip(x))
+
+
+def resnet50_layer1(num_classes: int, channels: int) -> nn.Module:
+    """The Data-Centric AI competition's fixed model: ResNet-50 (random init) cut
+    after its first residual stage (Keras ``conv2_block3_out``, torchvision
+    ``layer1``), global average pooling, a dense layer; ~0.23 M parameters.
+    The competition fed it 32x32 images and trained it with Adam at 1e-4.
+
+    Written out here rather than taken from ``torchvision.models.resnet50``:
+    torchvision wheels are built against one exact torch build, and a
+    mismatched pair fails at import ("operator torchvision::nms does not
+    exist", seen with torchvision 0.28.0 beside the CPU torch 2.13.0); these
+    two blocks are not worth that coupling.  The layer shapes and the weight
+    initialisation (Kaiming normal, fan_out) match torchvision's.
+    """
+    model = nn.Sequential(
+        nn.Conv2d(channels, 64, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, stride=2, padding=1),
+        Bottleneck(64, 64, downsample=True), Bottleneck(256, 64, downsample=False),
+        Bottleneck(256, 64, downsample=False),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(256, num_classes),
+    )
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    return model
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A factory and the optimiser settings that go with it."""
+
+    factory: Factory
+    lr: float
+
+
+MODELS: dict[str, ModelSpec] = {
+    "small-cnn": ModelSpec(small_cnn, lr=1e-3),
+    "resnet50-layer1": ModelSpec(resnet50_layer1, lr=1e-4),
+}
+
+
+def resolve_model(name: str, *, lr: float | None = None) -> ModelSpec:
+    """A registry name, or ``"package.module:function"`` naming a factory
+    ``f(num_classes, channels) -> nn.Module`` (learning rate 1e-3 unless given)."""
+    if name in MODELS:
+        spec = MODELS[name]
+    elif ":" in name:
+        mod, _, attr = name.partition(":")
+        try:
+            factory = getattr(importlib.import_module(mod), attr)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"model {name!r}: cannot import {attr!r} from {mod!r} ({e})") from None
+        if not callable(factory):
+            raise ValueError(f"model {name!r} is not callable")
+        spec = ModelSpec(factory, lr=1e-3)
+    else:
+        raise ValueError(f"unknown model {name!r}: use one of {sorted(MODELS)} or 'package.module:function'")
+    return spec if lr is None else ModelSpec(spec.factory, lr=lr)
+
+
+def build(spec: ModelSpec, num_classes: int, channels: int, *, seed: int) -> nn.Module:
+    """The factory's model with seeded initial weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = spec.factory(num_classes, channels)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model factory returned {type(model).__name__}, not a torch.nn.Module")
+    return model

@@ -1,0 +1,106 @@
+"""Train an auxiliary classifier on certified samples, with DALI augmentation
+and early stopping on the certified validation samples."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gpupipe.dali.augment import AugmentConfig, file_pipeline
+from gpupipe.device import Device
+from gpupipe.models import nets
+from gpupipe.models.score import score
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How an auxiliary model is trained.
+
+    model: a `gpupipe.models.nets.MODELS` name or ``"package.module:function"``.
+    lr: Adam learning rate (None: the model's own, 1e-3 small-cnn, 1e-4 resnet50-layer1).
+    image_size: side the images are resized to for the model (in memory).
+    epoch_samples: an epoch shows at least this many (augmented) samples, repeating
+        a small training set, so that a 180-image seed set still gets enough steps.
+    max_epochs / patience: stop when the validation loss has not improved for
+        ``patience`` epochs; the best epoch's weights are kept.
+    augment: None trains on plain images.
+    """
+
+    model: str = "small-cnn"
+    lr: float | None = None
+    batch_size: int = 64
+    image_size: int = 32
+    epoch_samples: int = 2048
+    max_epochs: int = 30
+    patience: int = 5
+    augment: AugmentConfig | None = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module
+    best_epoch: int
+    epochs: int
+    val_loss: list[float]
+    val_accuracy: list[float]
+    train_samples: int
+
+
+def train(
+    device: Device, files: Sequence[str], labels: np.ndarray, val_files: Sequence[str], val_labels: np.ndarray,
+    *, num_classes: int, channels: int, config: TrainConfig, seed: int,
+) -> TrainResult:
+    """Train ``config.model`` on ``files`` with class indices ``labels (N,)`` in 0..num_classes-1.
+
+    Validation (no augmentation) runs after every epoch when ``val_files`` is
+    non-empty; without it the model trains ``max_epochs`` epochs.
+    """
+    spec = nets.resolve_model(config.model, lr=config.lr)
+    model = nets.build(spec, num_classes, channels, seed=seed).to(device.torch_device)
+    opt = torch.optim.Adam(model.parameters(), lr=spec.lr)
+    repeat = max(1, math.ceil(config.epoch_samples / max(len(files), 1)))
+    rows = np.tile(np.arange(len(files)), repeat)
+    train_epochs = file_pipeline(device, [files[i] for i in rows], rows, size=config.image_size,
+                                 channels=channels, batch_size=config.batch_size, augment=config.augment,
+                                 shuffle=True, seed=seed)
+    val_epochs = (file_pipeline(device, list(val_files), np.arange(len(val_files)), size=config.image_size,
+                                channels=channels, batch_size=max(config.batch_size, 256))
+                  if len(val_files) else None)
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.int64, device=device.torch_device)
+    val_y = np.asarray(val_labels, np.int64)
+    best, best_state, best_epoch, stale = math.inf, None, 0, 0
+    losses: list[float] = []
+    accs: list[float] = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for epoch in range(1, config.max_epochs + 1):
+            model.train()
+            for x, r in train_epochs:
+                x = x.to(device.torch_device, non_blocking=True)
+                target = y[torch.as_tensor(r, device=device.torch_device)]
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.is_gpu):
+                    loss = F.cross_entropy(model(x), target)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            if val_epochs is None:
+                continue
+            s = score(model, val_epochs, val_y, torch_device=device.torch_device)
+            losses.append(float(s.loss.mean()))
+            accs.append(float((s.pred == val_y[s.rows]).mean()))
+            if losses[-1] < best - 1e-4:
+                best, best_epoch, stale = losses[-1], epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                stale += 1
+                if stale >= config.patience:
+                    break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return TrainResult(model, best_epoch or config.max_epochs, epoch, losses, accs, len(files))

@@ -1,0 +1,227 @@
+"""The rank stage: train an auxiliary model, score rows, write the ``rank_*`` columns.
+
+Reads: ingest, hash, dedup and review columns.  Adds: `schema.RANK`.
+
+Eligible rows are valid, kept by dedup (duplicates are not scored twice),
+labelled, and not removed by review; their *current* label is the reviewed one
+when there is one.  Two modes:
+
+* ``certified`` (the method): train on the certified rows (those with
+  ``review_holdout`` validate), score every eligible row not yet certified.
+* ``oof``: out-of-fold over all eligible rows, for datasets without a
+  trustworthy seed set: K stratified folds, each scored by a model trained on
+  the other K-1 (a tenth of those held out for early stopping).
+
+The scores of a row are those of the latest round that scored it; the class
+order of ``rank_probs`` is returned in `RankStats.classes` (and kept in
+``rank.json`` by the caller).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from gpupipe import schema
+from gpupipe.dali.augment import file_pipeline
+from gpupipe.device import Device
+from gpupipe.models.score import Scores, score, flag_label_issues
+from gpupipe.models.train import TrainConfig, train
+from gpupipe.table import Ledger
+
+RankMode = Literal["certified", "oof"]
+READS = ("ingest", "hash", "dedup", "review")
+
+
+@dataclass(frozen=True)
+class RankConfig:
+    mode: RankMode = "certified"
+    folds: int = 5
+    train: TrainConfig = field(default_factory=TrainConfig)
+    channels: int | None = None      # None: 1 when the images are grayscale, else 3
+    score_batch: int | None = None   # None: 1024 on CPU, 4096 on GPU
+
+
+@dataclass
+class RankStats:
+    mode: str
+    classes: list[str]
+    channels: int
+    scored: int
+    trained_on: int
+    validated_on: int
+    val_accuracy: float | None
+    epochs: list[int]
+    seconds_train: float
+    seconds_score: float
+
+    @property
+    def score_images_per_second(self) -> float:
+        return self.scored / self.seconds_score if self.seconds_score > 0 else float("inf")
+
+
+class NothingCertified(RuntimeError):
+    """``certified`` mode was asked for but no row is certified yet."""
+
+
+@dataclass
+class Rows:
+    """The frame's rows as the rank stage sees them (host arrays, length N)."""
+
+    paths: np.ndarray        # object (N,)
+    label: np.ndarray        # object (N,) current label (reviewed if reviewed), None if none
+    eligible: np.ndarray     # bool (N,)
+    certified: np.ndarray    # bool (N,) certified or relabeled
+    holdout: np.ndarray      # bool (N,)
+    classes: list[str]
+    y: np.ndarray            # int64 (N,) index of the current label in classes, -1 if ineligible
+
+
+def rows_of(frame, ledger: Ledger) -> Rows:
+    """Eligibility, current labels and class indices of every row."""
+    paths, _ = ledger.host(frame, schema.PATH)
+    given, has_label = ledger.host(frame, schema.LABEL)
+    invalid, _ = ledger.host(frame, schema.IS_INVALID)
+    keep, _ = ledger.host(frame, schema.DEDUP_KEEP)
+    status, _ = ledger.host(frame, schema.REVIEW_STATUS)
+    reviewed, has_review = ledger.host(frame, schema.REVIEW_LABEL)
+    holdout, has_holdout = ledger.host(frame, schema.REVIEW_HOLDOUT)
+    label = np.where(has_review, reviewed, given)
+    eligible = ~invalid.astype(bool) & keep.astype(bool) & (has_label | has_review) \
+        & (status != schema.STATUS_REMOVED)
+    certified = eligible & np.isin(status, [schema.STATUS_CERTIFIED, schema.STATUS_RELABELED])
+    classes = sorted({str(v) for v in label[eligible]})
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.array([index[v] if e else -1 for v, e in zip(label, eligible)], dtype=np.int64)
+    return Rows(paths, label, eligible, certified, holdout.astype(bool) & has_holdout & certified, classes, y)
+
+
+def probe_channels(device: Device, paths: list[str]) -> int:
+    """1 when up to 64 of ``paths`` all decode with equal R, G and B; else 3."""
+    sample = paths[:64]
+    if not sample:
+        return 1
+    for x, _ in file_pipeline(device, sample, np.arange(len(sample)), size=32, channels=3, batch_size=len(sample)):
+        if not (bool((x[:, 0] == x[:, 1]).all()) and bool((x[:, 1] == x[:, 2]).all())):
+            return 3
+        break
+    return 1
+
+
+def _score_rows(device: Device, model, rows: Rows, positions: np.ndarray, cfg: RankConfig, channels: int) -> Scores:
+    batch = cfg.score_batch or (4096 if device.is_gpu else 1024)
+    epochs = file_pipeline(device, list(rows.paths[positions]), positions, size=cfg.train.image_size,
+                           channels=channels, batch_size=batch)
+    return score(model, epochs, rows.y, torch_device=device.torch_device)
+
+
+def _stratified_folds(y: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Fold (0..k-1) of each element of ``y``: each class dealt round-robin in random order."""
+    fold = np.empty(len(y), np.int64)
+    offset = 0
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        fold[idx] = (np.arange(len(idx)) + offset) % k
+        offset += len(idx)
+    return fold
+
+
+def rank(frame, ledger: Ledger, device: Device, cfg: RankConfig, *, round_no: int, seed: int):
+    """Train and score; returns (frame with the RANK columns, RankStats, trained model or None)."""
+    rows = rows_of(frame, ledger)
+    if not rows.classes:
+        raise NothingCertified("no eligible rows: every row is invalid, a duplicate, unlabelled or removed")
+    channels = cfg.channels or probe_channels(device, list(rows.paths[rows.eligible]))
+    tcfg, k = cfg.train, len(rows.classes)
+    t_train = t_score = 0.0
+    parts: list[Scores] = []
+    epochs: list[int] = []
+    val_acc: list[float] = []
+    trained = validated = 0
+    model = None
+    if cfg.mode == "certified":
+        tr = np.flatnonzero(rows.certified & ~rows.holdout)
+        va = np.flatnonzero(rows.holdout)
+        if len(tr) == 0:
+            raise NothingCertified("no certified rows to train on: certify a seed set first")
+        t = time.perf_counter()
+        res = train(device, list(rows.paths[tr]), rows.y[tr], list(rows.paths[va]), rows.y[va],
+                    num_classes=k, channels=channels, config=tcfg, seed=seed)
+        t_train += time.perf_counter() - t
+        model, trained, validated = res.model, len(tr), len(va)
+        epochs.append(res.epochs)
+        val_acc += res.val_accuracy[res.best_epoch - 1:res.best_epoch]
+        todo = np.flatnonzero(rows.eligible & ~rows.certified)
+        t = time.perf_counter()
+        if len(todo):
+            parts.append(_score_rows(device, model, rows, todo, cfg, channels))
+        t_score += time.perf_counter() - t
+        oof = False
+    elif cfg.mode == "oof":
+        if cfg.folds < 2:
+            raise ValueError("oof mode needs at least 2 folds")
+        rng = np.random.default_rng(seed)
+        elig = np.flatnonzero(rows.eligible)
+        fold = _stratified_folds(rows.y[elig], cfg.folds, rng)
+        for f in range(cfg.folds):
+            rest = elig[fold != f]
+            is_val = _stratified_folds(rows.y[rest], 10, rng) == 0
+            t = time.perf_counter()
+            res = train(device, list(rows.paths[rest[~is_val]]), rows.y[rest[~is_val]],
+                        list(rows.paths[rest[is_val]]), rows.y[rest[is_val]],
+                        num_classes=k, channels=channels, config=tcfg, seed=seed + f)
+            t_train += time.perf_counter() - t
+            trained, validated = trained + int((~is_val).sum()), validated + int(is_val.sum())
+            epochs.append(res.epochs)
+            val_acc += res.val_accuracy[res.best_epoch - 1:res.best_epoch]
+            t = time.perf_counter()
+            parts.append(_score_rows(device, res.model, rows, elig[fold == f], cfg, channels))
+            t_score += time.perf_counter() - t
+        oof = True
+    else:
+        raise ValueError(f"mode must be 'certified' or 'oof', not {cfg.mode!r}")
+
+    frame = _merge(frame, ledger, rows, parts, k, round_no=round_no, oof=oof)
+    stats = RankStats(cfg.mode, rows.classes, channels, sum(len(p.rows) for p in parts), trained, validated,
+                      float(np.mean(val_acc)) if val_acc else None, epochs, t_train, t_score)
+    return frame, stats, model
+
+
+def _merge(frame, ledger: Ledger, rows: Rows, parts: list[Scores], k: int, *, round_no: int, oof: bool):
+    """Write this round's scores into the RANK columns (other rows keep theirs)."""
+    n = len(rows.y)
+    have = schema.RANK_ROUND in frame.columns
+    cols: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for c in schema.RANK:
+        if have:
+            cols[c.name] = ledger.host(frame, c.name)
+    if not have or cols[schema.RANK_PROBS][0].shape[1] != k:
+        cols = {
+            schema.RANK_ROUND: (np.zeros(n, np.int32), np.zeros(n, bool)),
+            schema.RANK_LOSS: (np.zeros(n, np.float32), np.zeros(n, bool)),
+            schema.RANK_PRED: (np.full(n, None, object), np.zeros(n, bool)),
+            schema.RANK_PROB_GIVEN: (np.zeros(n, np.float32), np.zeros(n, bool)),
+            schema.RANK_MARGIN: (np.zeros(n, np.float32), np.zeros(n, bool)),
+            schema.RANK_PROBS: (np.full((n, k), np.nan, np.float32), np.zeros(n, bool)),
+            schema.RANK_OOF: (np.zeros(n, bool), np.zeros(n, bool)),
+            schema.RANK_FLAG: (np.zeros(n, bool), np.ones(n, bool)),
+        }
+    classes = np.asarray(rows.classes, dtype=object)
+    for s in parts:
+        r = s.rows
+        for name, values in ((schema.RANK_ROUND, round_no), (schema.RANK_LOSS, s.loss),
+                             (schema.RANK_PRED, classes[s.pred]), (schema.RANK_PROB_GIVEN, s.prob_given),
+                             (schema.RANK_MARGIN, s.margin), (schema.RANK_PROBS, s.probs),
+                             (schema.RANK_OOF, oof)):
+            cols[name][0][r] = values
+            cols[name][1][r] = True
+    # Flags over every row holding probabilities, against its current label.
+    probs, has = cols[schema.RANK_PROBS]
+    use = has & rows.eligible
+    flags = np.zeros(n, bool)
+    flags[use] = flag_label_issues(rows.y[use], probs[use].astype(np.float64))
+    cols[schema.RANK_FLAG] = (flags, np.ones(n, bool))
+    return ledger.assign(frame, {name: (v, valid) for name, (v, valid) in cols.items()})

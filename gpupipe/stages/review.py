@@ -1,0 +1,308 @@
+"""The review stage: decisions on rows, the review queue, and who decides.
+
+Reads: ingest, dedup, rank columns.  Adds: `schema.REVIEW`.
+
+A decision is ``confirm`` (valid, label right), ``relabel`` (valid, label is
+``new_label``) or ``remove`` (invalid or unusable).  Every decision carries
+its round and its source (person, oracle, automatic policy, seed); the ledger
+holds each row's latest decision and `apply` returns log rows for the full
+history (``decisions.parquet``).  Decision-makers:
+
+* a person, through a CSV (`read_decisions_csv`);
+* an oracle of known labels standing in for the person (`oracle_decisions`),
+  for benchmarks;
+* the automatic policy (`auto_decisions`) with explicit thresholds.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from gpupipe import schema
+from gpupipe.stages.rank import Rows, rows_of
+from gpupipe.table import Ledger
+
+Action = Literal["confirm", "relabel", "remove"]
+ACTIONS: tuple[str, ...] = ("confirm", "relabel", "remove")
+_STATUS = {"confirm": schema.STATUS_CERTIFIED, "relabel": schema.STATUS_RELABELED, "remove": schema.STATUS_REMOVED}
+HOLDOUT_FRACTION = 0.1
+
+LOG_SCHEMA = pa.schema([
+    ("sample_id", pa.int64()), ("rel_path", pa.string()), ("round", pa.int32()), ("action", pa.string()),
+    ("label_before", pa.string()), ("label_after", pa.string()), ("source", pa.string()),
+    ("unix_time", pa.float64()),
+])
+
+
+@dataclass
+class Decisions:
+    """Column-wise decisions: ``positions`` (rows of the ledger), ``action`` and
+    ``new_label`` (object arrays; new_label only for relabel), one source and round."""
+
+    positions: np.ndarray
+    action: np.ndarray
+    new_label: np.ndarray
+    source: str
+    round: int
+    holdout: np.ndarray | None = None   # bool per decision; None: by hash of sample_id
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    @classmethod
+    def empty(cls, source: str, round_no: int) -> "Decisions":
+        return cls(np.zeros(0, np.int64), np.zeros(0, object), np.zeros(0, object), source, round_no)
+
+
+def ensure_columns(frame, ledger: Ledger):
+    """The frame with the REVIEW columns, all null, if it lacks them."""
+    if schema.REVIEW_STATUS in frame.columns:
+        return frame
+    n = len(frame)
+    none = np.full(n, None, object)
+    return ledger.assign(frame, {
+        schema.REVIEW_STATUS: (none, np.zeros(n, bool)), schema.REVIEW_LABEL: (none, np.zeros(n, bool)),
+        schema.REVIEW_ROUND: (np.zeros(n, np.int32), np.zeros(n, bool)),
+        schema.REVIEW_SOURCE: (none, np.zeros(n, bool)), schema.REVIEW_HOLDOUT: (np.zeros(n, bool), np.zeros(n, bool)),
+    })
+
+
+def holdout_by_hash(sample_ids: np.ndarray, fraction: float = HOLDOUT_FRACTION) -> np.ndarray:
+    """A fixed ``fraction`` of sample ids, chosen by a splitmix64 hash of the id
+    (independent of row order and of when a row was certified)."""
+    z = sample_ids.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53) < fraction
+
+
+def apply(frame, ledger: Ledger, d: Decisions) -> tuple[object, pa.Table]:
+    """Apply decisions (trusted: positions valid, relabels carry a label) ->
+    (frame, log rows).  A later decision on a row replaces its earlier one."""
+    if len(d) == 0:
+        return frame, LOG_SCHEMA.empty_table()
+    frame = ensure_columns(frame, ledger)
+    cols = {c.name: ledger.host(frame, c.name) for c in schema.REVIEW}
+    ids, _ = ledger.host(frame, schema.SAMPLE_ID)
+    rel, _ = ledger.host(frame, schema.REL_PATH)
+    given, _ = ledger.host(frame, schema.LABEL)
+    before = np.where(cols[schema.REVIEW_LABEL][1], cols[schema.REVIEW_LABEL][0], given)
+    p = d.positions
+    after = np.where(d.action == "relabel", d.new_label, before[p])
+    holdout = d.holdout if d.holdout is not None else holdout_by_hash(ids[p])
+    keep_holdout = cols[schema.REVIEW_HOLDOUT][1][p] & (d.action != "remove")
+    holdout = np.where(keep_holdout, cols[schema.REVIEW_HOLDOUT][0][p], holdout)
+    for name, values in ((schema.REVIEW_STATUS, np.array([_STATUS[a] for a in d.action], object)),
+                         (schema.REVIEW_LABEL, after), (schema.REVIEW_ROUND, d.round),
+                         (schema.REVIEW_SOURCE, d.source), (schema.REVIEW_HOLDOUT, holdout & (d.action != "remove"))):
+        cols[name][0][p] = values
+        cols[name][1][p] = True
+    frame = ledger.assign(frame, cols)
+    log = pa.table({
+        "sample_id": ids[p], "rel_path": rel[p].tolist(), "round": np.full(len(p), d.round, np.int32),
+        "action": d.action.tolist(), "label_before": before[p].tolist(), "label_after": after.tolist(),
+        "source": [d.source] * len(p), "unix_time": np.full(len(p), time.time()),
+    }, schema=LOG_SCHEMA)
+    return frame, log
+
+
+# ----------------------------------------------------------------------------- what to review
+def seed_set(rows: Rows, *, size: int, val: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A random, class-stratified seed set -> (positions, holdout bool).
+
+    ``size`` rows are split among classes in proportion to their counts (at
+    least 2 per class where the class has them); ``val`` of them, dealt one
+    class at a time, are held out for validation.
+    """
+    rng = np.random.default_rng(seed)
+    elig = np.flatnonzero(rows.eligible)
+    if len(elig) <= size:
+        picks_by_class = [rng.permutation(elig[rows.y[elig] == c]) for c in range(len(rows.classes))]
+    else:
+        counts = np.bincount(rows.y[elig], minlength=len(rows.classes))
+        quota = np.minimum(counts, np.maximum(2, np.floor(size * counts / counts.sum()).astype(int)))
+        for c in np.argsort(-(size * counts / counts.sum() - quota)):   # largest remainders first
+            if quota.sum() >= size:
+                break
+            quota[c] += quota[c] < counts[c]
+        picks_by_class = [rng.permutation(elig[rows.y[elig] == c])[:q] for c, q in enumerate(quota)]
+    # Deal: the first pick of every class, then the second of every class, ...
+    dealt = [(j, c, p) for c, picks in enumerate(picks_by_class) for j, p in enumerate(picks)]
+    dealt.sort(key=lambda t: (t[0], rng.random()))
+    positions = np.array([p for _, _, p in dealt], np.int64)
+    holdout = np.zeros(len(positions), bool)
+    holdout[:min(val, max(len(positions) - 1, 0))] = True
+    return positions, holdout
+
+
+def queue(frame, ledger: Ledger, *, worst: int, best: int) -> pd.DataFrame:
+    """The review queue: the ``worst`` highest-loss and ``best`` lowest-loss rows
+    among the eligible, scored, not yet certified ones.  Columns: queue
+    (worst|best), sample_id, rel_path, path, label, suggested_label, loss,
+    prob_given, prob_suggested, margin, decision (blank), new_label (the
+    suggestion, used if the decision is ``relabel``)."""
+    rows = rows_of(frame, ledger)
+    loss, scored = ledger.host(frame, schema.RANK_LOSS)
+    open_ = np.flatnonzero(rows.eligible & ~rows.certified & scored)
+    order = open_[np.argsort(-loss[open_], kind="stable")]
+    w = order[:worst]
+    b = order[::-1][:best]
+    b = b[~np.isin(b, w)]
+    return _queue_frame(frame, ledger, rows, np.concatenate([w, b]), ["worst"] * len(w) + ["best"] * len(b))
+
+
+def _queue_frame(frame, ledger: Ledger, rows: Rows, pos: np.ndarray, kinds: list[str]) -> pd.DataFrame:
+    ids, _ = ledger.host(frame, schema.SAMPLE_ID)
+    rel, _ = ledger.host(frame, schema.REL_PATH)
+    out = pd.DataFrame({"queue": kinds, "sample_id": ids[pos], "rel_path": rel[pos], "path": rows.paths[pos],
+                        "label": rows.label[pos]})
+    if schema.RANK_LOSS in frame.columns:
+        pred, has = ledger.host(frame, schema.RANK_PRED)
+        probs, _ = ledger.host(frame, schema.RANK_PROBS)
+        loss, _ = ledger.host(frame, schema.RANK_LOSS)
+        pg, _ = ledger.host(frame, schema.RANK_PROB_GIVEN)
+        margin, _ = ledger.host(frame, schema.RANK_MARGIN)
+        out["suggested_label"] = np.where(has[pos], pred[pos], None)
+        out["loss"] = np.where(has[pos], loss[pos], np.nan)
+        out["prob_given"] = np.where(has[pos], pg[pos], np.nan)
+        out["prob_suggested"] = np.where(has[pos], np.nanmax(probs[pos], axis=1) if probs.size else np.nan, np.nan)
+        out["margin"] = np.where(has[pos], margin[pos], np.nan)
+    out["decision"] = ""
+    out["new_label"] = out["suggested_label"] if "suggested_label" in out else None
+    return out
+
+
+def seed_queue(frame, ledger: Ledger, positions: np.ndarray) -> pd.DataFrame:
+    return _queue_frame(frame, ledger, rows_of(frame, ledger), positions, ["seed"] * len(positions))
+
+
+# ----------------------------------------------------------------------------- who decides
+@dataclass(frozen=True)
+class AutoPolicy:
+    """The unattended policy (``--review auto``), applied to scored, not yet
+    certified rows.  Probabilities are the model's, 0..1.
+
+    accept_prob: confirm a row when the model's top class is its label with at
+        least this probability.
+    relabel_prob: relabel a row to the model's top class when that is another
+        class with at least this probability.
+    remove_prob: remove a row (as unusable) when its label's probability is at
+        most this and it was not relabeled.
+    max_accept / max_change: caps per round (lowest loss accepted first,
+        highest loss changed first); None = no cap.
+    """
+
+    accept_prob: float = 0.9
+    relabel_prob: float = 0.95
+    remove_prob: float = 0.01
+    max_accept: int | None = None
+    max_change: int | None = None
+
+
+def auto_decisions(frame, ledger: Ledger, policy: AutoPolicy, *, round_no: int) -> Decisions:
+    rows = rows_of(frame, ledger)
+    loss, scored = ledger.host(frame, schema.RANK_LOSS)
+    pred, _ = ledger.host(frame, schema.RANK_PRED)
+    probs, _ = ledger.host(frame, schema.RANK_PROBS)
+    pg, _ = ledger.host(frame, schema.RANK_PROB_GIVEN)
+    open_ = rows.eligible & ~rows.certified & scored
+    top = np.where(scored, np.nan_to_num(probs, nan=0.0).max(axis=1, initial=0.0), 0.0)
+    agree = pred == rows.label
+    accept = np.flatnonzero(open_ & agree & (pg >= policy.accept_prob))
+    relabel = np.flatnonzero(open_ & ~agree & (top >= policy.relabel_prob))
+    remove = np.flatnonzero(open_ & ~agree & (top < policy.relabel_prob) & (pg <= policy.remove_prob))
+    accept = accept[np.argsort(loss[accept], kind="stable")][:policy.max_accept]
+    change = np.concatenate([relabel, remove])
+    change = change[np.argsort(-loss[change], kind="stable")][:policy.max_change]
+    pos = np.concatenate([accept, change])
+    action = np.array(["confirm"] * len(accept) + ["relabel" if np.isin(p, relabel) else "remove" for p in change],
+                      dtype=object)
+    new = np.where(action == "relabel", pred[pos], None)
+    return Decisions(pos, action, new, schema.SOURCE_AUTO, round_no)
+
+
+def load_oracle(path: str | Path, frame, ledger: Ledger) -> dict[str, str | None]:
+    """``LABELS.csv`` with columns rel_path,label (an empty label: the file is
+    invalid) -> rel_path -> true label or None."""
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise ValueError(f"oracle {path}: cannot read it as CSV ({e})") from None
+    if not {"rel_path", "label"} <= set(df.columns):
+        raise ValueError(f"oracle {path}: needs columns rel_path,label; has {list(df.columns)}")
+    return {r: (lab or None) for r, lab in zip(df["rel_path"], df["label"])}
+
+
+def oracle_decisions(q: pd.DataFrame, truth: dict[str, str | None], frame, *, round_no: int) -> Decisions:
+    """What a careful person with the true labels would decide for each queued row."""
+    missing = [r for r in q["rel_path"] if r not in truth]
+    if missing:
+        raise ValueError(f"the oracle has no label for {len(missing)} queued rows, e.g. {missing[:3]}")
+    true = np.array([truth[r] for r in q["rel_path"]], dtype=object)
+    given = q["label"].to_numpy(dtype=object)
+    action = np.where(true == None, "remove", np.where(true == given, "confirm", "relabel")).astype(object)  # noqa: E711
+    return Decisions(_positions(frame, q["sample_id"].to_numpy(np.int64)), action,
+                     np.where(action == "relabel", true, None), schema.SOURCE_ORACLE, round_no)
+
+
+def _positions(frame, sample_ids: np.ndarray) -> np.ndarray:
+    index = pd.Index(np.asarray(frame[schema.SAMPLE_ID].to_numpy(dtype=np.int64)))
+    pos = index.get_indexer(sample_ids)
+    if (pos < 0).any():
+        raise ValueError(f"{int((pos < 0).sum())} sample ids are not in the ledger, e.g. {sample_ids[pos < 0][:3].tolist()}")
+    return pos.astype(np.int64)
+
+
+def read_decisions_csv(path: str | Path, frame, ledger: Ledger, *, round_no: int,
+                       source: str = schema.SOURCE_PERSON) -> Decisions:
+    """A person's decisions: a CSV with ``decision`` (confirm | relabel | remove;
+    blank rows are skipped), ``sample_id`` or ``rel_path``, and ``new_label``
+    for relabels (a class already in the data).  Every row is checked before
+    any is applied; all problems are reported together."""
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
+        raise ValueError(f"decisions {path}: cannot read it as CSV ({e})") from None
+    if "decision" not in df.columns or not ({"sample_id", "rel_path"} & set(df.columns)):
+        raise ValueError(f"decisions {path}: needs a 'decision' column and 'sample_id' or 'rel_path'")
+    df = df[df["decision"].str.strip() != ""].reset_index(drop=True)
+    problems: list[str] = []
+    action = df["decision"].str.strip().str.lower().to_numpy(dtype=object)
+    for i in np.flatnonzero(~np.isin(action, ACTIONS))[:5]:
+        problems.append(f"line {i + 2}: decision {df['decision'][i]!r} is not one of {', '.join(ACTIONS)}")
+    rows = rows_of(frame, ledger)
+    if "sample_id" in df.columns and (df["sample_id"] != "").all():
+        try:
+            ids = df["sample_id"].astype(np.int64).to_numpy()
+        except ValueError:
+            raise ValueError(f"decisions {path}: sample_id must be integers") from None
+        index = pd.Index(np.asarray(frame[schema.SAMPLE_ID].to_numpy(dtype=np.int64)))
+    else:
+        ids = df["rel_path"].to_numpy(dtype=object)
+        rel, _ = ledger.host(frame, schema.REL_PATH)
+        index = pd.Index(rel)
+    pos = index.get_indexer(ids)
+    for i in np.flatnonzero(pos < 0)[:5]:
+        problems.append(f"line {i + 2}: {ids[i]!r} is not in the ledger")
+    new = df["new_label"].str.strip().to_numpy(dtype=object) if "new_label" in df.columns \
+        else np.full(len(df), "", object)
+    classes = set(rows.classes)
+    bad = (action == "relabel") & ~np.isin(new, sorted(classes))
+    for i in np.flatnonzero(bad)[:5]:
+        problems.append(f"line {i + 2}: relabel needs new_label, one of the classes {sorted(classes)[:10]}; "
+                        f"got {new[i]!r}")
+    dup = pd.Series(pos[pos >= 0]).duplicated()
+    if dup.any():
+        problems.append(f"{int(dup.sum())} rows decide a sample twice")
+    if problems:
+        raise ValueError(f"decisions {path}: nothing applied; " + "; ".join(problems))
+    return Decisions(pos.astype(np.int64), action, np.where(action == "relabel", new, None), source, round_no)
