@@ -41,6 +41,7 @@ DECISIONS = "decisions.parquet"
 REVIEW_DIR = "review"
 MODELS_DIR = "models"
 ReviewMode = Literal["person", "auto", "oracle"]
+NOTHING_DECIDED = "a round decided nothing"
 
 
 class PendingReview(RuntimeError):
@@ -62,7 +63,7 @@ class RankOptions:
     seed_dir: str | None = None
     worst: int = 100
     best: int = 500
-    max_rounds: int = 10
+    max_rounds: int = 10         # in total, over every call on the run directory
     review_budget: int | None = None
     policy: rv.AutoPolicy = field(default_factory=rv.AutoPolicy)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -96,12 +97,21 @@ def _load(run_dir: Path, ledger: Ledger):
 
 
 def _save(run_dir: Path, ledger: Ledger, frame, state: dict, log: pa.Table | None) -> None:
-    """Checkpoint: decisions log, then ledger, then state (each atomic).  A crash
-    between them leaves a ledger that matches the log's latest decisions."""
+    """Checkpoint: decisions log, then ledger, then state (each atomic).  A run
+    killed between them redoes the round from the previous state, so the log
+    rows an automatic decider (seed, oracle, auto) left from this round on are
+    replaced, not duplicated.  A person's decisions are never replaced."""
     if log is not None and log.num_rows:
+        import pyarrow.compute as pc
+
         p = run_dir / DECISIONS
         old = pq.read_table(p) if p.exists() else rv.LOG_SCHEMA.empty_table()
-        write_parquet_atomic(pa.concat_tables([old, log]), p)
+        source = log.column("source")[0].as_py()
+        stale = pc.and_(pc.greater_equal(old.column("round"), pc.min(log.column("round"))),
+                        pc.equal(old.column("source"), source))
+        if source == schema.SOURCE_PERSON:
+            stale = pc.equal(old.column("round"), -1)
+        write_parquet_atomic(pa.concat_tables([old.filter(pc.invert(stale)), log]), p)
     stages = [s for s in schema.STAGES if all(c.name in frame.columns for c in schema.STAGES[s])]
     write_parquet_atomic(ledger.to_arrow(frame).select(schema.names(*stages)).cast(schema.arrow_schema(*stages)),
                          run_dir / LEDGER)
@@ -199,16 +209,21 @@ def run_rank(run_dir: str | os.PathLike, options: RankOptions = RankOptions(), *
         _save(run_dir, ledger, frame, state, entries)
         log(f"round 0: seed set of {len(d)} ({d.source}) {_tally(d)}")
 
-    stopped = "max rounds"
-    for _ in range(options.max_rounds):
-        c = counts(frame, ledger)
-        if c["open"] == 0:
-            stopped = "all eligible rows decided"
-            break
+    def stop_reason() -> str | None:
+        """Why the loop must stop now (None: run another round); saved with each round."""
+        if state.get("stopped") == NOTHING_DECIDED and options.review == "auto":
+            return NOTHING_DECIDED       # the same policy on the same ledger would decide nothing again
+        if counts(frame, ledger)["open"] == 0:
+            return "all eligible rows decided"
+        if len(state["rounds"]) >= options.max_rounds:
+            return "max rounds"
         left = budget_left()
         if left is not None and left <= 0:
-            stopped = "review budget spent"
-            break
+            return "review budget spent"
+        return None
+
+    while (stopped := stop_reason()) is None:
+        left = budget_left()
         r = len(state["rounds"]) + 1
         frame, stats, model = rank_stage.rank(frame, ledger, device, cfg, round_no=r, seed=options.seed + 1000 * r)
         if model is not None:
@@ -226,7 +241,7 @@ def run_rank(run_dir: str | os.PathLike, options: RankOptions = RankOptions(), *
             csv = _write_queue(run_dir, q, r)
             entry["queued"] = len(q)
             state["rounds"].append(entry)
-            state.update(pending=r, queue=str(csv))
+            state.update(pending=r, queue=str(csv), stopped=None)
             rounds.append(entry)
             _save(run_dir, ledger, frame, state, None)
             log(f"round {r}: scored {stats.scored}; review {len(q)} samples in {csv}, then run gpupipe review")
@@ -243,16 +258,16 @@ def run_rank(run_dir: str | os.PathLike, options: RankOptions = RankOptions(), *
         entry.update(decided=len(d), source=d.source, **_tally(d))
         state["rounds"].append(entry)
         rounds.append(entry)
-        _save(run_dir, ledger, frame, state, entries)
+        state["stopped"] = NOTHING_DECIDED if len(d) == 0 else None
+        if state["stopped"] is None:
+            state["stopped"] = stop_reason()
+        _save(run_dir, ledger, frame, state, entries)        # the round and its stop reason together
         log(f"round {r}: scored {stats.scored} ({stats.score_images_per_second:.0f} img/s), "
             f"val acc {stats.val_accuracy if stats.val_accuracy is None else round(stats.val_accuracy, 3)}; "
             f"{d.source} decided {len(d)} {_tally(d)}")
-        if len(d) == 0:
-            stopped = "a round decided nothing"
-            break
-    else:
-        if counts(frame, ledger)["open"] == 0:
-            stopped = "all eligible rows decided"
+    if state.get("stopped") != stopped:
+        state["stopped"] = stopped
+        write_text_atomic(json.dumps(state, indent=2, default=str), run_dir / RANK_STATE)
     return LoopResult(stopped, rounds, counts(frame, ledger))
 
 
@@ -281,7 +296,7 @@ def run_review(run_dir: str | os.PathLike, decisions_csv: str | os.PathLike, *,
         d.holdout = np.isin(ids[d.positions], np.asarray(state["seed_holdout"], np.int64))
     frame, entries = rv.apply(frame, ledger, d)
     state["reviewed"] += len(d)
-    state.update(pending=None, queue=None)
+    state.update(pending=None, queue=None, stopped=None)
     _save(run_dir, ledger, frame, state, entries)
     return {"round": round_no, "applied": len(d), **_tally(d), **counts(frame, ledger)}
 
