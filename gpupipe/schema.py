@@ -141,8 +141,47 @@ REVIEW = _cols(
     Column(REVIEW_HOLDOUT, pa.bool_(), "a certified row used as validation (early stopping), not for training"),
 )
 
+# --- balance: the curated set, classes balanced; the rest surplus or excluded --------
+BALANCE_STATUS = "balance_status"
+BALANCE_REASON = "balance_reason"
+BALANCE_LABEL = "balance_label"
+BALANCE_TIER = "balance_tier"
+BALANCE_SURPLUS_RANK = "balance_surplus_rank"
+
+# balance_status values
+BAL_KEPT = "kept"                  # in the curated, balanced set
+BAL_SURPLUS = "surplus"            # usable, over its class's target: first to come back
+BAL_EXCLUDED = "excluded"          # not usable: see balance_reason
+BALANCE_STATUSES = (BAL_KEPT, BAL_SURPLUS, BAL_EXCLUDED)
+# balance_reason values for excluded rows (surplus rows: "over_target" or "over_cap")
+EXCLUDED_REASONS = ("invalid", "duplicate", "removed", "unlabelled", "suspect")
+# balance_tier: how trustworthy a usable row is (lower first, kept first)
+TIER_REVIEWED, TIER_AUTO, TIER_SCORED, TIER_UNSCORED = 0, 1, 2, 3
+
+BALANCE = _cols(
+    Column(BALANCE_STATUS, pa.string(), "one of BALANCE_STATUSES", False),
+    Column(BALANCE_REASON, pa.string(), "why excluded (EXCLUDED_REASONS) or surplus (over_target, over_cap)"),
+    Column(BALANCE_LABEL, pa.string(), "the label used downstream: the reviewed one, else the given one"),
+    Column(BALANCE_TIER, pa.int8(), "0 reviewed by a person/oracle/seed-dir, 1 decided automatically or "
+                                    "trusted seed, 2 open and scored, 3 open and unscored; null if excluded"),
+    Column(BALANCE_SURPLUS_RANK, pa.int32(), "order in which surplus rows of a class come back (0 first)"),
+)
+
+# --- split: a test set and N folds over the rest --------------------------------------
+SPLIT_SET = "split_set"
+SPLIT_FOLD = "split_fold"
+SET_TRAIN = "train"
+SET_TEST = "test"
+
+SPLITS = _cols(
+    Column(SPLIT_SET, pa.string(), "test or train for kept rows and their duplicates (same as the group's "
+                                   "kept row); null otherwise"),
+    Column(SPLIT_FOLD, pa.int16(), "for train rows: the fold (0..N-1) whose validation set holds the row"),
+)
+
 STAGES: dict[str, tuple[Column, ...]] = {
     "ingest": INGEST, "hash": HASH, "dedup": DEDUP, "rank": RANK, "review": REVIEW,
+    "balance": BALANCE, "split": SPLITS,
 }
 
 

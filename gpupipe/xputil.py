@@ -52,3 +52,31 @@ def unique(a, xp=np, *, return_index: bool = False, return_inverse: bool = False
         inv[order] = xp.cumsum(first) - 1
         out.append(inv)
     return tuple(out)
+
+
+def splitmix64(values: np.ndarray, seed: int = 0) -> np.ndarray:
+    """uint64 (N,) well-mixed hashes of int64 ``values`` and ``seed`` (splitmix64's
+    finaliser): a seeded pseudo-random key per value that does not depend on
+    row order.  Three multiply-xor steps; a library call would cost more than it."""
+    z = values.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def apportion(total: int, counts: np.ndarray, *, minimum: int = 0) -> np.ndarray:
+    """Split ``total`` over groups in proportion to ``counts (K,)`` by largest
+    remainders, at least ``minimum`` each (where a group has that many), never
+    more than a group has.  -> int64 (K,)."""
+    counts = np.asarray(counts, np.int64)
+    if counts.sum() == 0:
+        return np.zeros_like(counts)
+    exact = total * counts / counts.sum()
+    quota = np.minimum(counts, np.maximum(minimum, np.floor(exact).astype(np.int64)))
+    for i in np.argsort(-(exact - quota), kind="stable"):
+        if quota.sum() >= total:
+            break
+        if quota[i] < counts[i]:
+            quota[i] += 1
+    return quota

@@ -28,6 +28,7 @@ import pyarrow as pa
 from gpupipe import schema
 from gpupipe.stages.rank import Rows, rows_of
 from gpupipe.table import Ledger
+from gpupipe.xputil import apportion, splitmix64
 
 Action = Literal["confirm", "relabel", "remove"]
 ACTIONS: tuple[str, ...] = ("confirm", "relabel", "remove")
@@ -77,11 +78,7 @@ def ensure_columns(frame, ledger: Ledger):
 def holdout_by_hash(sample_ids: np.ndarray, fraction: float = HOLDOUT_FRACTION) -> np.ndarray:
     """A fixed ``fraction`` of sample ids, chosen by a splitmix64 hash of the id
     (independent of row order and of when a row was certified)."""
-    z = sample_ids.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-    with np.errstate(over="ignore"):
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
+    z = splitmix64(sample_ids)
     return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53) < fraction
 
 
@@ -128,12 +125,7 @@ def seed_set(rows: Rows, *, size: int, val: int, seed: int) -> tuple[np.ndarray,
     if len(elig) <= size:
         picks_by_class = [rng.permutation(elig[rows.y[elig] == c]) for c in range(len(rows.classes))]
     else:
-        counts = np.bincount(rows.y[elig], minlength=len(rows.classes))
-        quota = np.minimum(counts, np.maximum(2, np.floor(size * counts / counts.sum()).astype(int)))
-        for c in np.argsort(-(size * counts / counts.sum() - quota)):   # largest remainders first
-            if quota.sum() >= size:
-                break
-            quota[c] += quota[c] < counts[c]
+        quota = apportion(size, np.bincount(rows.y[elig], minlength=len(rows.classes)), minimum=2)
         picks_by_class = [rng.permutation(elig[rows.y[elig] == c])[:q] for c, q in enumerate(quota)]
     # Deal: the first pick of every class, then the second of every class, ...
     dealt = [(j, c, p) for c, picks in enumerate(picks_by_class) for j, p in enumerate(picks)]

@@ -1,0 +1,119 @@
+"""The balance stage: the curated set, with every class at the same size.
+
+Reads: ingest, hash, dedup columns; review and rank columns when present.
+Adds: `schema.BALANCE`.  Nothing is deleted: every row gets a status.
+
+* **excluded** rows are not usable: invalid files, duplicates (only the
+  group's kept row counts), rows a review removed, unlabelled rows, and
+  *suspect* rows: still undecided yet flagged ``is_mislabeled_issue``.
+* the usable rows of each class are ordered most trustworthy first: tier 0
+  (reviewed by a person, an oracle or a known-good folder), tier 1 (decided
+  by the automatic policy, or a seed trusted as given), tier 2 (open, scored:
+  lowest loss first), tier 3 (open, unscored); ties broken by a seeded hash
+  of the sample id.  The first ``target`` of each class are **kept**, the
+  rest are **surplus**, numbered in that order (``balance_surplus_rank`` 0
+  comes back first when the dataset can grow).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from gpupipe import schema
+from gpupipe.table import Ledger
+from gpupipe.xputil import splitmix64
+
+
+@dataclass(frozen=True)
+class BalanceConfig:
+    """per_class: "min" (the smallest class's usable count), "none" (keep every
+    usable row), or an int target.  cap: at most this many kept rows in all
+    (the competition capped train+val at 10,000): the per-class target is then
+    at most cap // number of classes.  min_class: classes with fewer usable
+    rows than this are kept whole but do not set the "min" target."""
+
+    per_class: str | int = "min"
+    cap: int | None = None
+    min_class: int = 1
+    seed: int = 0
+
+
+@dataclass
+class BalanceStats:
+    target: int | None
+    classes: dict[str, dict[str, int]]     # class -> usable, kept, surplus
+    excluded: dict[str, int]
+
+
+def _host_or(frame, ledger: Ledger, name: str, default, n: int):
+    if name in frame.columns:
+        return ledger.host(frame, name)
+    return np.full(n, default, dtype=object if default is None else type(default)), np.zeros(n, bool)
+
+
+def balance(frame, ledger: Ledger, cfg: BalanceConfig):
+    """-> (frame with the BALANCE columns, BalanceStats)."""
+    n = len(frame)
+    ids, _ = ledger.host(frame, schema.SAMPLE_ID)
+    given, has_given = ledger.host(frame, schema.LABEL)
+    invalid, _ = ledger.host(frame, schema.IS_INVALID)
+    keep, _ = ledger.host(frame, schema.DEDUP_KEEP)
+    status, _ = _host_or(frame, ledger, schema.REVIEW_STATUS, None, n)
+    reviewed, has_reviewed = _host_or(frame, ledger, schema.REVIEW_LABEL, None, n)
+    source, _ = _host_or(frame, ledger, schema.REVIEW_SOURCE, None, n)
+    loss, scored = _host_or(frame, ledger, schema.RANK_LOSS, 0.0, n)
+    flagged, _ = _host_or(frame, ledger, schema.RANK_FLAG, False, n)
+
+    label = np.where(has_reviewed, reviewed, given).astype(object)
+    has_label = has_reviewed | has_given
+    decided = np.isin(status, [schema.STATUS_CERTIFIED, schema.STATUS_RELABELED])
+    reason = np.full(n, None, object)
+    for cond, why in ((~has_label, "unlabelled"), (flagged.astype(bool) & ~decided, "suspect"),
+                      (status == schema.STATUS_REMOVED, "removed"), (~keep.astype(bool), "duplicate"),
+                      (invalid.astype(bool), "invalid")):          # the last one written wins
+        reason[cond] = why
+    usable = reason == None  # noqa: E711
+    tier = np.where(decided & ~np.isin(source, [schema.SOURCE_AUTO, schema.SOURCE_SEED]), schema.TIER_REVIEWED,
+                    np.where(decided, schema.TIER_AUTO, np.where(scored, schema.TIER_SCORED, schema.TIER_UNSCORED)))
+
+    classes = sorted({str(v) for v in label[usable]})
+    counts = {c: int((label[usable] == c).sum()) for c in classes}
+    if cfg.per_class == "none":
+        target = None
+    elif cfg.per_class == "min":
+        big = [v for v in counts.values() if v >= cfg.min_class]
+        target = min(big) if big else None
+    else:
+        target = int(cfg.per_class)
+    capped = None
+    if cfg.cap is not None and classes:
+        capped = cfg.cap // len(classes)
+        target = capped if target is None else min(target, capped)
+
+    order_key = np.lexsort((splitmix64(ids, cfg.seed), np.where(scored, loss, np.inf), tier))
+    rank_in_class = np.full(n, -1, np.int64)
+    for c in classes:
+        members = order_key[(usable & (label == c))[order_key]]
+        rank_in_class[members] = np.arange(len(members))
+    kept = usable & ((rank_in_class < target) if target is not None else True)
+    surplus = usable & ~kept
+    surplus_rank = np.where(surplus, rank_in_class - (target or 0), 0).astype(np.int32)
+    reason[surplus] = "over_cap" if capped is not None and target == capped else "over_target"
+    bal_status = np.where(kept, schema.BAL_KEPT, np.where(surplus, schema.BAL_SURPLUS, schema.BAL_EXCLUDED))
+
+    frame = ledger.assign(frame, {
+        schema.BALANCE_STATUS: (bal_status.astype(object), None),
+        schema.BALANCE_REASON: (reason, reason != None),  # noqa: E711
+        schema.BALANCE_LABEL: (label, has_label),
+        schema.BALANCE_TIER: (tier.astype(np.int8), usable),
+        schema.BALANCE_SURPLUS_RANK: (surplus_rank, surplus),
+    })
+    stats = BalanceStats(
+        target=target,
+        classes={c: {"usable": counts[c], "kept": int((kept & (label == c)).sum()),
+                     "surplus": int((surplus & (label == c)).sum())} for c in classes},
+        excluded={r: int((reason == r).sum()) for r in schema.EXCLUDED_REASONS if (reason == r).any()},
+    )
+    return frame, stats

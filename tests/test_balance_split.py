@@ -1,0 +1,111 @@
+"""Balance and splits on the real demo ledger (digits with planted duplicates
+and invalid files): exact class counts, trust order, stratification, dedup
+groups kept whole, seeded reproduction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gpupipe import schema
+from gpupipe.device import cpu_device
+from gpupipe.stages.balance import BalanceConfig, balance
+from gpupipe.stages.split import SplitConfig, split
+from gpupipe.table import Ledger
+
+L = Ledger(cpu_device())
+
+
+@pytest.fixture
+def frame(digits_run):
+    table, _ = digits_run
+    return L.from_arrow(table)
+
+
+def _pd(frame) -> pd.DataFrame:
+    return L.to_arrow(frame).to_pandas()
+
+
+def test_balance_keeps_the_smallest_class_count_of_every_class(frame, digits_planted):
+    _, truth = digits_planted
+    out, stats = balance(frame, L, BalanceConfig())
+    d = _pd(out)
+    usable = d[~d[schema.IS_INVALID] & d[schema.DEDUP_KEEP]]
+    smallest = usable.groupby(schema.LABEL).size().min()
+    kept = d[d[schema.BALANCE_STATUS] == schema.BAL_KEPT]
+    assert stats.target == smallest
+    assert (kept.groupby(schema.BALANCE_LABEL).size() == smallest).all() and len(kept) == 10 * smallest
+    excluded = d[d[schema.BALANCE_STATUS] == schema.BAL_EXCLUDED]
+    assert (excluded[schema.BALANCE_REASON] == "invalid").sum() == len(truth.invalid_paths())
+    assert (excluded[schema.BALANCE_REASON] == "duplicate").sum() == (~d[schema.DEDUP_KEEP] & ~d[schema.IS_INVALID]).sum()
+    surplus = d[d[schema.BALANCE_STATUS] == schema.BAL_SURPLUS]
+    assert len(surplus) == len(usable) - len(kept) and (surplus[schema.BALANCE_REASON] == "over_target").all()
+    for _, g in surplus.groupby(schema.BALANCE_LABEL):                 # 0..m-1 per class
+        assert sorted(g[schema.BALANCE_SURPLUS_RANK]) == list(range(len(g)))
+    assert len(d) == len(frame)                                         # nothing deleted
+
+
+def test_balance_keeps_the_most_trustworthy_first_and_caps(frame):
+    d = _pd(frame)
+    n = len(d)
+    rng = np.random.default_rng(0)
+    three = np.flatnonzero((d[schema.LABEL] == "3").to_numpy() & d[schema.DEDUP_KEEP].to_numpy())
+    person = three[:30]
+    loss = rng.random(n).astype(np.float32)
+    status = np.full(n, None, object)
+    status[person] = schema.STATUS_CERTIFIED
+    f = L.assign(frame, {
+        schema.REVIEW_STATUS: (status, status != None),  # noqa: E711
+        schema.REVIEW_LABEL: (d[schema.LABEL].to_numpy(object), status != None),  # noqa: E711
+        schema.REVIEW_SOURCE: (np.full(n, "person", object), status != None),  # noqa: E711
+        schema.RANK_LOSS: (loss, ~np.isin(np.arange(n), person)),
+        schema.RANK_FLAG: (np.zeros(n, bool), None),
+    })
+    out, stats = balance(f, L, BalanceConfig(per_class=50))
+    b = _pd(out)
+    kept3 = b[(b[schema.BALANCE_LABEL] == "3") & (b[schema.BALANCE_STATUS] == schema.BAL_KEPT)]
+    assert len(kept3) == 50 and set(person) <= set(kept3.index)         # certified first ...
+    others = b.loc[three].drop(index=person)
+    others = others[others[schema.BALANCE_STATUS] != schema.BAL_EXCLUDED]
+    lowest = others.sort_values(schema.RANK_LOSS).index[:20]
+    assert set(lowest) == set(kept3.index) - set(person)                # ... then the lowest loss
+    assert (b.loc[person, schema.BALANCE_TIER] == schema.TIER_REVIEWED).all()
+    out, stats = balance(f, L, BalanceConfig(per_class="none", cap=400))
+    b = _pd(out)
+    assert stats.target == 40 and (b[schema.BALANCE_STATUS] == schema.BAL_KEPT).sum() == 400
+    assert (b.loc[b[schema.BALANCE_STATUS] == schema.BAL_SURPLUS, schema.BALANCE_REASON] == "over_cap").all()
+
+
+def test_splits_are_stratified_group_whole_and_seeded(frame):
+    bal, _ = balance(frame, L, BalanceConfig(per_class="none"))
+    out, stats = split(bal, L, SplitConfig(test=0.1, folds=8, seed=0))
+    d = _pd(out)
+    kept = d[d[schema.BALANCE_STATUS] == schema.BAL_KEPT]
+    per_class = kept.groupby(schema.BALANCE_LABEL)
+    for c, g in per_class:                                              # test ~10% of each class
+        assert abs((g[schema.SPLIT_SET] == "test").sum() - 0.1 * len(g)) < 1
+        folds = g.loc[g[schema.SPLIT_SET] == "train", schema.SPLIT_FOLD].value_counts()
+        assert len(folds) == 8 and folds.max() - folds.min() <= 1     # each class spread evenly
+    assert stats.test == round(0.1 * len(kept)) and stats.test + stats.train == len(kept)
+    assert max(stats.folds) - min(stats.folds) <= 1
+    assert kept.loc[kept[schema.SPLIT_SET] == "test", schema.SPLIT_FOLD].isna().all()
+    # Dedup groups never straddle: every member of a group has its kept row's set and fold.
+    grouped = d[d[schema.SPLIT_SET].notna()].groupby(schema.DEDUP_GROUP)
+    assert (grouped[schema.SPLIT_SET].nunique() == 1).all()
+    assert (grouped[schema.SPLIT_FOLD].nunique(dropna=False) == 1).all()
+    dups = d[~d[schema.DEDUP_KEEP] & d[schema.DEDUP_GROUP].notna()]
+    assert dups[schema.SPLIT_SET].notna().all() and len(dups) > 40
+    # Seeds: the same seed reproduces exactly; another differs.
+    again = _pd(split(bal, L, SplitConfig(test=0.1, folds=8, seed=0))[0])
+    other = _pd(split(bal, L, SplitConfig(test=0.1, folds=8, seed=1))[0])
+    cols = [schema.SPLIT_SET, schema.SPLIT_FOLD]
+    assert again[cols].equals(d[cols]) and not other[cols].equals(d[cols])
+
+
+def test_split_test_size_as_a_count_and_bad_settings(frame):
+    bal, _ = balance(frame, L, BalanceConfig())
+    _, stats = split(bal, L, SplitConfig(test=37, folds=3))
+    assert stats.test == 37 and len(stats.folds) == 3
+    with pytest.raises(ValueError):
+        split(bal, L, SplitConfig(folds=1))
