@@ -1,5 +1,5 @@
 # gpupipe -- two commands on a fresh machine:
-#   make demo   create .venv, install everything, run dedup on the embedded default dataset
+#   make demo   create .venv, install everything, curate the embedded default dataset
 #   make test   same install, run the test suite
 PYTHON ?= python3
 VENV   ?= .venv
@@ -21,13 +21,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
 	touch $@
 
-# Real data for tests and benchmarks: Debian's Fashion-MNIST package (70,000 images, IDX).
-data: $(FASHION_MNIST)
-$(FASHION_MNIST):
+# System packages from Debian: real data for tests and benchmarks (Fashion-MNIST,
+# 70,000 images, IDX) and Chromium, the headless browser the report test renders in.
+APT_PACKAGES := dataset-fashion-mnist chromium
+CHROMIUM := /usr/bin/chromium
+data: $(FASHION_MNIST) $(CHROMIUM)
+$(FASHION_MNIST) $(CHROMIUM):
 	@if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	( $$SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
-	  ( $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist ) ) \
-	|| { echo "could not install Debian's dataset-fashion-mnist (needed by tests and benchmarks)"; exit 1; }
+	( $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null 2>&1 || \
+	  ( $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) ) ) \
+	|| { echo "could not install Debian's $(APT_PACKAGES) (needed by tests and benchmarks)"; exit 1; }
 
 demo: install
 	$(BIN)/gpupipe demo --out demo

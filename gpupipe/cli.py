@@ -5,6 +5,7 @@
     gpupipe rank RUN_DIR [--mode certified|oof] [--review person|auto|oracle] ...
     gpupipe review RUN_DIR DECISIONS.csv
     gpupipe augment RUN_DIR --out GRID.png
+    gpupipe curate SRC --out RUN_DIR    all of it: dedup, rank, balance, split, export, report
     gpupipe demo [--out DIR]        the embedded default dataset, found vs planted
 
 Bad input ends with a one-line message and exit status 2, never a traceback.
@@ -92,7 +93,7 @@ def _rank_options(args):
     from gpupipe.stages.review import AutoPolicy
 
     resolve_model(args.model)        # a bad name or import fails here, before any work
-    for name in ("image_size", "epochs", "epoch_samples", "train_batch", "seed_size", "max_rounds", "folds"):
+    for name in ("image_size", "epochs", "epoch_samples", "train_batch", "seed_size", "max_rounds", "oof_folds"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
     if args.image_size < 8:
@@ -105,12 +106,90 @@ def _rank_options(args):
                         epoch_samples=args.epoch_samples, max_epochs=args.epochs, patience=args.patience,
                         augment=_augment_config(args))
     return RankOptions(
-        device=args.device, mode=args.mode, folds=args.folds, review=review, oracle=args.oracle,
+        device=args.device, mode=args.mode, folds=args.oof_folds, review=review, oracle=args.oracle,
         trust_seed=args.trust_seed, seed_size=args.seed_size, seed_val=args.seed_val, seed_dir=args.seed_dir,
         worst=args.worst, best=args.best, max_rounds=args.max_rounds, review_budget=args.review_budget,
         policy=AutoPolicy(accept_prob=args.accept_prob, relabel_prob=args.relabel_prob,
                           remove_prob=args.remove_prob),
         train=train, channels=args.channels, score_batch=args.score_batch, seed=args.seed)
+
+
+def _add_curate_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("balance, split, export")
+    g.add_argument("--no-rank", action="store_true", help="skip the rank/review stage")
+    g.add_argument("--balance", default="min", metavar="min|none|N",
+                   help="per-class target: the smallest class's count (min), none, or a number (default: min)")
+    g.add_argument("--cap", type=int, default=None, help="at most this many kept samples in all")
+    g.add_argument("--test", type=float, default=0.1,
+                   help="test set: a fraction (<1) or a number of samples (default: 0.1)")
+    g.add_argument("--folds", type=int, default=8, help="folds over the rest (default: 8)")
+    g.add_argument("--split-seed", type=int, default=0, help="seed of the balance and split draws (default: 0)")
+    g.add_argument("--copy", action="store_true", help="export copies instead of symlinks")
+    g.add_argument("--export-dir", default=None, help="where to export (default: RUN_DIR/export)")
+    g.add_argument("--restart", action="store_true",
+                   help="redo everything in RUN_DIR from the start (drops its rank decisions)")
+
+
+def _curate_options(args):
+    from gpupipe.curate import CurateOptions
+    from gpupipe.stages.balance import BalanceConfig
+    from gpupipe.stages.export import ExportConfig
+    from gpupipe.stages.split import SplitConfig
+
+    per_class = args.balance
+    if per_class not in ("min", "none"):
+        try:
+            per_class = int(per_class)
+        except ValueError:
+            raise ValueError("--balance must be min, none or a number") from None
+        if per_class < 1:
+            raise ValueError("--balance must be at least 1")
+    if args.cap is not None and args.cap < 1:
+        raise ValueError("--cap must be at least 1")
+    if args.folds < 2:
+        raise ValueError("--folds must be at least 2")
+    if args.test < 0 or (args.test >= 1 and args.test != int(args.test)):
+        raise ValueError("--test must be a fraction in [0, 1) or a whole number of samples")
+    rank = None if args.no_rank else _rank_options(args)
+    return CurateOptions(
+        dedup=_options(args), rank=rank,
+        balance=BalanceConfig(per_class=per_class, cap=args.cap, seed=args.split_seed),
+        split=SplitConfig(test=args.test, folds=args.folds, seed=args.split_seed),
+        export=ExportConfig(mode="copy" if args.copy else "symlink"), export_dir=args.export_dir,
+        restart=args.restart)
+
+
+def _add_rank_options(p: argparse.ArgumentParser, *, folds_flag: str, review_default: str,
+                      mode_default: str = "certified", rounds_default: int = 10) -> None:
+    p.add_argument("--mode", choices=("certified", "oof"), default=mode_default,
+                   help="certified: train on the certified set, score the rest (the method); oof: K-fold "
+                        "out-of-fold scores over everything, for data without a trustworthy seed set "
+                        "(default: %(default)s)")
+    p.add_argument(folds_flag, dest="oof_folds", type=int, default=5, help="folds for --mode oof (default: 5)")
+    p.add_argument("--review", choices=("person", "auto", "oracle"), default=review_default,
+                   help="who decides: person (write the queue and stop; apply with gpupipe review), auto "
+                        "(the thresholds below), oracle (known labels from --oracle) (default: %(default)s)")
+    p.add_argument("--oracle", default=None, metavar="LABELS.csv",
+                   help="rel_path,label of the true labels (empty label: invalid); implies --review oracle")
+    p.add_argument("--seed-size", type=int, default=200, help="random class-stratified seed set (default: 200)")
+    p.add_argument("--seed-val", type=int, default=20, help="of which held out for validation (default: 20)")
+    p.add_argument("--seed-dir", default=None, metavar="DIR",
+                   help="certify the images whose bytes match an ImageFolder of known-good images instead")
+    p.add_argument("--trust-seed", action="store_true",
+                   help="take the random seed set's labels as given, without a review (auto does)")
+    p.add_argument("--worst", type=int, default=100, metavar="L", help="highest-loss samples per queue (default: 100)")
+    p.add_argument("--best", type=int, default=500, metavar="K", help="lowest-loss samples per queue (default: 500)")
+    p.add_argument("--max-rounds", type=int, default=rounds_default,
+                   help="rounds in total, counting earlier calls on RUN_DIR (default: %(default)s)")
+    p.add_argument("--review-budget", type=int, default=None, help="most samples a person/oracle reviews in total")
+    p.add_argument("--accept-prob", type=float, default=0.9,
+                   help="auto: confirm when the model's top class is the label with at least this (default: 0.9)")
+    p.add_argument("--relabel-prob", type=float, default=0.95,
+                   help="auto: relabel to the model's top class when it has at least this (default: 0.95)")
+    p.add_argument("--remove-prob", type=float, default=0.01,
+                   help="auto: remove when the label's probability is at most this (default: 0.01)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
+    _add_train_options(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,33 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "loss, and run the review loop (person, oracle or automatic)")
     r.add_argument("run_dir", help="a run directory written by gpupipe dedup")
     r.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
-    r.add_argument("--mode", choices=("certified", "oof"), default="certified",
-                   help="certified: train on the certified set, score the rest (the method); oof: K-fold "
-                        "out-of-fold scores over everything, for data without a trustworthy seed set")
-    r.add_argument("--folds", type=int, default=5, help="folds for --mode oof (default: 5)")
-    r.add_argument("--review", choices=("person", "auto", "oracle"), default="person",
-                   help="who decides: person (write the queue and stop; apply with gpupipe review), auto "
-                        "(the thresholds below), oracle (known labels from --oracle)")
-    r.add_argument("--oracle", default=None, metavar="LABELS.csv",
-                   help="rel_path,label of the true labels (empty label: invalid); implies --review oracle")
-    r.add_argument("--seed-size", type=int, default=200, help="random class-stratified seed set (default: 200)")
-    r.add_argument("--seed-val", type=int, default=20, help="of which held out for validation (default: 20)")
-    r.add_argument("--seed-dir", default=None, metavar="DIR",
-                   help="certify the images whose bytes match an ImageFolder of known-good images instead")
-    r.add_argument("--trust-seed", action="store_true",
-                   help="take the random seed set's labels as given, without a review (auto does)")
-    r.add_argument("--worst", type=int, default=100, metavar="L", help="highest-loss samples per queue (default: 100)")
-    r.add_argument("--best", type=int, default=500, metavar="K", help="lowest-loss samples per queue (default: 500)")
-    r.add_argument("--max-rounds", type=int, default=10, help="rounds in this call (default: 10)")
-    r.add_argument("--review-budget", type=int, default=None, help="most samples a person/oracle reviews in total")
-    r.add_argument("--accept-prob", type=float, default=0.9,
-                   help="auto: confirm when the model's top class is the label with at least this (default: 0.9)")
-    r.add_argument("--relabel-prob", type=float, default=0.95,
-                   help="auto: relabel to the model's top class when it has at least this (default: 0.95)")
-    r.add_argument("--remove-prob", type=float, default=0.01,
-                   help="auto: remove when the label's probability is at most this (default: 0.01)")
-    r.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
-    _add_train_options(r)
+    _add_rank_options(r, folds_flag="--folds", review_default="person")
     v = sub.add_parser("review", help="apply a person's decisions (confirm / relabel / remove) to the ledger")
     v.add_argument("run_dir")
     v.add_argument("decisions", help="CSV: decision (confirm|relabel|remove, blank = skip), sample_id or "
@@ -165,10 +218,18 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     a.add_argument("--seed", type=int, default=0)
     _add_augment_options(a)
+    c = sub.add_parser("curate", help="the whole curation: dedup, rank/review, balance, split, export, report")
+    c.add_argument("src", help="an ImageFolder tree or a manifest (as for dedup)")
+    c.add_argument("--out", required=True, help="run directory (created if missing; a rerun resumes it)")
+    _add_dedup_options(c)
+    _add_curate_options(c)
+    _add_rank_options(c, folds_flag="--oof-folds", review_default="auto", mode_default="oof", rounds_default=2)
     m = sub.add_parser("demo", help="write the embedded default dataset (real digits with planted "
-                                    "defects), dedup it, print found vs planted")
+                                    "defects and label flips), curate it, print found vs planted")
     m.add_argument("--out", default="demo", help="directory for the dataset and the run (default: %(default)s)")
     _add_dedup_options(m)
+    _add_curate_options(m)
+    _add_rank_options(m, folds_flag="--oof-folds", review_default="auto", mode_default="oof", rounds_default=2)
     return parser
 
 
@@ -231,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     from gpupipe.dali.decode import DaliMissing
     from gpupipe.stages.ingest import SourceError
 
+    from gpupipe.curate import StaleRun
     from gpupipe.loop import PendingReview
 
     try:
@@ -245,6 +307,17 @@ def main(argv: list[str] | None = None) -> int:
 
             out = run_review(args.run_dir, args.decisions)
             print("gpupipe review: " + ", ".join(f"{k} {v}" for k, v in out.items()))
+            return 0
+        if args.command == "curate":
+            from gpupipe.curate import run_curate
+
+            res = run_curate(args.src, args.out, _curate_options(args), progress=_progress(args.quiet),
+                             log=lambda m: print(m, flush=True))
+            if res.stopped == "awaiting review":
+                print(f"gpupipe curate: review {res.queue}, apply it with `gpupipe review {args.out} FILE`, "
+                      f"then run this command again")
+            else:
+                print(f"gpupipe curate: done; {Path(args.out) / 'report.html'}")
             return 0
         if args.command == "augment":
             from gpupipe.loop import write_augment_grid
@@ -269,8 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from gpupipe.demo import run_demo
 
-            return run_demo(Path(args.out), options, progress=_progress(args.quiet))
-    except (SourceError, DeviceError, DaliMissing, ValueError, OSError, PendingReview) as e:
+            return run_demo(Path(args.out), _curate_options(args), progress=_progress(args.quiet))
+    except (SourceError, DeviceError, DaliMissing, ValueError, OSError, PendingReview, StaleRun) as e:
         print(f"gpupipe: error: {e}", file=sys.stderr)
         return 2
     return 1

@@ -1,14 +1,16 @@
-"""`gpupipe demo`: the embedded default dataset, deduplicated, found vs planted.
+"""`gpupipe demo`: the embedded default dataset, curated end to end, found vs planted.
 
 The dataset is scikit-learn's 1,797 real handwritten digits (8x8, upscaled 4x
 to 32x32 so that near-duplicate edits are meaningful), written as PNG files in
 ``train/val/test`` ImageFolder splits, with planted byte copies (some across
 splits: leakage), cross-class copies (label conflicts), lossless re-encodes,
-near duplicates of six kinds, and one invalid file of each kind.
+near duplicates of six kinds, one invalid file of each kind, and (for the
+curate demo) 8% of the labels flipped to another class.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -19,7 +21,7 @@ import pyarrow.parquet as pq
 from gpupipe import schema
 from gpupipe.datasets import INVALID_KINDS, NEAR_KINDS
 from gpupipe.evaluate import score_invalid, score_pairs
-from gpupipe.runner import LEDGER, DedupOptions, run_dedup
+from gpupipe.runner import LEDGER
 
 PLANT = dict(
     upscale=4, n_byte_copies=12, n_cross_class_copies=4, n_reencodes=12,
@@ -28,28 +30,68 @@ PLANT = dict(
 )
 
 
-def build_demo_dataset(root: Path):
-    """Write the demo tree under ``root`` (replacing it) and return its GroundTruth."""
-    from gpupipe.datasets import load_digits_images, plant_dataset
+DEMO_FLIP_RATE = 0.08
+
+
+def build_demo_dataset(root: Path, *, flip_rate: float = 0.0):
+    """Write the demo tree under ``root`` (replacing it) and return its GroundTruth.
+
+    ``flip_rate``: share of the originals written under a wrong class folder;
+    their paths and true classes are in ``truth.params["label_flips"]``.
+    """
+    from gpupipe.datasets import flip_labels, load_digits_images, plant_dataset
 
     if root.exists():
         shutil.rmtree(root)
     images, labels = load_digits_images()
-    truth = plant_dataset(images, labels, root, class_names=[str(d) for d in range(10)], **PLANT)
+    noisy, flipped = flip_labels(labels, rate=flip_rate, seed=1) if flip_rate else (labels, labels < 0)
+    truth = plant_dataset(images, noisy, root, class_names=[str(d) for d in range(10)], **PLANT)
+    truth.params["label_flips"] = {p: str(labels[i]) for p, i in _original_index(truth).items() if flipped[i]}
     return truth
 
 
-def run_demo(out: Path, options: DedupOptions, progress: Callable | None = None) -> int:
-    from gpupipe.cli import format_summary
+def _original_index(truth) -> dict[str, int]:
+    return {p: int(p.rsplit("_", 1)[1].split(".")[0]) for p in truth.originals}
+
+
+def run_demo(out: Path, options, progress: Callable | None = None) -> int:
+    """Curate the demo dataset into ``out/run``; print found vs planted."""
+    from gpupipe.curate import run_curate
 
     data, run = out / "digits", out / "run"
-    truth = build_demo_dataset(data)
+    truth = build_demo_dataset(data, flip_rate=DEMO_FLIP_RATE)
     truth.to_json(out / "planted.json")
-    summary = run_dedup(data, run, options, progress=progress)
-    print(format_summary(summary))
+    res = run_curate(data, run, options, progress=progress, log=lambda m: print(m, flush=True))
+    ledger = pq.read_table(run / LEDGER)
+    from gpupipe.cli import format_summary
+    from gpupipe.runner import SUMMARY, RunSummary
+
     print()
-    print(report(pq.read_table(run / LEDGER), truth))
+    print(format_summary(RunSummary(**json.loads((run / SUMMARY).read_text()))))
+    print()
+    print(report(ledger, truth))
+    print(label_report(ledger, truth))
+    print(f"\nwrote {run / 'ledger.parquet'}, {run / 'report.html'} and the export in {run / 'export'}"
+          if res.stopped == "done" else f"\nawaiting review: {res.queue}")
     return 0
+
+
+def label_report(ledger, truth) -> str:
+    """Planted label flips vs what the rank/review stage did with them."""
+    d = ledger.to_pandas()
+    if schema.REVIEW_STATUS not in d.columns:
+        return "  label flips: not ranked"
+    flips = truth.params.get("label_flips", {})
+    d = d[d[schema.REL_PATH].isin(truth.originals)]
+    is_flip = d[schema.REL_PATH].isin(flips)
+    fixed = is_flip & (d[schema.REVIEW_LABEL] == d[schema.REL_PATH].map(flips))
+    removed = is_flip & (d[schema.REVIEW_STATUS] == schema.STATUS_REMOVED)
+    flagged = is_flip & d[schema.REVIEW_STATUS].isna() & d[schema.RANK_FLAG]
+    changed_clean = ~is_flip & d[schema.REVIEW_STATUS].isin([schema.STATUS_RELABELED, schema.STATUS_REMOVED])
+    kept_wrong = is_flip & (d.get(schema.BALANCE_STATUS, "kept") == schema.BAL_KEPT) & ~fixed
+    return (f"  label flips planted: {int(is_flip.sum())}; relabeled to the true class {int(fixed.sum())}, "
+            f"removed {int(removed.sum())}, left open but flagged {int(flagged.sum())}; still wrong in the "
+            f"curated set {int(kept_wrong.sum())}; clean samples relabeled or removed {int(changed_clean.sum())}")
 
 
 def report(ledger, truth) -> str:

@@ -110,7 +110,7 @@ RANK = _cols(
     Column(RANK_MARGIN, pa.float32(), "prob of the current label minus the largest other, -1..1 (<0: model disagrees)"),
     Column(RANK_PROBS, pa.list_(pa.float32()), "softmax over the classes listed in rank.json, in that order"),
     Column(RANK_OOF, pa.bool_(), "true when the score is out-of-fold (the row was not trained on)"),
-    Column(RANK_FLAG, pa.bool_(), "likely mislabeled: among the estimated number of errors with the highest loss (models.score.flag_label_issues)", False),
+    Column(RANK_FLAG, pa.bool_(), "likely mislabeled: among the highest-loss rows, as many as cleanlab finds (models.score.flag_label_issues)", False),
 )
 
 # --- review: decisions on each row (latest; the full history is decisions.parquet) ---

@@ -46,7 +46,9 @@ class Ledger:
     def to_arrow(self, frame) -> pa.Table:
         if _is_cudf(frame):
             return frame.to_arrow()
-        return pa.Table.from_pandas(frame, preserve_index=False)
+        # Without pandas' metadata: its ArrowDtype names ("list<element: float>[pyarrow]")
+        # do not parse back in to_pandas().
+        return pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
 
     def array(self, frame, name: str, *, fill: Any = None, dtype=None):
         """A column as an xp array (nulls replaced by ``fill`` when given)."""
