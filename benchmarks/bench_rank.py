@@ -36,12 +36,16 @@ import pyarrow.parquet as pq
 import torch
 
 from gpupipe import schema
+from gpupipe.dali.augment import AugmentConfig
 from gpupipe.datasets import FASHION_MNIST_CLASSES, flip_labels, load_digits_images, load_fashion_mnist, plant_dataset
 from gpupipe.device import resolve_device
 from gpupipe.loop import RankOptions, run_rank
 from gpupipe.models.score import flag_label_issues
 from gpupipe.models.train import TrainConfig
 from gpupipe.runner import LEDGER, DedupOptions, run_dedup
+
+
+AUGMENT = {"method": AugmentConfig(), "light": AugmentConfig.light(), "none": None}
 
 
 def prepare(args) -> tuple[Path, dict]:
@@ -98,24 +102,38 @@ def main() -> int:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--model", default="small-cnn")
+    ap.add_argument("--augment", choices=("method", "light", "none"), default="light",
+                    help="training augmentation of the out-of-fold models: light (gpupipe's default "
+                         "out-of-fold), the method's (its default for a certified seed set), or none")
     ap.add_argument("--worst", type=int, default=None, help="L per loop round (default: errors / 4)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     ap.add_argument("--data", default=".bench")
     ap.add_argument("--skip-loop", action="store_true")
     ap.add_argument("--skip-cleanlab", action="store_true")
+    ap.add_argument("--throughput-only", action="store_true",
+                    help="only the throughput part, over an earlier run's OOF ledger (run it on an idle machine)")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     data, meta = prepare(args)
     flipped = set(meta["flipped"])
-    train = TrainConfig(model=args.model, max_epochs=args.epochs)
+    train = TrainConfig(model=args.model, max_epochs=args.epochs, augment=AUGMENT[args.augment])
     out: dict = {"machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
                             f"{torch.get_num_threads()} torch threads",
                  "args": vars(args), "errors_planted": len(flipped), "n": meta["n"]}
 
+    if args.throughput_only:
+        d = pq.read_table(data / f"oof-{args.augment}" / LEDGER).to_pandas()
+        d = d[d[schema.RANK_LOSS].notna()].reset_index(drop=True)
+        t = throughput(data / f"oof-{args.augment}", d, sorted(d[schema.LABEL].unique()), train, args.device)
+        print(f"throughput on {t['device']} (batch {t['batch']}, {t['model']}): scoring {t['score_images_per_s']} "
+              f"img/s vs bare forward {t['forward_images_per_s']} img/s = {t['ratio']:.0%}")
+        return 0
+
     # 1. out-of-fold probabilities
-    run = fresh(data, "oof")
+    run = fresh(data, f"oof-{args.augment}")
     t = time.perf_counter()
-    res = run_rank(run, RankOptions(device=args.device if hasattr(args, "device") else "auto", mode="oof",
+    res = run_rank(run, RankOptions(device=args.device, mode="oof",
                                     folds=args.folds, review="auto", max_rounds=1, train=train, seed=args.seed))
     out["oof_seconds"] = round(time.perf_counter() - t, 1)
     out["oof_round"] = res.rounds[0]
@@ -158,7 +176,7 @@ def main() -> int:
         run = fresh(data, "loop")
         worst = args.worst or max(10, len(flipped) // 4)
         t = time.perf_counter()
-        res = run_rank(run, RankOptions(review="oracle", oracle=str(data / "oracle.csv"), worst=worst, best=0,
+        res = run_rank(run, RankOptions(device=args.device, review="oracle", oracle=str(data / "oracle.csv"), worst=worst, best=0,
                                         max_rounds=12, review_budget=200 + 2 * len(flipped), train=train,
                                         seed=args.seed))
         out["loop_seconds"] = round(time.perf_counter() - t, 1)
@@ -176,18 +194,18 @@ def main() -> int:
         out["loop"] = {"worst_per_round": worst, "stopped": res.stopped, "curve": curve}
 
     # 4. throughput (same batches: decoded once into memory for the bare forward)
-    out["throughput"] = throughput(run, d, classes, train)
+    out["throughput"] = throughput(run, d, classes, train, args.device)
     print(markdown(out))
     (data / "results.json").write_text(json.dumps(out, indent=2, default=str))
     return 0
 
 
-def throughput(run: Path, d, classes, train: TrainConfig) -> dict:
+def throughput(run: Path, d, classes, train: TrainConfig, device: str = "auto") -> dict:
     from gpupipe.dali.augment import file_pipeline
     from gpupipe.models import nets
     from gpupipe.models.score import score
 
-    dev = resolve_device("auto")
+    dev = resolve_device(device)
     model = nets.build(nets.resolve_model(train.model), len(classes), 1, seed=0).to(dev.torch_device).eval()
     paths = d[schema.PATH].tolist()
     rows = np.arange(len(paths))

@@ -63,27 +63,46 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 def _add_augment_options(p: argparse.ArgumentParser) -> None:
     a = p.add_argument_group("augmentation (DALI; 0 turns one off)")
-    a.add_argument("--rotation", type=float, default=0.05, help="fraction of a full turn (default: 0.05 = 18 deg)")
-    a.add_argument("--contrast", type=float, default=0.5, help="factor range 1 +- this (default: 0.5)")
-    a.add_argument("--translation", type=float, default=0.2, help="fraction of each side (default: 0.2)")
-    a.add_argument("--black-spots", type=int, default=2, help="most pen-stroke black spots (default: 2)")
-    a.add_argument("--white-spots", type=int, default=2, help="most pen-stroke white spots (default: 2)")
-    a.add_argument("--dashed-lines", type=int, default=1, help="most dashed lines (default: 1)")
-    a.add_argument("--no-augment", action="store_true", help="train on plain images")
+    a.add_argument("--augment", choices=("auto", "method", "light", "none"), default="auto",
+                   help="the set to start from: method (rotation 0.05, contrast 0.5, translation 0.2, 2 black "
+                        "and 2 white spots, 1 dashed line), light (0.02, 0.2, 0.08, 1, 1, 0), none; auto: "
+                        "method for a certified seed set, light out-of-fold (default: auto)")
+    a.add_argument("--rotation", type=float, default=None, help="fraction of a full turn (method: 0.05 = 18 deg)")
+    a.add_argument("--contrast", type=float, default=None, help="factor range 1 +- this (method: 0.5)")
+    a.add_argument("--translation", type=float, default=None, help="fraction of each side (method: 0.2)")
+    a.add_argument("--black-spots", type=int, default=None, help="most pen-stroke black spots (method: 2)")
+    a.add_argument("--white-spots", type=int, default=None, help="most pen-stroke white spots (method: 2)")
+    a.add_argument("--dashed-lines", type=int, default=None, help="most dashed lines (method: 1)")
+    a.add_argument("--no-augment", action="store_true", help="train on plain images (= --augment none)")
 
 
-def _augment_config(args):
+def _augment_config(args, *, mode: str = "certified"):
+    """The augmentation from --augment and the per-parameter overrides: an
+    AugmentConfig, None (plain images) or "auto" (the rank stage picks by mode)."""
+    from dataclasses import replace
+
     from gpupipe.dali.augment import AugmentConfig
-    from gpupipe.dali.strokes import StrokeSpec
 
-    if args.no_augment:
+    preset = "none" if args.no_augment else args.augment
+    overrides = {k: getattr(args, k) for k in ("rotation", "contrast", "translation")
+                 if getattr(args, k) is not None}
+    strokes = {k: getattr(args, k) for k in ("black_spots", "white_spots", "dashed_lines")
+               if getattr(args, k) is not None}
+    if any(v < 0 for v in strokes.values()):
+        raise ValueError("--black-spots, --white-spots and --dashed-lines must be >= 0")
+    if preset == "none":
         return None
-    for name in ("black_spots", "white_spots", "dashed_lines"):
-        if getattr(args, name) < 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 0")
-    return AugmentConfig(rotation=args.rotation, contrast=args.contrast, translation=args.translation,
-                         strokes=StrokeSpec(black_spots=args.black_spots, white_spots=args.white_spots,
-                                            dashed_lines=args.dashed_lines))
+    if preset == "auto" and not overrides and not strokes:
+        return "auto"
+    base = {"method": AugmentConfig(), "light": AugmentConfig.light(),
+            "auto": AugmentConfig.light() if mode == "oof" else AugmentConfig()}[preset]
+    return replace(base, **overrides, strokes=replace(base.strokes, **strokes))
+
+
+def _method_if_auto(aug):
+    from gpupipe.dali.augment import AugmentConfig
+
+    return AugmentConfig() if aug == "auto" else aug
 
 
 def _rank_options(args):
@@ -104,7 +123,7 @@ def _rank_options(args):
     review = "oracle" if args.oracle else args.review
     train = TrainConfig(model=args.model, lr=args.lr, batch_size=args.train_batch, image_size=args.image_size,
                         epoch_samples=args.epoch_samples, max_epochs=args.epochs, patience=args.patience,
-                        augment=_augment_config(args))
+                        augment=_augment_config(args, mode=args.mode))
     return RankOptions(
         device=args.device, mode=args.mode, folds=args.oof_folds, review=review, oracle=args.oracle,
         trust_seed=args.trust_seed, seed_size=args.seed_size, seed_val=args.seed_val, seed_dir=args.seed_dir,
@@ -325,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.samples < 1 or args.variants < 1 or args.image_size < 8:
                 raise ValueError("--samples and --variants must be >= 1, --image-size >= 8")
             aug = _augment_config(args)
+            aug = _method_if_auto(aug)
             if aug is None:
                 raise ValueError("--no-augment leaves nothing to show")
             path = write_augment_grid(args.run_dir, args.out, augment=aug, image_size=args.image_size,

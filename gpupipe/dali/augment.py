@@ -51,6 +51,15 @@ class AugmentConfig:
     translation: float = 0.2
     strokes: StrokeSpec = field(default_factory=StrokeSpec)
 
+    @classmethod
+    def light(cls) -> "AugmentConfig":
+        """A milder set for models trained on most of the data (out-of-fold
+        mode), where the method's heavy set, made for a 180-image seed set,
+        costs accuracy: on Fashion-MNIST 10k out-of-fold, accuracy vs the given
+        labels 0.717 (method) -> 0.765 (light), flag F1 0.63 -> 0.73."""
+        return cls(rotation=0.02, contrast=0.2, translation=0.08,
+                   strokes=StrokeSpec(black_spots=1, white_spots=1, dashed_lines=0))
+
     def __post_init__(self):
         if not 0 <= self.rotation <= 0.5:
             raise ValueError("rotation is a fraction of a full turn in 0..0.5")

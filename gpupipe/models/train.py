@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
@@ -29,7 +29,9 @@ class TrainConfig:
         a small training set, so that a 180-image seed set still gets enough steps.
     max_epochs / patience: stop when the validation loss has not improved for
         ``patience`` epochs; the best epoch's weights are kept.
-    augment: None trains on plain images.
+    augment: None trains on plain images; "auto" is resolved by the rank stage
+        (the method's set for a certified seed set, `AugmentConfig.light` out-of-fold)
+        and means the method's set when `train` is called directly.
     """
 
     model: str = "small-cnn"
@@ -39,7 +41,7 @@ class TrainConfig:
     epoch_samples: int = 2048
     max_epochs: int = 30
     patience: int = 5
-    augment: AugmentConfig | None = field(default_factory=AugmentConfig)
+    augment: AugmentConfig | None | Literal["auto"] = "auto"
 
 
 @dataclass
@@ -62,12 +64,13 @@ def train(
     non-empty; without it the model trains ``max_epochs`` epochs.
     """
     spec = nets.resolve_model(config.model, lr=config.lr)
+    augment = AugmentConfig() if config.augment == "auto" else config.augment
     model = nets.build(spec, num_classes, channels, seed=seed).to(device.torch_device)
     opt = torch.optim.Adam(model.parameters(), lr=spec.lr)
     repeat = max(1, math.ceil(config.epoch_samples / max(len(files), 1)))
     rows = np.tile(np.arange(len(files)), repeat)
     train_epochs = file_pipeline(device, [files[i] for i in rows], rows, size=config.image_size,
-                                 channels=channels, batch_size=config.batch_size, augment=config.augment,
+                                 channels=channels, batch_size=config.batch_size, augment=augment,
                                  shuffle=True, seed=seed)
     val_epochs = (file_pipeline(device, list(val_files), np.arange(len(val_files)), size=config.image_size,
                                 channels=channels, batch_size=max(config.batch_size, 256))

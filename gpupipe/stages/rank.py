@@ -20,13 +20,13 @@ order of ``rank_probs`` is returned in `RankStats.classes` (and kept in
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
 
 from gpupipe import schema
-from gpupipe.dali.augment import file_pipeline
+from gpupipe.dali.augment import AugmentConfig, file_pipeline
 from gpupipe.device import Device
 from gpupipe.models.score import Scores, score, flag_label_issues
 from gpupipe.models.train import TrainConfig, train
@@ -136,6 +136,8 @@ def rank(frame, ledger: Ledger, device: Device, cfg: RankConfig, *, round_no: in
         raise NothingCertified("no eligible rows: every row is invalid, a duplicate, unlabelled or removed")
     channels = cfg.channels or probe_channels(device, list(rows.paths[rows.eligible]))
     tcfg, k = cfg.train, len(rows.classes)
+    if tcfg.augment == "auto":
+        tcfg = replace(tcfg, augment=AugmentConfig.light() if cfg.mode == "oof" else AugmentConfig())
     t_train = t_score = 0.0
     parts: list[Scores] = []
     epochs: list[int] = []
