@@ -203,8 +203,8 @@ def _add_rank_options(p: argparse.ArgumentParser, *, folds_flag: str, review_def
     p.add_argument("--review-budget", type=int, default=None, help="most samples a person/oracle reviews in total")
     p.add_argument("--accept-prob", type=float, default=0.9,
                    help="auto: confirm when the model's top class is the label with at least this (default: 0.9)")
-    p.add_argument("--relabel-prob", type=float, default=0.95,
-                   help="auto: relabel to the model's top class when it has at least this (default: 0.95)")
+    p.add_argument("--relabel-prob", type=float, default=0.9,
+                   help="auto: relabel to the model's top class when it has at least this (default: 0.9)")
     p.add_argument("--remove-prob", type=float, default=0.01,
                    help="auto: remove when the label's probability is at most this (default: 0.01)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
@@ -242,13 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="run directory (created if missing; a rerun resumes it)")
     _add_dedup_options(c)
     _add_curate_options(c)
-    _add_rank_options(c, folds_flag="--oof-folds", review_default="auto", mode_default="oof", rounds_default=2)
+    _add_rank_options(c, folds_flag="--oof-folds", review_default="auto", mode_default="oof", rounds_default=3)
     m = sub.add_parser("demo", help="write the embedded default dataset (real digits with planted "
                                     "defects and label flips), curate it, print found vs planted")
     m.add_argument("--out", default="demo", help="directory for the dataset and the run (default: %(default)s)")
     _add_dedup_options(m)
     _add_curate_options(m)
-    _add_rank_options(m, folds_flag="--oof-folds", review_default="auto", mode_default="oof", rounds_default=2)
+    _add_rank_options(m, folds_flag="--oof-folds", review_default="auto", mode_default="oof", rounds_default=3)
     return parser
 
 

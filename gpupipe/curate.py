@@ -47,7 +47,7 @@ class StaleRun(RuntimeError):
 @dataclass(frozen=True)
 class CurateOptions:
     dedup: DedupOptions = field(default_factory=DedupOptions)
-    rank: RankOptions | None = field(default_factory=lambda: RankOptions(review="auto", mode="oof", max_rounds=2))
+    rank: RankOptions | None = field(default_factory=lambda: RankOptions(review="auto", mode="oof", max_rounds=3))
     balance: BalanceConfig = field(default_factory=BalanceConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
