@@ -113,3 +113,33 @@ def test_out_of_fold_scores_every_eligible_row(noisy_run, digits_noisy):
     n_flipped = sum(r in digits_noisy["flipped"] for r in kept[schema.REL_PATH])
     p_at_l, _ = _top(ledger, digits_noisy["flipped"], n_flipped)
     assert p_at_l >= 0.6      # measured 0.8 with these few epochs (0.96 with the defaults)
+
+
+def test_colour_images_of_mixed_sizes_and_three_classes(tmp_path):
+    """Any number of classes, any image size, colour: resized for the model in memory only."""
+    from PIL import Image
+
+    from gpupipe.datasets import load_digits_images
+    from gpupipe.runner import DedupOptions, run_dedup
+
+    images, labels = load_digits_images()
+    pick = np.flatnonzero(labels < 3)[:240]
+    tint = np.array([[255, 80, 80], [80, 255, 80], [80, 80, 255]], np.float32) / 255
+    for n, i in enumerate(pick):
+        rgb = (images[i][..., None] * tint[n % 3]).astype(np.uint8)            # colour carries no label
+        size = (20, 28) if n % 2 else (40, 40)
+        folder = tmp_path / "src" / f"class_{labels[i]}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rgb).resize(size, Image.Resampling.BICUBIC).save(folder / f"{n}.png")
+    before = {p: p.read_bytes() for p in (tmp_path / "src").rglob("*.png")}
+    run_dedup(tmp_path / "src", tmp_path / "run", DedupOptions(device="cpu"))
+    quick = TrainConfig(max_epochs=3, epoch_samples=512, image_size=24)
+    res = run_rank(tmp_path / "run", RankOptions(device="cpu", mode="oof", folds=2, review="auto", max_rounds=1,
+                                                 train=quick))
+    assert res.rounds[0]["channels"] == 3 and res.rounds[0]["classes"] == ["class_0", "class_1", "class_2"]
+    d = pq.read_table(tmp_path / "run" / "ledger.parquet").to_pandas()
+    kept = d[d[schema.DEDUP_KEEP]]
+    assert kept[schema.RANK_LOSS].notna().all()
+    assert all(len(p) == 3 for p in kept[schema.RANK_PROBS])
+    assert (kept[schema.RANK_PRED] == kept[schema.LABEL]).mean() > 0.8      # it learned the digits
+    assert {p: p.read_bytes() for p in (tmp_path / "src").rglob("*.png")} == before   # sources untouched
