@@ -5,6 +5,7 @@ clean set."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -128,3 +129,39 @@ def test_augment_grid_cli(noisy_run, tmp_path):
                  "--device", "cpu"]) == 0
     with Image.open(out) as im:
         assert im.size == (6 * (64 + 2), 4 * (64 + 2))
+
+
+def test_a_directory_of_known_good_images_certifies_its_matches(noisy_run, digits_noisy, tmp_path):
+    import shutil
+
+    d = _ledger(noisy_run)
+    kept = d[d[schema.DEDUP_KEEP]].head(40)
+    good = tmp_path / "good"
+    truth = digits_noisy["truth"]
+    for r in kept.itertuples():
+        true = truth[getattr(r, schema.REL_PATH)]
+        (good / true).mkdir(parents=True, exist_ok=True)
+        shutil.copy(getattr(r, schema.PATH), good / true / Path(getattr(r, schema.REL_PATH)).name)
+    res = run_rank(noisy_run, RankOptions(device="cpu", seed_dir=str(good), review="auto", max_rounds=0))
+    assert res.counts["certified"] + res.counts["relabeled"] == 40
+    d = _ledger(noisy_run).set_index(schema.SAMPLE_ID).loc[kept[schema.SAMPLE_ID]]
+    assert (d[schema.REVIEW_SOURCE] == schema.SOURCE_SEED_DIR).all()
+    assert (d[schema.REVIEW_LABEL] == d[schema.REL_PATH].map(truth)).all()
+    wrong = d[schema.LABEL] != d[schema.REL_PATH].map(truth)
+    assert (d.loc[wrong, schema.REVIEW_STATUS] == schema.STATUS_RELABELED).all()
+    with pytest.raises(ValueError, match="matches"):
+        run_rank(_fresh_copy(digits_noisy, tmp_path),
+                 RankOptions(device="cpu", seed_dir=str(tmp_path / "empty_good"), review="auto", max_rounds=0))
+
+
+def _fresh_copy(digits_noisy, tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    (tmp_path / "empty_good" / "0").mkdir(parents=True)
+    noise = np.random.default_rng(0).integers(0, 255, (32, 32), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "empty_good" / "0" / "unknown.png")      # in no dataset
+    dst = tmp_path / "run2"
+    shutil.copytree(digits_noisy["run"], dst)
+    return dst
