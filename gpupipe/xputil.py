@@ -58,8 +58,8 @@ def splitmix64(values: np.ndarray, seed: int = 0) -> np.ndarray:
     """uint64 (N,) well-mixed hashes of int64 ``values`` and ``seed`` (splitmix64's
     finaliser): a seeded pseudo-random key per value that does not depend on
     row order.  Three multiply-xor steps; a library call would cost more than it."""
-    z = values.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(0x9E3779B97F4A7C15)
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore"):              # uint64 arithmetic wraps, as intended
+        z = values.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(0x9E3779B97F4A7C15)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return z ^ (z >> np.uint64(31))
