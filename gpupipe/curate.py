@@ -31,7 +31,7 @@ from gpupipe.runner import LEDGER, SUMMARY, DedupOptions, run_dedup
 from gpupipe.stages.balance import BalanceConfig, balance
 from gpupipe.stages.export import ExportConfig, export
 from gpupipe.stages.split import SplitConfig, split
-from gpupipe.table import Ledger, write_parquet_atomic, write_text_atomic
+from gpupipe.table import Ledger, write_text_atomic
 
 STATE = "curate.json"
 REPORT = "report.html"
@@ -134,7 +134,7 @@ def run_curate(src: str | os.PathLike, run_dir: str | os.PathLike, options: Cura
         else:
             t = time.perf_counter()
             frame, stats = fn(frame, ledger, cfg)
-            _write_ledger(ledger, frame, run_dir)
+            ledger.write_ledger(frame, run_dir / LEDGER)
             done[stage] = {"fingerprint": fp, "seconds": round(time.perf_counter() - t, 2), "stats": asdict(stats)}
             save()
             log(f"{stage}: {_brief(stage, stats)}")
@@ -159,12 +159,6 @@ def run_curate(src: str | os.PathLike, run_dir: str | os.PathLike, options: Cura
         save()
         log(f"report: {run_dir / REPORT}")
     return CurateResult("done", {**done, **out})
-
-
-def _write_ledger(ledger: Ledger, frame, run_dir: Path) -> None:
-    stages = [s for s in schema.STAGES if all(c.name in frame.columns for c in schema.STAGES[s])]
-    write_parquet_atomic(ledger.to_arrow(frame[schema.names(*stages)]).cast(schema.arrow_schema(*stages)),
-                         run_dir / LEDGER)
 
 
 def _clear(run_dir: Path) -> None:

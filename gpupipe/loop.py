@@ -112,9 +112,7 @@ def _save(run_dir: Path, ledger: Ledger, frame, state: dict, log: pa.Table | Non
         if source == schema.SOURCE_PERSON:
             stale = pc.equal(old.column("round"), -1)
         write_parquet_atomic(pa.concat_tables([old.filter(pc.invert(stale)), log]), p)
-    stages = [s for s in schema.STAGES if all(c.name in frame.columns for c in schema.STAGES[s])]
-    write_parquet_atomic(ledger.to_arrow(frame).select(schema.names(*stages)).cast(schema.arrow_schema(*stages)),
-                         run_dir / LEDGER)
+    ledger.write_ledger(frame, run_dir / LEDGER)
     write_text_atomic(json.dumps(state, indent=2, default=str), run_dir / RANK_STATE)
 
 

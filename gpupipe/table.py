@@ -123,6 +123,13 @@ class Ledger:
     def write(self, frame, path: str | os.PathLike) -> Path:
         return write_parquet_atomic(self.to_arrow(frame), path)
 
+    def write_ledger(self, frame, path: str | os.PathLike) -> Path:
+        """Write the columns of every stage the frame holds in full, in schema
+        order and cast to the schema's dtypes (atomically)."""
+        stages = [s for s in schema.STAGES if all(c.name in frame.columns for c in schema.STAGES[s])]
+        table = self.to_arrow(frame).select(schema.names(*stages)).cast(schema.arrow_schema(*stages))
+        return write_parquet_atomic(table, path)
+
 
 def _dtype_of(name: str) -> pa.DataType:
     for stage in schema.STAGES.values():
