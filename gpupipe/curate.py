@@ -22,8 +22,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import pandas as pd
-
 from gpupipe import __version__, report, schema
 from gpupipe.device import resolve_device
 from gpupipe.loop import RANK_STATE, RankOptions, run_rank
@@ -200,8 +198,3 @@ def _report_counts(run_dir: Path, done: dict) -> dict[str, dict]:
         counts["split"] = {"test": s["test"], "train": s["train"], "folds": len(s["folds"]),
                            "validation rows per fold": ", ".join(map(str, s["folds"]))}
     return counts
-
-
-def ledger_frame(run_dir: str | os.PathLike) -> pd.DataFrame:
-    """The run's ledger as a plain pandas frame (for reports and notebooks)."""
-    return pd.read_parquet(Path(run_dir) / LEDGER)

@@ -171,7 +171,7 @@ def run_rank(run_dir: str | os.PathLike, options: RankOptions = RankOptions(), *
     if state["pending"] is not None:
         raise PendingReview(f"round {state['pending']}'s queue ({state.get('queue')}) awaits decisions: "
                             f"run `gpupipe review {run_dir} DECISIONS.csv` first")
-    truth = rv.load_oracle(options.oracle, frame, ledger) if options.oracle else None
+    truth = rv.load_oracle(options.oracle) if options.oracle else None
     cfg = rank_stage.RankConfig(mode=options.mode, folds=options.folds, train=options.train,
                                 channels=options.channels, score_batch=options.score_batch)
     rounds: list[dict] = []

@@ -35,9 +35,6 @@ class Scores:
     margin: np.ndarray
     probs: np.ndarray
 
-    def take(self, order: np.ndarray) -> "Scores":
-        return Scores(*(a[order] for a in (self.rows, self.loss, self.pred, self.prob_given, self.margin, self.probs)))
-
 
 def per_sample(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
     """``logits (B, K)`` float, ``labels (B,)`` int64 in 0..K-1 -> dict of (B,) tensors and probs (B, K)."""

@@ -33,7 +33,6 @@ from gpupipe.models.train import TrainConfig, train
 from gpupipe.table import Ledger
 
 RankMode = Literal["certified", "oof"]
-READS = ("ingest", "hash", "dedup", "review")
 
 
 @dataclass(frozen=True)
@@ -93,9 +92,10 @@ def rows_of(frame, ledger: Ledger) -> Rows:
     eligible = ~invalid.astype(bool) & keep.astype(bool) & (has_label | has_review) \
         & (status != schema.STATUS_REMOVED)
     certified = eligible & np.isin(status, [schema.STATUS_CERTIFIED, schema.STATUS_RELABELED])
-    classes = sorted({str(v) for v in label[eligible]})
-    index = {c: i for i, c in enumerate(classes)}
-    y = np.array([index[v] if e else -1 for v, e in zip(label, eligible)], dtype=np.int64)
+    names = label[eligible].astype(str)
+    classes = sorted(set(names))
+    y = np.full(len(label), -1, np.int64)
+    y[eligible] = np.searchsorted(np.asarray(classes, dtype=str), names)
     return Rows(paths, label, eligible, certified, holdout.astype(bool) & has_holdout & certified, classes, y)
 
 

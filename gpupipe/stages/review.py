@@ -229,7 +229,7 @@ def auto_decisions(frame, ledger: Ledger, policy: AutoPolicy, *, round_no: int) 
     return Decisions(pos, action, new, schema.SOURCE_AUTO, round_no)
 
 
-def load_oracle(path: str | Path, frame, ledger: Ledger) -> dict[str, str | None]:
+def load_oracle(path: str | Path) -> dict[str, str | None]:
     """``LABELS.csv`` with columns rel_path,label (an empty label: the file is
     invalid) -> rel_path -> true label or None."""
     try:
