@@ -26,14 +26,19 @@ def _add_dedup_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-distance", type=int, default=None, metavar="BITS",
                    help="pHash Hamming distance (0-64) under which two images are near duplicates "
                         "(default: %(default)s -> 8)")
-    p.add_argument("--verify", choices=("fine", "thumbs", "none"), default="fine",
-                   help="second check of pHash candidates on the 32x32 thumbnails: 'fine' a 256-bit DCT "
-                        "hash (cheap; default), 'thumbs' a shift-tolerant pixel distance (slower on CPU, "
-                        "finds small shifts), 'none' accept every candidate as pHash-only tools do")
-    p.add_argument("--max-fine-distance", type=int, default=None, metavar="BITS",
-                   help="for --verify fine: bits of 256 (default 38)")
-    p.add_argument("--max-thumb-distance", type=float, default=None, metavar="D",
-                   help="for --verify thumbs: mean difference of standardised pixels (default 0.12)")
+    p.add_argument("--shift-distance", type=int, default=None, metavar="BITS",
+                   help="shift-key Hamming distance for the second candidate search, which finds shifted "
+                        "and cropped copies (default: %(default)s -> 8; -1 turns it off)")
+    p.add_argument("--verify", choices=("pixels", "none"), default="pixels",
+                   help="check of each candidate pair: 'pixels' (default) the same-picture similarity of "
+                        "the two thumbnails (aligned, band-passed correlation), 'none' accept every "
+                        "candidate as hash-only tools do")
+    p.add_argument("--min-similarity", type=float, default=None, metavar="S",
+                   help="for --verify pixels: similarity (-1..1) from which two images are the same "
+                        "picture (default 0.95, chosen on real digits, judged on Fashion-MNIST)")
+    p.add_argument("--recall-sample", type=int, default=100, metavar="N",
+                   help="images whose edited copies (made in memory) measure this run's recall per kind "
+                        "of near duplicate (default: %(default)s; 0 turns it off)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--workers", type=int, default=None, metavar="N",
                    help="start a local Dask cluster of N worker processes (GPU: one per GPU)")
@@ -278,10 +283,24 @@ def _options(args):
         raise ValueError("--workers must be at least 1")
     if args.batch_size < 1:
         raise ValueError("--batch-size must be at least 1")
-    return DedupOptions(device=args.device, max_distance=args.max_distance,
-                        verify=args.verify, max_fine_distance=args.max_fine_distance,
-                        max_thumb_distance=args.max_thumb_distance, workers=args.workers,
-                        scheduler=args.scheduler, batch_size=args.batch_size)
+    if args.shift_distance is not None and not -1 <= args.shift_distance <= 64:
+        raise ValueError("--shift-distance must be between 0 and 64, or -1 (off)")
+    if args.min_similarity is not None and not -1.0 <= args.min_similarity <= 1.0:
+        raise ValueError("--min-similarity must be between -1 and 1")
+    if args.recall_sample < 0:
+        raise ValueError("--recall-sample must be 0 or more")
+    return DedupOptions(device=args.device, max_distance=args.max_distance, shift_distance=args.shift_distance,
+                        verify=args.verify, min_similarity=args.min_similarity, recall_sample=args.recall_sample,
+                        workers=args.workers, scheduler=args.scheduler, batch_size=args.batch_size)
+
+
+def _recall_lines(r: dict) -> list[str]:
+    if not r:
+        return []
+    kinds = ", ".join(f"{k} {v['recall']:.2f}" for k, v in r["by_kind"].items())
+    return [f"  recall measured on this input ({r['sample']} of its images, {r['copies']} edited copies in memory): "
+            f"{r['recall']:.3f}, false matches {r['false_matches']}",
+            f"    by kind: {kinds}"]
 
 
 def format_summary(s) -> str:
@@ -296,9 +315,10 @@ def format_summary(s) -> str:
         f"  kept:         {c['kept']}",
         f"  label conflicts: {c['label_conflict_groups']} groups; split leaks: {c['split_leak_groups']} groups",
         f"  work: read {h['read']}, decoded {h['decoded']}, byte twins not decoded {h['byte_twins']}; "
-        f"near candidates {c['dedup_stage']['candidates']} within {s.max_distance} bits, "
-        f"{c['dedup_stage']['verified']} verified"
+        f"near candidates {c['dedup_stage']['candidates']} (pHash within {s.max_distance} bits or shift key "
+        f"within {s.shift_distance}), {c['dedup_stage']['verified']} verified the same picture"
         + f" ({', '.join(f'{k} {v}' for k, v in s.verify.items())})",
+        *_recall_lines(getattr(s, "recall", {}) or {}),
         f"  time: {s.seconds['total']:.2f} s ({ips['total']:.0f} images/s; hash stage "
         f"{s.seconds['hash']:.2f} s, dedup {s.seconds['dedup']:.2f} s)",
         f"  wrote {Path(s.run_dir) / 'ledger.parquet'} and summary.json",

@@ -25,6 +25,8 @@ from typing import Literal
 
 import numpy as np
 
+from gpupipe import transforms as _transforms
+
 __all__ = [
     "COPY_KINDS", "FASHION_MNIST_CLASSES", "FASHION_MNIST_DEBIAN_PACKAGE", "GroundTruth",
     "INVALID_KINDS", "NEAR_KINDS", "PlantedItem", "REENCODE_KINDS", "flip_labels", "load_digits_images",
@@ -39,9 +41,8 @@ FASHION_MNIST_CLASSES: tuple[str, ...] = (
 FASHION_MNIST_DEBIAN_PACKAGE = "dataset-fashion-mnist"
 COPY_KINDS: tuple[str, ...] = ("byte_copy", "cross_split_copy", "cross_class_copy")
 REENCODE_KINDS: tuple[str, ...] = ("bmp", "tiff", "webp_lossless", "png_text")
-NEAR_KINDS: tuple[str, ...] = (
-    "jpeg_q75", "shift_1px", "shift_2px", "brightness_+10", "brightness_-10", "resize_90",
-)
+#: Near-duplicate kinds planted: one definition with the per-run probe (`gpupipe.transforms`).
+NEAR_KINDS: tuple[str, ...] = _transforms.NEAR_KINDS + _transforms.EXTRA_KINDS
 INVALID_KINDS: tuple[str, ...] = (
     "empty", "truncated", "not_an_image", "undecodable", "absurd_dimensions", "unsupported_format",
 )
@@ -50,7 +51,7 @@ Level = Literal["bytes", "pixels", "near"]
 _LEVEL_CATEGORIES: dict[str, tuple[str, ...]] = {
     "bytes": ("copy",), "pixels": ("copy", "reencode"), "near": ("copy", "reencode", "near"),
 }
-_EXT = {"bmp": "bmp", "tiff": "tiff", "webp_lossless": "webp", "jpeg_q75": "jpg",
+_EXT = {"bmp": "bmp", "tiff": "tiff", "webp_lossless": "webp", "jpeg_q60": "jpg", "jpeg_q75": "jpg",
         "unsupported_format": "gif"}
 
 
@@ -231,24 +232,10 @@ def _encode(pixels: np.ndarray, fmt: str, **kw: object) -> bytes:
     return buf.getvalue()
 
 
-def _resize(img: np.ndarray, w: int, h: int) -> np.ndarray:
-    image = _pil()
-    return np.asarray(image.fromarray(img).resize((w, h), image.Resampling.BICUBIC))
-
-
 def _upscale(img: np.ndarray, k: int, method: str) -> np.ndarray:
     if k == 1 or method == "nearest":
         return img.repeat(k, axis=0).repeat(k, axis=1) if k > 1 else img
-    return _resize(img, img.shape[1] * k, img.shape[0] * k)
-
-
-def _shift(img: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    """Move content by (dy, dx) pixels, replicating edges (no wrap)."""
-    s = max(abs(dy), abs(dx))
-    pad = ((s, s), (s, s)) + ((0, 0),) * (img.ndim - 2)
-    p = np.pad(img, pad, mode="edge")
-    h, w = img.shape[:2]
-    return p[s - dy: s - dy + h, s - dx: s - dx + w]
+    return _transforms.resize(img, img.shape[1] * k, img.shape[0] * k)
 
 
 def _raw_png(w: int, h: int, idat: bytes) -> bytes:
@@ -261,22 +248,11 @@ def _raw_png(w: int, h: int, idat: bytes) -> bytes:
 
 
 def _near(img: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[bytes, np.ndarray]:
-    """Encoded bytes and decoded pixels of a near duplicate of ``img``."""
-    if kind == "jpeg_q75":
-        data = _encode(img, "JPEG", quality=75)
-        return data, np.asarray(_pil().open(io.BytesIO(data)))
-    if kind.startswith("shift_"):
-        s = int(kind[6])
-        dy, dx = [(0, s), (0, -s), (s, 0), (-s, 0)][int(rng.integers(4))]
-        out = _shift(img, dy, dx)
-    elif kind.startswith("brightness_"):
-        factor = 1.0 + int(kind[11:]) / 100.0
-        out = np.clip(np.rint(img.astype(np.float32) * factor), 0, 255).astype(np.uint8)
-    elif kind == "resize_90":
-        out = _resize(img, max(1, round(img.shape[1] * 0.9)), max(1, round(img.shape[0] * 0.9)))
-    else:
-        raise ValueError(f"unknown near-duplicate kind {kind!r}")
-    return _encode(out, "PNG"), out
+    """Encoded bytes and decoded pixels of a near duplicate of ``img`` (`gpupipe.transforms`)."""
+    data, out = _transforms.near_copy(img, kind, rng)
+    if out is None:                 # JPEG: its pixels are what a decoder makes of it
+        out = np.asarray(_pil().open(io.BytesIO(data)))
+    return data, out
 
 
 def _reencode(img: np.ndarray, kind: str) -> bytes:

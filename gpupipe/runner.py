@@ -26,11 +26,12 @@ from gpupipe.hashing.verify import VerifyMode
 from gpupipe.scale.executor import make_executor, threads_per_worker
 from gpupipe.stages import dedup as dedup_stage
 from gpupipe.stages import hashing
+from gpupipe.stages import probe as probe_stage
 from gpupipe.stages.ingest import ingest
 from gpupipe.table import Ledger, write_npy_atomic, write_parquet_atomic, write_text_atomic
 
 LEDGER = "ledger.parquet"
-THUMBS = "thumbs.npy"        # (N, 32, 32) uint8 grayscale, aligned with the ledger's rows
+THUMBS = "thumbs.npy"        # (N, 32, 32, 3) uint8 RGB, aligned with the ledger's rows
 SUMMARY = "summary.json"
 
 
@@ -38,9 +39,10 @@ SUMMARY = "summary.json"
 class DedupOptions:
     device: DeviceRequest = "auto"
     max_distance: int | None = None
-    verify: VerifyMode = "fine"
-    max_fine_distance: int | None = None
-    max_thumb_distance: float | None = None
+    shift_distance: int | None = None      # shift-key threshold; -1 turns that search off
+    verify: VerifyMode = "pixels"
+    min_similarity: float | None = None
+    recall_sample: int = probe_stage.DEFAULT_SAMPLE   # images whose edited copies measure recall; 0: off
     workers: int | None = None
     scheduler: str | None = None
     batch_size: int = 512
@@ -60,7 +62,9 @@ class RunSummary:
     seconds: dict[str, float] = field(default_factory=dict)
     counts: dict[str, Any] = field(default_factory=dict)
     max_distance: int = 0
+    shift_distance: int = 0
     verify: dict[str, Any] = field(default_factory=dict)
+    recall: dict[str, Any] = field(default_factory=dict)    # per kind, from the probes
     versions: dict[str, Any] = field(default_factory=dict)
 
     def images_per_second(self) -> dict[str, float]:
@@ -117,7 +121,7 @@ def run_dedup(
         results = ex.map(hashing.hash_partition, parts, config, on_done=on_done)
         executor_name = ex.name
     hashed = pa.concat_tables([r[0] for r in results])
-    thumbs = np.concatenate([r[2] for r in results]) if results else np.zeros((0, 32, 32), np.uint8)
+    thumbs = np.concatenate([r[2] for r in results]) if results else np.zeros((0, 32, 32, 3), np.uint8)
     counts = results[0][1]
     for r in results[1:]:
         counts = counts.add(r[1])
@@ -131,10 +135,17 @@ def run_dedup(
     _check(frame, "hash", "output")
 
     t = time.perf_counter()
+    probes = None
+    if options.recall_sample > 0 and options.verify != "none":
+        probes = probe_stage.make_probes(joined, device, probe_stage.ProbeConfig(
+            sample=options.recall_sample, seed=options.seed), batch_size=options.batch_size)
+    seconds["probe"] = time.perf_counter() - t
+
+    t = time.perf_counter()
     cfg = dedup_stage.DedupConfig(
-        max_distance=options.max_distance, verify=options.verify, max_fine_distance=options.max_fine_distance,
-        max_thumb_distance=options.max_thumb_distance, seed=options.seed)
-    frame, dstats = dedup_stage.dedup(frame, ledger, cfg, thumbs=thumbs)
+        max_distance=options.max_distance, shift_distance=options.shift_distance, verify=options.verify,
+        min_similarity=options.min_similarity, seed=options.seed)
+    frame, dstats = dedup_stage.dedup(frame, ledger, cfg, thumbs=thumbs, probes=probes)
     _check(frame, "dedup", "output")
     seconds["dedup"] = time.perf_counter() - t
 
@@ -149,9 +160,11 @@ def run_dedup(
         source=str(src.absolute()), run_dir=str(run_dir.absolute()),
         device=device.kind, device_note=device.note,
         executor=executor_name, layout=ing.layout, rows=n, seconds=seconds,
-        counts={"hash_stage": asdict(counts), "dedup_stage": asdict(dstats), "skipped_non_images": ing.skipped_non_images, **_counts(out)},
-        max_distance=cfg.resolved_distance(),
-        verify=cfg.resolved_verify(), versions=_versions(),
+        counts={"hash_stage": asdict(counts), "dedup_stage": {k: v for k, v in asdict(dstats).items() if k != "probe"},
+                "skipped_non_images": ing.skipped_non_images, **_counts(out)},
+        max_distance=cfg.resolved_distance(), shift_distance=cfg.resolved_shift_distance(),
+        verify=cfg.resolved_verify(), recall=_recall_summary(dstats.probe, options.recall_sample),
+        versions=_versions(),
     )
     write_text_atomic(json.dumps(asdict(summary), indent=2, default=str), run_dir / SUMMARY)
     return summary
@@ -176,6 +189,15 @@ def _counts(t: pa.Table) -> dict[str, Any]:
         "label_conflict_groups": int(pc.sum(pc.and_(col(schema.DEDUP_LABEL_CONFLICT), col(schema.DEDUP_KEEP))).as_py() or 0),
         "split_leak_groups": int(pc.sum(pc.and_(col(schema.DEDUP_SPLIT_LEAK), col(schema.DEDUP_KEEP))).as_py() or 0),
     }
+
+
+def _recall_summary(per_kind: dict, sample: int) -> dict[str, Any]:
+    if not per_kind:
+        return {}
+    copies = sum(v["copies"] for v in per_kind.values())
+    found = sum(v["found"] for v in per_kind.values())
+    return {"sample": sample, "copies": copies, "recall": round(found / copies, 4) if copies else None,
+            "false_matches": sum(v["false_matches"] for v in per_kind.values()), "by_kind": per_kind}
 
 
 def _versions() -> dict[str, Any]:

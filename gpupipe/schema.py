@@ -51,6 +51,7 @@ INVALID_REASON = "invalid_reason"
 BYTES_HASH = "hash_bytes"
 PIXELS_HASH = "hash_pixels"
 PHASH = "hash_phash"
+SHIFT_KEY = "hash_shift"
 
 HASH = _cols(
     Column(IMAGE_FORMAT, pa.string(), "format from the file header (png, jpeg, bmp, tiff, webp, gif)"),
@@ -61,6 +62,7 @@ HASH = _cols(
     Column(BYTES_HASH, pa.string(), "xxh3-128 of the file bytes, hex; null for unreadable files"),
     Column(PIXELS_HASH, pa.string(), "128-bit hash of the decoded RGB pixels and shape, hex"),
     Column(PHASH, pa.uint64(), "64-bit DCT perceptual hash of the decoded image"),
+    Column(SHIFT_KEY, pa.uint64(), "64-bit shift-tolerant key: Fourier-magnitude comparisons (gpupipe.hashing.shiftkey)"),
 )
 
 # --- dedup: global grouping over the hash columns -----------------------------------
@@ -68,6 +70,7 @@ DEDUP_GROUP = "dedup_group"
 DEDUP_DUPLICATE_OF = "dedup_duplicate_of"
 DEDUP_KIND = "dedup_kind"
 DEDUP_DISTANCE = "dedup_distance"
+DEDUP_SIMILARITY = "dedup_similarity"
 DEDUP_GROUP_SIZE = "dedup_group_size"
 DEDUP_KEEP = "dedup_keep"
 DEDUP_LABEL_CONFLICT = "is_label_conflict_issue"
@@ -86,6 +89,7 @@ DEDUP = _cols(
     Column(DEDUP_DUPLICATE_OF, pa.int64(), "sample_id this row duplicates; null for kept rows"),
     Column(DEDUP_KIND, pa.string(), "one of DEDUP_KINDS; null for invalid rows"),
     Column(DEDUP_DISTANCE, pa.int16(), "pHash Hamming distance to the representative (0..64)"),
+    Column(DEDUP_SIMILARITY, pa.float32(), "same-picture similarity to the representative (gpupipe.hashing.verify), -1..1; 1 for byte/pixel twins; null for representatives and unique rows"),
     Column(DEDUP_GROUP_SIZE, pa.int32(), "number of rows in the group (1 for unique)"),
     Column(DEDUP_KEEP, pa.bool_(), "true for the one row kept per group; false for duplicates and invalid rows", False),
     Column(DEDUP_LABEL_CONFLICT, pa.bool_(), "the group holds more than one distinct label", False),

@@ -50,12 +50,12 @@ def test_planted_counts_and_kinds(planted) -> None:  # noqa: ANN001
     assert all(kinds[("reencode", k)] == 2 for k in REENCODE_KINDS)
     assert all(kinds[("near", k)] == 2 for k in NEAR_KINDS)
     assert all(kinds[("invalid", k)] == 2 for k in INVALID_KINDS)
-    assert len(gt.items) == 15 + 8 + 12 + 12 and len(gt.originals) == 1797
+    assert len(gt.items) == 15 + 8 + 2 * len(NEAR_KINDS) + 12 and len(gt.originals) == 1797
     on_disk = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
     assert on_disk == set(gt.originals) | {it.path for it in gt.items}
     assert {p.split("/")[0] for p in on_disk} == set(SPLITS)
     sources = [it.source for it in gt.items if it.source is not None]
-    assert len(sources) == len(set(sources)) == 35 and set(sources) <= set(gt.originals)
+    assert len(sources) == len(set(sources)) == 23 + 2 * len(NEAR_KINDS) and set(sources) <= set(gt.originals)
     assert _rgb(root / next(iter(gt.originals))).shape == (32, 32, 3)  # upscaled 8x8 -> 32x32
     n_train = sum(p.startswith("train/") for p in gt.originals)
     assert abs(n_train / 1797 - 0.8) < 0.01
@@ -106,8 +106,9 @@ def test_near_duplicates_differ_in_pixels(planted) -> None:  # noqa: ANN001
         if it.category == "near":
             a, b = _rgb(root / it.path), _rgb(root / it.source)
             assert a.shape != b.shape or not np.array_equal(a, b), it
-            if it.kind == "resize_90":
-                assert a.shape == (29, 29, 3)
+            expect = {"resize_90": (29, 29, 3), "upscale_2x": (64, 64, 3), "crop_5": (30, 30, 3)}
+            if it.kind in expect:
+                assert a.shape == expect[it.kind], it
             else:
                 assert a.shape == b.shape and np.abs(a.astype(int) - b.astype(int)).mean() < 40
 
@@ -115,7 +116,7 @@ def test_near_duplicates_differ_in_pixels(planted) -> None:  # noqa: ANN001
 def test_expected_groups(planted) -> None:  # noqa: ANN001
     _, gt = planted
     levels = {lv: gt.expected_groups(lv) for lv in ("bytes", "pixels", "near")}
-    assert [len(levels[lv]) for lv in levels] == [15, 23, 35]  # digits: no pre-existing duplicates
+    assert [len(levels[lv]) for lv in levels] == [15, 23, 23 + 2 * len(NEAR_KINDS)]  # digits: no pre-existing duplicates
     assert gt.preexisting_groups == []
     for small, big in (("bytes", "pixels"), ("pixels", "near")):
         assert set(levels[small]) <= set(levels[big])
@@ -175,7 +176,7 @@ def test_no_split_layout_and_bad_arguments(digits, tmp_path) -> None:  # noqa: A
     with pytest.raises(ValueError, match="folder-safe"):
         plant_dataset(images[:10], labels[:10], tmp_path / "b", class_names=["a/b"] * 10)
     with pytest.raises(ValueError, match="unknown kinds"):
-        plant_dataset(images[:10], labels[:10], tmp_path / "c", n_near={"blur": 1})
+        plant_dataset(images[:10], labels[:10], tmp_path / "c", n_near={"sharpen": 1})
     with pytest.raises(ValueError, match="uint8"):
         plant_dataset(images.astype(np.float32), labels, tmp_path / "d")
 

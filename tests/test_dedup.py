@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -14,12 +16,17 @@ from gpupipe.datasets import INVALID_KINDS, NEAR_KINDS
 from gpupipe.evaluate import score_invalid, score_pairs
 from gpupipe.runner import LEDGER, THUMBS, DedupOptions, run_dedup
 
-# Measured recall per planted near-duplicate kind on 32x32 digits, 4 of each
-# (see benchmarks/RESULTS.md).  DCT hashes are not translation-invariant: a
-# 1-2 px shift is 3-6% of a 32 px image, beyond pHash's default threshold for
-# most pairs and beyond the default "fine" check for all; the "thumbs" check,
-# which searches shifts, recovers 1 px shifts (test below).
-NEAR_RECALL_AT_LEAST = {kind: 0.75 for kind in NEAR_KINDS} | {"shift_1px": 0.0, "shift_2px": 0.0}
+# Measured recall per planted kind on 1,797 real digits (32x32, 50 of each kind,
+# seed 3; benchmarks/RESULTS.md has the tables): 1.0 for every kind but
+# brightness +10% (0.98), 2 px shifts (0.84) and 5% crops (0.76).  The issue's
+# target, >= 0.98 for every kind, is missed for the last two: their candidates
+# come only from the 64-bit shift key, whose recall limits (the check accepts
+# nearly all it is shown: the probe's recall is within 0.02 of its candidate recall).
+PER_KIND_AT_LEAST = {kind: 0.98 for kind in NEAR_KINDS} | {"shift_2px": 0.8, "crop_5": 0.7}
+# Pairs of different originals the check calls the same picture, on that run
+# (looked at: near-identical writings of 1, 4 and 7; the issue's target is
+# <= 0.1% of the planted pairs, here 0.65: missed, see benchmarks/RESULTS.md).
+ORIGINAL_PAIRS_FOUND = 6
 
 
 def _recall_by_kind(ledger, truth) -> dict[str, float]:
@@ -37,6 +44,21 @@ def _rows(ledger):
     return {p: i for i, p in enumerate(ledger.column(schema.REL_PATH).to_pylist())}
 
 
+@pytest.fixture(scope="module")
+def digits_kinds(tmp_path_factory):
+    """Real digits (4x to 32x32, no splits) with 50 planted copies of each near kind,
+    plus byte copies, cross-class copies and lossless re-encodes.  -> (ledger, truth, summary)"""
+    from gpupipe.datasets import load_digits_images, plant_dataset
+
+    images, labels = load_digits_images()
+    root = tmp_path_factory.mktemp("kinds") / "tree"
+    truth = plant_dataset(images, labels, root, upscale=4, n_byte_copies=20, n_cross_class_copies=10,
+                          n_reencodes=20, n_near={k: 50 for k in NEAR_KINDS}, seed=3)
+    run = tmp_path_factory.mktemp("kinds-run")
+    summary = run_dedup(root, run, DedupOptions(device="cpu"))
+    return pq.read_table(run / LEDGER), truth, summary
+
+
 def test_every_copy_and_reencode_lands_in_its_sources_group(digits_planted, digits_run):
     _, truth = digits_planted
     ledger, _ = digits_run
@@ -44,25 +66,68 @@ def test_every_copy_and_reencode_lands_in_its_sources_group(digits_planted, digi
     assert score.recall == 1.0
 
 
-def test_near_duplicates_per_kind(digits_planted, digits_run):
-    _, truth = digits_planted
-    ledger, _ = digits_run
+def test_near_duplicates_per_kind(digits_kinds):
+    ledger, truth, _ = digits_kinds
     recall = _recall_by_kind(ledger, truth)
     assert set(recall) == set(NEAR_KINDS)
     for kind, r in recall.items():
-        assert r >= NEAR_RECALL_AT_LEAST[kind], (kind, r)
-    assert sum(recall.values()) / len(recall) >= 0.6
+        assert r >= PER_KIND_AT_LEAST[kind], (kind, r)
 
 
-def test_thumbs_check_finds_one_pixel_shifts(digits_planted, digits_run, tmp_path):
-    root, truth = digits_planted
-    run_dedup(root, tmp_path, DedupOptions(device="cpu", verify="thumbs"))
-    ledger = pq.read_table(tmp_path / LEDGER)
-    recall = _recall_by_kind(ledger, truth)
-    assert recall["shift_1px"] == 1.0
-    assert all(recall[k] == 1.0 for k in ("jpeg_q75", "brightness_-10", "resize_90"))
+def test_different_originals_are_not_grouped(digits_kinds):
+    """Negative control: pairs of different originals (not pixel-identical) put
+    in one group.  The exact number is asserted, so any change is looked at."""
+    ledger, truth, _ = digits_kinds
+    group = dict(zip(ledger.column(schema.REL_PATH).to_pylist(), ledger.column(schema.DEDUP_GROUP).to_pylist()))
+    members = defaultdict(list)
+    for p in truth.originals:
+        if group.get(p) is not None:
+            members[group[p]].append(p)
+    same_pixels = {frozenset(g) for g in truth.preexisting_groups}
+    pairs = sum(len(m) * (len(m) - 1) // 2 for m in members.values() if len(m) > 1 and frozenset(m) not in same_pixels)
+    planted = sum(1 for it in truth.items if it.source is not None)
+    assert pairs == ORIGINAL_PAIRS_FOUND, pairs
+    assert pairs / planted < 0.02
+
+
+def test_precision_of_planted_pairs(digits_kinds):
+    ledger, truth, _ = digits_kinds
     planted = {it.path for it in truth.items if it.category != "invalid"}
-    assert score_pairs(ledger, truth.expected_groups("near"), only=planted).precision == 1.0
+    touching = score_pairs(ledger, truth.expected_groups("near"), only=planted)
+    assert touching.precision >= 0.99 and touching.recall >= 0.96        # measured 0.992, 0.968
+    assert score_pairs(ledger, truth.expected_groups("near")).precision >= 0.98   # all pairs: 0.981
+
+
+def test_recall_is_measured_on_the_input_without_touching_it(digits_kinds, tmp_path):
+    """The per-run probe: edited copies of the input's own images, in memory; its
+    numbers are in the summary, and the ledger is the one a run without it gives."""
+    ledger, truth, summary = digits_kinds
+    r = summary.recall
+    assert r["sample"] == 100 and r["copies"] == 100 * len(r["by_kind"])
+    by_kind = r["by_kind"]
+    for kind in ("jpeg_q60", "jpeg_q75", "brightness_+10", "brightness_-10", "contrast_-15", "resize_90",
+                 "upscale_2x", "blur", "noise", "shift_4pct"):
+        assert by_kind[kind]["recall"] >= 0.98, (kind, by_kind[kind])
+    for v in by_kind.values():
+        assert v["candidate_recall"] - v["recall"] <= 0.03     # what the check is shown, it accepts
+        assert v["false_matches"] <= 1
+    root = Path(summary.source)
+    before = sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
+    run_dedup(root, tmp_path, DedupOptions(device="cpu", recall_sample=0))
+    assert pq.read_table(tmp_path / LEDGER).equals(ledger)
+    assert json.loads((tmp_path / "summary.json").read_text())["recall"] == {}
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == before
+
+
+def test_similarity_column(digits_kinds):
+    ledger, _, _ = digits_kinds
+    t = ledger.to_pandas()
+    near = t[t[schema.DEDUP_KIND] == schema.KIND_NEAR]
+    assert (near[schema.DEDUP_SIMILARITY] >= 0.985).all()
+    twins = t[t[schema.DEDUP_KIND].isin([schema.KIND_BYTES, schema.KIND_PIXELS])]
+    assert (twins[schema.DEDUP_SIMILARITY] == 1.0).all()
+    kept = t[t[schema.DEDUP_KEEP]]
+    assert kept[schema.DEDUP_SIMILARITY].isna().all()
 
 
 def test_groups_touching_planted_files_are_exact(digits_planted, digits_run):
@@ -74,9 +139,10 @@ def test_groups_touching_planted_files_are_exact(digits_planted, digits_run):
     planted = {it.path for it in truth.items if it.category != "invalid"}
     score = score_pairs(ledger, truth.expected_groups("near"), only=planted)
     assert score.precision == 1.0
-    assert score.recall >= 0.8
-    # overall precision, unknown raw near-duplicates counted as errors: a floor
-    assert score_pairs(ledger, truth.expected_groups("near")).precision >= 0.35
+    assert score.recall >= 0.95
+    # overall precision, unknown raw near-duplicates counted as errors (was >= 0.35
+    # with the 256-bit DCT check)
+    assert score_pairs(ledger, truth.expected_groups("near")).precision >= 0.9
 
 
 def test_kinds_representatives_and_flags(digits_planted, digits_run):
@@ -126,7 +192,7 @@ def test_ledger_schema_thumbs_and_read_only_source(digits_planted, digits_run, t
     ledger, summary = digits_run
     assert ledger.schema.equals(schema.arrow_schema("ingest", "hash", "dedup"))
     thumbs = np.load(f"{summary.run_dir}/{THUMBS}")
-    assert thumbs.shape == (ledger.num_rows, 32, 32) and thumbs.dtype == np.uint8
+    assert thumbs.shape == (ledger.num_rows, 32, 32, 3) and thumbs.dtype == np.uint8
     before = {p: hashlib.sha1(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
     run_dedup(root, tmp_path / "again", DedupOptions(device="cpu"))
     after = {p: hashlib.sha1(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}

@@ -188,3 +188,37 @@ def test_cupy_equals_numpy(small):
         want = near_pairs(h, max_distance=MAX_D, **kw)
         got = near_pairs(cupy.asarray(h), max_distance=MAX_D, **kw)
         assert all((cupy.asnumpy(g) == w).all() for g, w in zip(got, want))
+
+
+def test_direct_pairs_are_every_close_pair_of_a_small_input():
+    """direct=True: each close pair itself (no chains), runs of equal hashes expanded."""
+    import itertools
+
+    rng = np.random.default_rng(3)
+    h = rng.integers(0, 2 ** 63, 400, dtype=np.int64).view(np.uint64)
+    h[10:14] = h[3]                                   # a run of 5 equal hashes
+    for k in range(20, 30):                            # a chain: each 3 bits from the previous one
+        h[k + 1] = h[k] ^ np.uint64(0b111 << (3 * (k - 20)))
+    i, j, d = near_pairs(h, max_distance=4, direct=True)
+    got = set(zip(i.tolist(), j.tolist()))
+    want = {(a, b) for a, b in itertools.combinations(range(400), 2) if int(hamming(h[a], h[b])) <= 4}
+    assert got == want
+    assert (d <= 4).all() and (i < j).all()
+    chained, _, _ = near_pairs(h, max_distance=4)
+    assert len(chained) < len(i)                      # the default keeps a spanning subset only
+
+
+def test_queries_find_their_partners_and_change_nothing():
+    rng = np.random.default_rng(4)
+    h = rng.integers(0, 2 ** 63, 30000, dtype=np.int64).view(np.uint64)
+    flips = np.zeros(200, np.uint64)
+    for _ in range(3):
+        flips |= np.uint64(1) << rng.integers(0, 64, 200).astype(np.uint64)
+    q = h[:200] ^ flips
+    out = near_pairs(h, max_distance=6, direct=True, queries=q)
+    alone = near_pairs(h, max_distance=6, direct=True)
+    assert all(np.array_equal(a, b) for a, b in zip(out[:3], alone))
+    qi, hj, qd = out[3:]
+    found = set(zip(qi.tolist(), hj.tolist()))
+    assert sum((k, k) in found for k in range(200)) >= 198           # measured 200 of 200
+    assert (qd == hamming(q[qi], h[hj])).all() and (qd <= 6).all()

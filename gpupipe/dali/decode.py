@@ -1,4 +1,4 @@
-"""The DALI decode pipeline: encoded bytes -> RGB pixels + a 32x32 grayscale thumb.
+"""The DALI decode pipeline: encoded bytes -> RGB pixels + 32x32 RGB and grayscale thumbs.
 
 This package is the only place that imports ``nvidia.dali``.  The same
 pipeline definition runs on the CPU (``device_id=None``, ``cpu`` decoder) or
@@ -52,13 +52,16 @@ class Decoded:
 
     rgb_groups: list of (positions, images) where images is a (b, H, W, 3) uint8
         xp array of same-shape images and positions their indices in the batch.
-    thumbs: (B_ok, 32, 32) uint8 xp array, grayscale, for the positions in ``ok``.
+    thumbs: (B_ok, 32, 32, 3) uint8 xp array, RGB (the near-duplicate check
+        compares colour), for the positions in ``ok``.
+    grays: (B_ok, 32, 32) uint8 xp array, the same thumbnails in grayscale (hash input).
     ok: positions (into the fed batch) that decoded.
     errors: position -> decoder message, for the ones that did not.
     """
 
     rgb_groups: list[tuple[np.ndarray, Any]]
     thumbs: Any
+    grays: Any
     ok: np.ndarray
     errors: dict[int, str] = field(default_factory=dict)
 
@@ -97,9 +100,9 @@ class Decoder:
         def _pipeline():
             enc = fn.external_source(name="encoded", dtype=types.UINT8, device="cpu")
             rgb = fn.decoders.image(enc, device="mixed" if gpu else "cpu", output_type=types.RGB)
-            gray = fn.color_space_conversion(rgb, image_type=types.RGB, output_type=types.GRAY)
-            thumb = fn.resize(gray, size=[THUMB, THUMB], antialias=True, dtype=types.UINT8)
-            return rgb, thumb
+            thumb = fn.resize(rgb, size=[THUMB, THUMB], antialias=True, dtype=types.UINT8)
+            gray = fn.color_space_conversion(thumb, image_type=types.RGB, output_type=types.GRAY)
+            return rgb, thumb, gray
 
         pipe = _pipeline()
         pipe.build()
@@ -121,15 +124,16 @@ class Decoder:
         xp = self.device.xp
         groups = _regroup([g for d in parts for g in d.rgb_groups], xp)
         ok = np.concatenate([d.ok for d in parts]) if parts else np.zeros(0, np.int64)
-        thumbs = xp.concatenate([d.thumbs for d in parts]) if parts else xp.zeros((0, THUMB, THUMB), xp.uint8)
-        return Decoded(groups, thumbs, ok, errors)
+        thumbs = xp.concatenate([d.thumbs for d in parts]) if parts else xp.zeros((0, THUMB, THUMB, 3), xp.uint8)
+        grays = xp.concatenate([d.grays for d in parts]) if parts else xp.zeros((0, THUMB, THUMB), xp.uint8)
+        return Decoded(groups, thumbs, grays, ok, errors)
 
     def _decode_range(self, encoded, positions: np.ndarray, parts: list, errors: dict) -> None:
         """Decode ``encoded[positions]``; on failure bisect to find the bad
         files: O(k log n) pipeline runs for k bad files among n."""
         try:
-            rgb, thumb = self._run([encoded[i] for i in positions])
-            parts.append(self._collect(rgb, thumb, positions))
+            rgb, thumb, gray = self._run([encoded[i] for i in positions])
+            parts.append(self._collect(rgb, thumb, gray, positions))
             return
         except RuntimeError as err:
             # One bad file fails the whole batch and invalidates the pipeline.
@@ -141,15 +145,16 @@ class Decoder:
         self._decode_range(encoded, positions[:half], parts, errors)
         self._decode_range(encoded, positions[half:], parts, errors)
 
-    def _collect(self, rgb, thumb, positions: np.ndarray) -> Decoded:
+    def _collect(self, rgb, thumb, gray, positions: np.ndarray) -> Decoded:
         xp = self.device.xp
-        thumbs = _as_xp(thumb.as_tensor(), xp).reshape(len(positions), THUMB, THUMB)
+        thumbs = _as_xp(thumb.as_tensor(), xp).reshape(len(positions), THUMB, THUMB, 3)
+        grays = _as_xp(gray.as_tensor(), xp).reshape(len(positions), THUMB, THUMB)
         if rgb.is_dense_tensor():
             groups = [(positions, _as_xp(rgb.as_tensor(), xp))]
         else:
             items = [_as_xp(rgb[i], xp) for i in range(len(positions))]
             groups = _regroup([(positions[i:i + 1], it[None]) for i, it in enumerate(items)], xp)
-        return Decoded(groups, thumbs, positions)
+        return Decoded(groups, thumbs, grays, positions)
 
 
 def _as_xp(t, xp):

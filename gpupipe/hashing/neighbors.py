@@ -164,11 +164,12 @@ def _close_positions(s, max_distance: int, window: int, chunk: int, xp: types.Mo
     return xp.concatenate(found).astype(xp.int64) if found else xp.empty(0, dtype=xp.int64)
 
 
-def _window_edges(s, p, max_distance: int, window: int, xp: types.ModuleType):
+def _window_edges(s, p, max_distance: int, window: int, xp: types.ModuleType, direct: bool = False):
     """Edges (s[p], s[p + k]) within range, 1 <= k <= window, for ranks (P,) ``p`` of sorted ``s``.
 
     Edge (p, p+k), k >= 2, is dropped when (p, p+1) .. (p+k-1, p+k) all match: those already
-    connect it.  -> left (E,), right (E,) uint64 values.
+    connect it (unless ``direct``: then every matching pair is kept, for callers that
+    check pairs one by one).  -> left (E,), right (E,) uint64 values.
     """
     u = s.shape[0]
     idx = p[:, None] + xp.arange(1, window + 1, dtype=xp.int64)[None, :]    # (P, W)
@@ -176,14 +177,17 @@ def _window_edges(s, p, max_distance: int, window: int, xp: types.ModuleType):
     idx = xp.minimum(idx, u - 1)
     match = (_popcount(s[p][:, None] ^ s[idx], xp) <= max_distance) & valid
     adjacent = (_popcount(s[idx - 1] ^ s[idx], xp) <= max_distance) & valid
-    chained = xp.cumsum(~adjacent, axis=1, dtype=xp.int32) == 0             # p..p+k all linked
-    chained[:, 0] = False
-    rows, cols = xp.nonzero(match & ~chained)
+    if not direct:
+        chained = xp.cumsum(~adjacent, axis=1, dtype=xp.int32) == 0         # p..p+k all linked
+        chained[:, 0] = False
+        match &= ~chained
+    rows, cols = xp.nonzero(match)
     return s[p[rows]], s[idx[rows, cols]]
 
 
 def near_pairs(hashes, *, max_distance: int, xp: types.ModuleType | None = None,
-               n_tables: int | None = None, window: int | None = None, seed: int = 0):
+               n_tables: int | None = None, window: int | None = None, seed: int = 0,
+               direct: bool = False, queries=None):
     """Edges linking hashes within ``max_distance`` bits; their connected components are the groups.
 
     hashes: (N,) uint64 (int64 is reinterpreted bit for bit) on ``xp``'s device, N < 2**31.
@@ -199,6 +203,13 @@ def near_pairs(hashes, *, max_distance: int, xp: types.ModuleType | None = None,
     found between distinct values and reported between their lowest indices.  The edges are a
     sparse subset of all close pairs whose connected components equal the near-duplicate groups
     found.  Work: N * n_tables * window compares plus one sort per table, linear in N.
+
+    direct: return the close pairs themselves, for a caller that verifies each pair on its
+    own (a chain A~B~C must not stand in for A~C): no window edge is dropped as chained, and
+    pairs are expanded to the members of runs of equal hashes -- every pair within a run and
+    between two close runs when their sizes multiply to at most 64, else the pairs through each
+    run's first member and between consecutive members.  Still bounded: a run of k equal
+    hashes gives O(k) pairs beyond that size.
     """
     xp = _array_module(hashes, xp)
     h = xp.asarray(hashes)
@@ -226,6 +237,7 @@ def near_pairs(hashes, *, max_distance: int, xp: types.ModuleType | None = None,
     dup = xp.flatnonzero(~new)                              # (N - U,) ranks of repeats
     star_i = first[xp.searchsorted(starts, dup, side="right") - 1]
     star_j = order[dup]
+    sorted_ids = order if direct else None
     del order, sh, new
 
     # 2. near pairs among the U distinct values, one order (table) at a time
@@ -239,9 +251,16 @@ def near_pairs(hashes, *, max_distance: int, xp: types.ModuleType | None = None,
     chunk = min(1 << 16 if xp is np else 1 << 24, max(u, 1))
     rows = max(1, (1 << 20) // window)                      # (rows, window) blocks in pass 2
     codes: list = []
+    qcodes: list = []
+    q = None if queries is None else xp.asarray(queries).view(xp.uint64) if xp.asarray(queries).dtype == xp.int64 \
+        else xp.asarray(queries, dtype=xp.uint64)
     held, limit = 0, max(1 << 20, u)
     todo = n_tables if u > 1 and max_distance > 0 else 0
     s = xp.empty(u if todo else 0, dtype=xp.uint64)
+    if q is not None and (todo == 0) and u:                  # exact lookups only
+        pos = xp.minimum(xp.searchsorted(uniq, q), u - 1)
+        hit = xp.nonzero(_popcount(uniq[pos] ^ q, xp) <= max_distance)[0]
+        qcodes.append(hit.astype(xp.int64) * u + pos[hit])
     for t in range(todo):
         rot = (t % _PER_PERM) * _STEP                       # total left rotation of this order
         if rot == 0:
@@ -255,9 +274,14 @@ def near_pairs(hashes, *, max_distance: int, xp: types.ModuleType | None = None,
             s |= carry
             del carry
             s.sort(kind="stable")
+        if q is not None:
+            if rot == 0:
+                qbase = _permute(q, xp.asarray(_bit_luts(perm)), xp)
+            qcodes.append(_query_window(s, _rotl(qbase, rot, xp) if rot else qbase, uniq, inv_luts, rot,
+                                        max_distance, window, xp))
         p = _close_positions(s, max_distance, window, chunk, xp)
         for c in range(0, int(p.shape[0]), rows):
-            left, right = _window_edges(s, p[c:c + rows], max_distance, window, xp)
+            left, right = _window_edges(s, p[c:c + rows], max_distance, window, xp, direct)
             ends = _permute(_rotl(xp.concatenate([left, right]), (64 - rot) % 64, xp), inv_luts, xp)
             o = xp.argsort(ends)                            # sorted queries: cache-friendly
             ids = xp.empty(o.shape[0], dtype=xp.int64)
@@ -271,11 +295,92 @@ def near_pairs(hashes, *, max_distance: int, xp: types.ModuleType | None = None,
             limit = max(limit, 2 * held)
     del s
     near = unique(xp.concatenate(codes), xp) if codes else xp.empty(0, dtype=xp.int64)
-    na, nb = first[near // max(u, 1)], first[near % max(u, 1)]
+    if direct:
+        lens = xp.diff(xp.concatenate([starts, xp.asarray([n], dtype=starts.dtype)])).astype(xp.int64)
+        star_i, star_j = _run_pairs(starts.astype(xp.int64), lens, sorted_ids, xp)
+        na, nb = _cross_pairs(near // max(u, 1), near % max(u, 1), starts.astype(xp.int64), lens, sorted_ids, xp)
+    else:
+        na, nb = first[near // max(u, 1)], first[near % max(u, 1)]
 
-    # 3. both edge kinds, i < j, sorted by (i, j)
+    # 3. both edge kinds, i < j, sorted by (i, j), each pair once
     i = xp.concatenate([star_i, xp.minimum(na, nb)]).astype(xp.int64)
     j = xp.concatenate([star_j, xp.maximum(na, nb)]).astype(xp.int64)
-    o = xp.argsort(i * n + j)
-    i, j = i[o], j[o]
-    return i, j, hamming(h[i], h[j], xp)
+    key = unique(i * n + j, xp)
+    i, j = key // max(n, 1), key % max(n, 1)
+    if q is None:
+        return i, j, hamming(h[i], h[j], xp)
+    qkey = unique(xp.concatenate(qcodes), xp) if qcodes else xp.empty(0, dtype=xp.int64)
+    lens = xp.diff(xp.concatenate([starts, xp.asarray([n], dtype=starts.dtype)])).astype(xp.int64)
+    order = xp.argsort(h, kind="stable")
+    qa, ub = qkey // max(u, 1), qkey % max(u, 1)
+    take = xp.where(lens[ub] <= _FULL, lens[ub], 1)          # whole run, or its first member
+    owner, k = _expand(take, xp)
+    qi = qa[owner]
+    hj = order[starts[ub[owner]].astype(xp.int64) + k]
+    return i, j, hamming(h[i], h[j], xp), qi, hj, hamming(q[qi], h[hj], xp)
+
+
+def _query_window(s, qs, uniq, inv_luts, rot: int, max_distance: int, window: int, xp):
+    """Codes query * U + uniq_index of the sorted values ``s`` within range of each permuted
+    query ``qs``, among the ``window`` values on either side of its sorted position."""
+    u = int(s.shape[0])
+    pos = xp.searchsorted(s, qs)
+    off = xp.arange(-window, window, dtype=xp.int64)[None, :]
+    idx = pos[:, None].astype(xp.int64) + off
+    valid = (idx >= 0) & (idx < u)
+    idx = xp.clip(idx, 0, u - 1)
+    match = (_popcount(s[idx] ^ qs[:, None], xp) <= max_distance) & valid
+    rows, cols = xp.nonzero(match)
+    vals = s[idx[rows, cols]]
+    ends = _permute(_rotl(vals, (64 - rot) % 64, xp), inv_luts, xp)
+    return rows.astype(xp.int64) * u + xp.searchsorted(uniq, ends)
+
+
+_FULL = 64      # runs (and pairs of runs) up to this many pairs are expanded in full
+
+
+def _expand(counts, xp):
+    """For counts (E,) >= 0: (owner (T,), rank (T,)) listing rank 0..counts[e]-1 of each e."""
+    total = int(counts.sum())
+    owner = xp.repeat(xp.arange(int(counts.shape[0]), dtype=xp.int64), counts)
+    offsets = xp.cumsum(counts) - counts
+    return owner, xp.arange(total, dtype=xp.int64) - offsets[owner]
+
+
+def _run_pairs(starts, lens, sorted_ids, xp):
+    """Pairs among the members of each run of equal hashes (members in ``sorted_ids``
+    from ``starts`` for ``lens``): all pairs where that is at most _FULL pairs, else
+    (first, each) and (each, next)."""
+    big = lens * (lens - 1) // 2 > _FULL
+    small = xp.nonzero((lens > 1) & ~big)[0]
+    # all pairs (p, q), p < q, in small runs: expand (run, p) then (run, p, q)
+    run, p = _expand(lens[small] - 1, xp)
+    run = small[run]
+    owner, k = _expand(lens[run] - 1 - p, xp)
+    a, b = p[owner], p[owner] + 1 + k
+    i_all = sorted_ids[starts[run[owner]] + a]
+    j_all = sorted_ids[starts[run[owner]] + b]
+    large = xp.nonzero(big)[0]
+    run, q = _expand(lens[large] - 1, xp)
+    base = starts[large[run]]
+    i_star, j_star = sorted_ids[base], sorted_ids[base + q + 1]
+    i_next, j_next = sorted_ids[base + q], sorted_ids[base + q + 1]
+    return (xp.concatenate([i_all, i_star, i_next]), xp.concatenate([j_all, j_star, j_next]))
+
+
+def _cross_pairs(a, b, starts, lens, sorted_ids, xp):
+    """Member pairs for close runs (a[e], b[e]): all of them where |a| * |b| <= _FULL,
+    else (first of a, each of b) and (each of a, first of b)."""
+    la, lb = lens[a], lens[b]
+    full = la * lb <= _FULL
+    f = xp.nonzero(full)[0]
+    owner, k = _expand(la[f] * lb[f], xp)
+    e = f[owner]
+    i1 = sorted_ids[starts[a[e]] + k // lb[e]]
+    j1 = sorted_ids[starts[b[e]] + k % lb[e]]
+    g = xp.nonzero(~full)[0]
+    owner, k = _expand(lb[g], xp)
+    i2, j2 = sorted_ids[starts[a[g[owner]]]], sorted_ids[starts[b[g[owner]]] + k]
+    owner, k = _expand(la[g], xp)
+    i3, j3 = sorted_ids[starts[a[g[owner]]] + k], sorted_ids[starts[b[g[owner]]]]
+    return xp.concatenate([i1, i2, i3]), xp.concatenate([j1, j2, j3])

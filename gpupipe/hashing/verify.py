@@ -1,90 +1,343 @@
-"""Verify near-duplicate candidates on their 32x32 grayscale thumbnails (numpy | CuPy).
+"""Is a candidate pair the same picture?  Verification on 32x32 thumbnails (numpy | CuPy).
 
-A 64-bit pHash is coarse: on small, centred images (Fashion-MNIST) about 1 in
-800 unrelated pairs lies within 8 bits, so at 70,000 images the candidates
-found by Hamming distance alone are a million, nearly all false.  Each
-candidate pair is therefore checked again on the thumbnails the decode made,
-in one of two ways (`VerifyMode`):
+Hash candidates (pHash, `gpupipe.hashing.shiftkey`) propose pairs; this
+module decides.  A near duplicate is one picture after re-encoding, resizing,
+a small crop or shift (up to ~7% of the side), a brightness or contrast
+change, mild blur or noise (`gpupipe.transforms` lists them), not another
+sample of the same class.  What separates the two is detail at the right
+place: after aligning the two thumbnails, a copy agrees in its mid-frequency
+structure (strokes, edges, texture), a different sample of the same shape
+does not.
 
-``fine`` (default, cheap): the 256-bit DCT hash of both thumbnails
-(`gpupipe.hashing.phash.dct_hash` with size 16), computed only for the images
-that have a candidate, must be within ``max_fine_distance`` bits.  Its mid
-frequencies separate re-encodes, brightness changes and resizes (under ~35
-bits on Fashion-MNIST) from different objects of one coarse shape (99% above
-42 bits): about 0.5% of false candidates pass.  Translations do not pass.
+The similarity of a pair (`PairCheck.similarity`), in [-1, 1], 1 = identical
+up to brightness and contrast:
 
-``thumbs`` (slower, tolerant of shifts): a shift-tolerant pixel distance
+    s(a, b) = max over zoom z in {1/1.05, 1, 1.05} and shift (dy, dx), |d| <= 5 px,
+              of the Pearson correlation between f(a) over its central 22x22
+              window and f(zoom_z(b)) over the same window shifted by (dy, dx),
 
-    d(a, b) = min over integer shifts |dy|, |dx| <= max_shift of
-              mean |z(a) - z(b)| over the overlap,
+where f is a band-pass (difference of Gaussians, sigma 1 and 3 px) of the
+thumbnail standardised to zero mean and unit variance; colour thumbnails are
+compared over their three channels at once (a recoloured picture is not the
+same picture).  The correlation is invariant to brightness and contrast; the
+search absorbs shifts, crops and the scale change a crop brings; the
+band-pass ignores what blur, noise and JPEG change (the finest detail) and
+what every sample of a class shares (the coarse silhouette).  The peak is
+refined below one pixel by a parabola through the 3x3 correlations around
+the best integer shift.
 
-where z standardises a thumbnail to zero mean and unit standard deviation
-(so +-10% brightness or contrast costs nothing) and the shift search absorbs
-small translations.  0 means identical up to brightness; unrelated images sit
-around 0.5-1.0; re-encodes, +-10% brightness, JPEG q75, 90% resizes and 1-2 px
-shifts of 28 px images mostly stay under 0.12 (measured in benchmarks/).
+Cost control, cheapest first (each step only sees pairs the previous kept):
+1. gate: the 256-bit DCT hash (`gpupipe.hashing.phash`, size 16) within
+   GATE_FINE_BITS, or the 256-bit Fourier-magnitude code
+   (`gpupipe.hashing.shiftkey.ring_code`) within GATE_RING_BITS: a few
+   popcounts per pair, loose enough that every measured copy passes;
+2. coarse: the correlation at 16x16 over shifts of up to 4 px (of 32), one
+   zoom; pairs below COARSE_MIN stop here;
+3. fine: at 32x32, the three zooms, 3x3 shifts around the coarse one, and
+   the sub-pixel peak.
+
+The threshold (DEFAULT_MIN_SIMILARITY) was chosen from the measured ROC of
+copies vs different samples of one class on real digits and judged on
+Fashion-MNIST: benchmarks/bench_verify_roc.py, benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
 from gpupipe.hashing.neighbors import hamming
 from gpupipe.hashing.phash import FINE_SIZE, dct_hash
+from gpupipe.hashing.shiftkey import ring_code
 
-VerifyMode = Literal["fine", "thumbs", "none"]
+VerifyMode = Literal["pixels", "none"]
 THUMB = 32
-DEFAULT_MAX_SHIFT = 2
-DEFAULT_MAX_THUMB_DISTANCE = 0.12
-DEFAULT_MAX_FINE_DISTANCE = 38
+DEFAULT_MIN_SIMILARITY = 0.985
+GATE_FINE_BITS = 38            # of 256: photometric edits, re-encodes, resizes
+GATE_RING_BITS = 70            # of 256: shifts and crops
+COARSE_MIN = 0.8
+SIGMAS = (1.0, 3.0)            # band-pass at 32 px (fine step)
+COARSE_SIGMAS = (1.5, 4.0)     # a lower band for the 16 px step: tolerant of half-pixel offsets
+ZOOMS = (1 / 1.04, 1.0, 1.04)
+ZOOM_WITHIN = 0.05             # zooms are tried where zoom 1 scores this close below the threshold
+MARGIN = 5                     # 32 px: central 22x22 window, shifts up to 5 px
+COARSE_SHIFT = 2               # 16 px: up to 2 px (4 px at 32)
 
 
-def pair_check(thumbs, *, mode: VerifyMode = "fine", max_fine_distance: int | None = None,
-               max_thumb_distance: float | None = None, xp=np):
-    """A function ``check(i, j) -> (M,) bool`` telling which pairs
-    (thumbs[i[k]], thumbs[j[k]]) are near duplicates.
+@functools.lru_cache(maxsize=8)
+def _gauss(n: int, sigma: float) -> np.ndarray:
+    x = np.arange(n)
+    k = np.exp(-0.5 * ((x[:, None] - x[None, :]) / sigma) ** 2)
+    return (k / k.sum(axis=1, keepdims=True)).astype(np.float32)
 
-    thumbs: (U, 32, 32) uint8, the thumbnails of the images involved.  For
-    ``fine`` the 256-bit hashes are computed here, once per image, however many
-    pairs are checked later.  Thresholds default to DEFAULT_MAX_FINE_DISTANCE
-    (bits of 256) and DEFAULT_MAX_THUMB_DISTANCE.
+
+@functools.lru_cache(maxsize=8)
+def _zoom(n: int, z: float) -> np.ndarray:
+    """(n, n) bilinear resampling matrix: output i samples the input at c + (i - c) / z."""
+    c = (n - 1) / 2
+    src = np.clip(c + (np.arange(n) - c) / z, 0, n - 1)
+    i0 = np.floor(src).astype(np.int64)
+    i1 = np.minimum(i0 + 1, n - 1)
+    f = (src - i0).astype(np.float32)
+    m = np.zeros((n, n), np.float32)
+    np.add.at(m, (np.arange(n), i0), 1 - f)
+    np.add.at(m, (np.arange(n), i1), f)
+    return m
+
+
+def _sandwich(x, m, xp):
+    """m @ x @ m.T for x (B, C, n, n) and m (r, n) -> (B, C, r, r), C-contiguous:
+    one flat GEMM, then one broadcast matmul."""
+    b, c, n, _ = x.shape
+    r = m.shape[0]
+    y = xp.matmul(x.reshape(b * c * n, n), xp.asarray(np.ascontiguousarray(m.T))).reshape(b, c, n, r)
+    return xp.matmul(xp.asarray(m), y)
+
+
+def band_pass(thumbs, *, colour: bool, sigmas: tuple[float, float] | None = None, xp=np):
+    """(U, 32, 32) or (U, 32, 32, 3) uint8 -> (U, C, 32, 32) float32: standardised,
+    then difference of Gaussians (``sigmas``, px).  C = 3 when ``colour``, else 1 (gray)."""
+    sigmas = SIGMAS if sigmas is None else sigmas
+    t = thumbs.astype(xp.float32)
+    if t.ndim == 4:
+        t = xp.moveaxis(t, -1, 1) if colour else (t @ xp.asarray(np.array([0.299, 0.587, 0.114], np.float32)))[:, None]
+    else:
+        t = t[:, None]
+    t = t - t.mean(axis=(1, 2, 3), keepdims=True)
+    t = t / (t.std(axis=(1, 2, 3), keepdims=True) + xp.float32(1.0))
+    return _sandwich(t, _gauss(THUMB, sigmas[0]), xp) - _sandwich(t, _gauss(THUMB, sigmas[1]), xp)
+
+
+def _half(f):
+    u, c, n, _ = f.shape
+    return f.reshape(u, c, n // 2, 2, n // 2, 2).mean(axis=(3, 5))
+
+
+def _centre(a, m: int, xp):
+    """Central window of each reference, zero mean, unit norm: (P, K)."""
+    n = a.shape[-1]
+    v = a[:, :, m:n - m, m:n - m].reshape(a.shape[0], -1)
+    v = v - v.mean(axis=1, keepdims=True)
+    return v / (xp.sqrt((v * v).sum(axis=1, keepdims=True)) + xp.float32(1e-6))
+
+
+@functools.lru_cache(maxsize=8)
+def _window_matrix(n: int, w: int) -> np.ndarray:
+    """(n - w + 1, n) 0/1: row o sums pixels o .. o + w - 1."""
+    o = np.arange(n - w + 1)[:, None]
+    x = np.arange(n)[None, :]
+    return ((x >= o) & (x < o + w)).astype(np.float32)
+
+
+def _window_sums(b, w: int, xp):
+    """Sums of b and of b*b over every (w x w) window, channels summed:
+    two (P, n-w+1, n-w+1) arrays (two small GEMMs each, no cumsum)."""
+    r = _window_matrix(b.shape[-1], w)
+    sq = b * b
+    if b.shape[1] > 1:
+        b, sq = b.sum(axis=1, keepdims=True), sq.sum(axis=1, keepdims=True)
+    return _sandwich(b, r, xp)[:, 0], _sandwich(sq, r, xp)[:, 0]
+
+
+def _norms(s1, s2, k: int, xp):
+    """sqrt of the centred sum of squares of each window, from `_window_sums`."""
+    return xp.sqrt(xp.maximum(s2 - s1 * s1 / k, xp.float32(1e-6)))
+
+
+def correlations(a, b, m: int, shifts: int, xp=np):
+    """Pearson correlation of a's central window with b's window shifted by
+    (dy, dx), |dy|, |dx| <= shifts <= m.  a, b: (P, C, n, n) float32.
+    Returns (P, 2*shifts+1, 2*shifts+1) float32."""
+    p, c, n, _ = a.shape
+    w = n - 2 * m
+    av = _centre(a, m, xp).reshape(p, c, w, w)
+    s1, s2 = _window_sums(b, w, xp)
+    norms = _norms(s1, s2, c * w * w, xp)
+    r = 2 * shifts + 1
+    out = xp.empty((p, r, r), dtype=xp.float32)
+    for iy in range(r):
+        y0 = m + iy - shifts
+        for ix in range(r):
+            x0 = m + ix - shifts
+            out[:, iy, ix] = xp.einsum("pcij,pcij->p", av, b[:, :, y0:y0 + w, x0:x0 + w])
+    return out / norms[:, m - shifts:m + shifts + 1, m - shifts:m + shifts + 1]
+
+
+def _unique_inverse(a, xp):
+    """Sorted distinct values of 1-D int ``a`` and the position of each element among them."""
+    values, inverse = xp.unique(a, return_inverse=True)
+    return values, inverse.reshape(-1)
+
+
+def _peak_anywhere(surface, best, xp):
+    """Sub-pixel peak value of (P, r, r) surfaces around each argmax ``best``
+    (flat index): a parabola per axis through the argmax and its neighbours
+    (where it has both).  -> (P,)"""
+    p, r, _ = surface.shape
+    by, bx = best // r, best % r
+    rows = xp.arange(p)
+    f0 = surface[rows, by, bx]
+    gain = xp.zeros_like(f0)
+    for axis_y in (True, False):
+        c = by if axis_y else bx
+        inner = (c > 0) & (c < r - 1)
+        lo_i, hi_i = xp.clip(c - 1, 0, r - 1), xp.clip(c + 1, 0, r - 1)
+        lo = surface[rows, lo_i, bx] if axis_y else surface[rows, by, lo_i]
+        hi = surface[rows, hi_i, bx] if axis_y else surface[rows, by, hi_i]
+        curv = lo - 2 * f0 + hi
+        ok = inner & (curv < 0)
+        gain += xp.where(ok, -((hi - lo) ** 2) / (8 * xp.where(ok, curv, -1)), 0)
+    return xp.minimum(f0 + gain, 1.0)
+
+
+@dataclass
+class CheckStats:
+    pairs: int = 0          # pairs asked about
+    gated: int = 0          # passed the hash gate
+    coarse: int = 0         # passed the 16x16 correlation
+    accepted: int = 0       # similarity >= the threshold
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class PairCheck:
+    """``check(i, j) -> (M,) bool``: which pairs (thumbs[i[k]], thumbs[j[k]]) are the same picture.
+
+    thumbs: (U, 32, 32) or (U, 32, 32, 3) uint8 on ``xp``'s device, the
+    thumbnails of the images involved (computed once each, however many
+    pairs are checked).  Colour is used when any of them is not gray.
     """
+
+    def __init__(self, thumbs, *, min_similarity: float | None = None, xp=np, chunk: int = 16384):
+        self.xp = xp
+        self.min_similarity = DEFAULT_MIN_SIMILARITY if min_similarity is None else float(min_similarity)
+        self.stats = CheckStats()
+        self.thumbs = thumbs
+        u = int(thumbs.shape[0])
+        self.colour = bool(thumbs.ndim == 4 and u and bool(
+            ((thumbs[..., 0] != thumbs[..., 1]) | (thumbs[..., 1] != thumbs[..., 2])).any()))
+        gray = thumbs if thumbs.ndim == 3 else xp.rint(
+            thumbs.astype(xp.float32) @ xp.asarray(np.array([0.299, 0.587, 0.114], np.float32))).astype(xp.uint8)
+        self._fine = dct_hash(gray, size=FINE_SIZE, xp=xp) if u else xp.zeros((0, 4), xp.uint64)
+        self._ring = ring_code(gray, xp=xp) if u else xp.zeros((0, 4), xp.uint64)
+        self._chunk = chunk
+        self._f16 = xp.concatenate([_half(band_pass(thumbs[s:s + chunk], colour=self.colour, sigmas=COARSE_SIGMAS, xp=xp))
+                                    for s in range(0, u, chunk)]) if u else None
+
+    def gate(self, i, j):
+        xp = self.xp
+        fine = hamming(self._fine[i], self._fine[j], xp=xp).astype(xp.int32).sum(axis=1)
+        ring = hamming(self._ring[i], self._ring[j], xp=xp).astype(xp.int32).sum(axis=1)
+        return (fine <= GATE_FINE_BITS) | (ring <= GATE_RING_BITS)
+
+    def similarity(self, i, j, *, gate: bool = True, full: bool = False):
+        """(M,) float32 similarity of each pair; -1 where the gate or the coarse
+        step already ruled it out (``gate=False`` skips the hash gate).  Zooms
+        other than 1 are only searched where zoom 1 lands within ZOOM_WITHIN
+        below the threshold, unless ``full`` (for measuring ROCs)."""
+        xp = self.xp
+        m = int(i.shape[0])
+        out = xp.full(m, -1.0, dtype=xp.float32)
+        self.stats.pairs += m
+        if m == 0:
+            return out
+        live = xp.nonzero(self.gate(i, j))[0] if gate else xp.arange(m)
+        self.stats.gated += int(live.shape[0])
+        for s in range(0, int(live.shape[0]), self._chunk):
+            k = live[s:s + self._chunk]
+            out[k] = self._score(i[k], j[k], full)
+        return out
+
+    def __call__(self, i, j):
+        ok = self.similarity(i, j) >= self.min_similarity
+        self.stats.accepted += int(ok.sum())
+        return ok
+
+    def _score(self, i, j, full: bool = False):
+        xp = self.xp
+        p = int(i.shape[0])
+        surf = correlations(self._f16[i], self._f16[j], COARSE_SHIFT, COARSE_SHIFT, xp)
+        flat = surf.reshape(p, -1)
+        best = flat.argmax(axis=1)
+        coarse = _peak_anywhere(surf, best, xp)
+        out = xp.full(p, -1.0, dtype=xp.float32)
+        live = xp.nonzero(coarse >= COARSE_MIN)[0]
+        self.stats.coarse += int(live.shape[0])
+        if int(live.shape[0]) == 0:
+            return out
+        r = 2 * COARSE_SHIFT + 1
+        dy = 2 * (best[live] // r - COARSE_SHIFT)
+        dx = 2 * (best[live] % r - COARSE_SHIFT)
+        # each image of the surviving pairs band-passed once at 32 px
+        imgs, inv = _unique_inverse(xp.concatenate([i[live], j[live]]), xp)
+        f32 = band_pass(self.thumbs[imgs], colour=self.colour, xp=xp)
+        q = int(live.shape[0])
+        av = _centre(f32[inv[:q]], MARGIN, xp)
+        b = f32[inv[q:]]
+        # zoom 1 for every pair; the other zooms (crops) only where it is close
+        score = self._fine_peaks(av, b, dy, dx)
+        near = xp.arange(q) if full else \
+            xp.nonzero((score < self.min_similarity) & (score >= self.min_similarity - ZOOM_WITHIN))[0]
+        if int(near.shape[0]):
+            for z in ZOOMS:
+                if z != 1.0:
+                    bz = _sandwich(b[near], _zoom(THUMB, z), xp)
+                    score[near] = xp.maximum(score[near], self._fine_peaks(av[near], bz, dy[near], dx[near], 2))
+        out[live] = score
+        return out
+
+    def _fine_peaks(self, av, b, dy, dx, radius: int = 1):
+        """Sub-pixel peak of the correlations at shifts within ``radius`` of each
+        pair's coarse shift (dy, dx), at 32 px.  av: references from `_centre`;
+        pairs are grouped by their coarse shift so every window is a plain slice."""
+        xp = self.xp
+        p = int(av.shape[0])
+        n, m = THUMB, MARGIN
+        w = n - 2 * m
+        av = av.reshape(p, b.shape[1], w, w)
+        s1, s2 = _window_sums(b, w, xp)
+        norms = _norms(s1, s2, b.shape[1] * w * w, xp)
+        out = xp.full(p, -1.0, dtype=xp.float32)
+        span = 4 * COARSE_SHIFT + 1
+        code = (dy + 2 * COARSE_SHIFT) * span + (dx + 2 * COARSE_SHIFT)
+        r = 2 * radius + 1
+        for c in np.unique(self._host(code)).tolist():
+            g = xp.nonzero(code == c)[0]
+            # top-left of the search, clamped so windows stay inside the thumbnail
+            oy = min(max(m + c // span - 2 * COARSE_SHIFT - radius, 0), 2 * m + 1 - r)
+            ox = min(max(m + c % span - 2 * COARSE_SHIFT - radius, 0), 2 * m + 1 - r)
+            ag, bg = av[g], b[g]
+            surf = xp.empty((int(g.shape[0]), r, r), dtype=xp.float32)
+            for iy in range(r):
+                for ix in range(r):
+                    y0, x0 = oy + iy, ox + ix
+                    surf[:, iy, ix] = xp.einsum("pcij,pcij->p", ag, bg[:, :, y0:y0 + w, x0:x0 + w])
+            surf /= norms[g, oy:oy + r, ox:ox + r]
+            out[g] = _peak_anywhere(surf, surf.reshape(int(g.shape[0]), -1).argmax(axis=1), xp)
+        return out
+
+    def _host(self, a) -> np.ndarray:
+        return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+def pair_check(thumbs, *, mode: VerifyMode = "pixels", min_similarity: float | None = None, xp=np):
+    """The check the dedup stage applies to hash candidates: a `PairCheck`, or
+    (``mode="none"``) one that accepts every pair."""
     if mode == "none":
-        return lambda i, j: xp.ones(int(i.shape[0]), dtype=bool)
-    if mode == "fine":
-        fine = dct_hash(thumbs, size=FINE_SIZE, xp=xp)
-        limit = DEFAULT_MAX_FINE_DISTANCE if max_fine_distance is None else max_fine_distance
-        return lambda i, j: hamming(fine[i], fine[j], xp=xp).astype(xp.int32).sum(axis=1) <= limit
-    if mode == "thumbs":
-        tlimit = DEFAULT_MAX_THUMB_DISTANCE if max_thumb_distance is None else max_thumb_distance
-        return lambda i, j: thumb_distance(thumbs[i], thumbs[j], xp=xp) <= tlimit
-    raise ValueError(f"verify mode must be one of fine, thumbs, none; not {mode!r}")
+        return _AcceptAll(xp)
+    if mode == "pixels":
+        return PairCheck(thumbs, min_similarity=min_similarity, xp=xp)
+    raise ValueError(f"verify mode must be 'pixels' or 'none', not {mode!r}")
 
 
-def _standardise(t, xp):
-    t = t.reshape(t.shape[0], THUMB, THUMB).astype(xp.float32)
-    t = t - t.mean(axis=(1, 2), keepdims=True)
-    return t / (t.std(axis=(1, 2), keepdims=True) + xp.float32(1.0))
+class _AcceptAll:
+    def __init__(self, xp):
+        self.xp = xp
+        self.stats = CheckStats()
 
-
-def thumb_distance(a, b, *, max_shift: int = DEFAULT_MAX_SHIFT, xp=np, chunk: int = 16384):
-    """Shift-tolerant distance between paired thumbnails.
-
-    a, b: (M, 32, 32) or (M, 1024) uint8 on ``xp``'s device, pair k is (a[k], b[k]).
-    Returns (M,) float32: 0 for identical, larger = more different.
-    """
-    m = int(a.shape[0])
-    out = xp.empty(m, dtype=xp.float32)
-    for s in range(0, m, chunk):
-        za, zb = _standardise(a[s:s + chunk], xp), _standardise(b[s:s + chunk], xp)
-        best = None
-        for dy in range(-max_shift, max_shift + 1):
-            for dx in range(-max_shift, max_shift + 1):
-                ya, yb = slice(max(0, dy), THUMB + min(0, dy)), slice(max(0, -dy), THUMB + min(0, -dy))
-                xa, xb = slice(max(0, dx), THUMB + min(0, dx)), slice(max(0, -dx), THUMB + min(0, -dx))
-                d = xp.abs(za[:, ya, xa] - zb[:, yb, xb]).mean(axis=(1, 2))
-                best = d if best is None else xp.minimum(best, d)
-        out[s:s + chunk] = best
-    return out
+    def __call__(self, i, j):
+        self.stats.pairs += int(i.shape[0])
+        self.stats.accepted += int(i.shape[0])
+        return self.xp.ones(int(i.shape[0]), dtype=bool)

@@ -3,15 +3,25 @@
 Stage 1 (identical bytes) already spared decoding in the hash stage; byte
 twins are always pixel twins too, so grouping starts from the pixel hash:
 - stage 2: rows with the same exact pixel hash form one node;
-- stage 3: the pHash of one row per node goes to the bounded near-neighbour
-  search (`gpupipe.hashing.neighbors`), pairs within ``max_distance`` bits are
-  verified there, and connected components of those edges are the groups.
-Candidates are then checked again on their 32x32 thumbnails
-(`gpupipe.hashing.verify`: a 256-bit DCT hash by default), since 64 bits
-alone match many unrelated small images.  Per group one representative is kept, chosen deterministically: most pixels,
+- stage 3: one row per node goes to two bounded near-neighbour searches
+  (`gpupipe.hashing.neighbors`, each pair reported directly): its 64-bit
+  pHash (re-encodes, resizes, photometric edits) and its 64-bit shift key
+  (`gpupipe.hashing.shiftkey`: shifts and crops, which move pHash bits).
+  Their union are the candidates; each candidate is then verified on the
+  two 32x32 thumbnails (`gpupipe.hashing.verify`: is it the same picture?),
+  and connected components of the verified pairs are the groups, split so
+  that every member is verified against its group's representative directly
+  (no chains A~B~C with A and C different pictures).
+Per group one representative is kept, chosen deterministically: most pixels,
 then lossless before JPEG, then largest file, then first relative path.
 Groups with more than one label are label conflicts; groups spanning more
 than one split are split leaks.  Invalid rows get no group and are not kept.
+
+Optional *probes* (`gpupipe.stages.probe`): edited copies of a sample of the
+input's own images, searched against the same index (as queries: they never
+take a place in the real images' search) and verified the same way, to
+measure the recall per kind and the false matches on this input.  They never
+join a group and never reach the ledger.
 
 Reads: sample_id, label, split, ingest_file_bytes and the hash columns.
 Adds: `schema.DEDUP`.  Array math runs over the device's xp; only the small
@@ -20,7 +30,8 @@ edge list goes through SciPy's connected components on the host.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.sparse import coo_matrix
@@ -28,96 +39,135 @@ from scipy.sparse.csgraph import connected_components
 
 from gpupipe import schema
 from gpupipe.hashing.neighbors import hamming, near_pairs
-from gpupipe.hashing.verify import (
-    DEFAULT_MAX_FINE_DISTANCE, DEFAULT_MAX_THUMB_DISTANCE, VerifyMode, pair_check,
-)
+from gpupipe.hashing.verify import VerifyMode, pair_check
 from gpupipe.table import Ledger, check_columns
 from gpupipe.xputil import min_per_group, run_starts, unique
 
 READS = (
     schema.SAMPLE_ID, schema.LABEL, schema.SPLIT, schema.FILE_BYTES, schema.IMAGE_FORMAT,
     schema.IMAGE_WIDTH, schema.IMAGE_HEIGHT, schema.IS_INVALID, schema.BYTES_HASH,
-    schema.PIXELS_HASH, schema.PHASH,
+    schema.PIXELS_HASH, schema.PHASH, schema.SHIFT_KEY,
 )
 DEFAULT_MAX_DISTANCE = 8
+DEFAULT_SHIFT_DISTANCE = 8
 LOSSY_FORMATS = ("jpeg",)
 
 
 @dataclass(frozen=True)
 class DedupConfig:
     max_distance: int | None = None          # pHash Hamming threshold; None -> DEFAULT_MAX_DISTANCE
-    verify: VerifyMode = "fine"              # second check of pHash candidates (gpupipe.hashing.verify)
-    max_fine_distance: int | None = None     # for verify="fine": bits of 256
-    max_thumb_distance: float | None = None  # for verify="thumbs"
+    shift_distance: int | None = None        # shift-key threshold; None -> DEFAULT_SHIFT_DISTANCE; -1: off
+    verify: VerifyMode = "pixels"            # check of each candidate (gpupipe.hashing.verify)
+    min_similarity: float | None = None      # for verify="pixels"; None -> verify.DEFAULT_MIN_SIMILARITY
     seed: int = 0                            # for the near-neighbour search's bit permutations
 
     def resolved_distance(self) -> int:
         return DEFAULT_MAX_DISTANCE if self.max_distance is None else int(self.max_distance)
 
+    def resolved_shift_distance(self) -> int:
+        return DEFAULT_SHIFT_DISTANCE if self.shift_distance is None else int(self.shift_distance)
+
     def resolved_verify(self) -> dict:
         """The verification actually applied, for the run summary."""
-        if self.verify == "fine":
-            return {"mode": "fine", "max_fine_distance":
-                    DEFAULT_MAX_FINE_DISTANCE if self.max_fine_distance is None else self.max_fine_distance}
-        if self.verify == "thumbs":
-            return {"mode": "thumbs", "max_thumb_distance":
-                    DEFAULT_MAX_THUMB_DISTANCE if self.max_thumb_distance is None else self.max_thumb_distance}
-        return {"mode": "none"}
+        from gpupipe.hashing import verify
+
+        if self.verify == "none":
+            return {"mode": "none"}
+        return {"mode": "pixels", "min_similarity": verify.DEFAULT_MIN_SIMILARITY
+                if self.min_similarity is None else float(self.min_similarity)}
+
+
+@dataclass(frozen=True)
+class Probes:
+    """Edited copies of sampled input images, to measure recall (`gpupipe.stages.probe`).
+
+    phash, shift: (P,) uint64 keys; thumbs: (P, 32, 32, 3) uint8; source_row: (P,) int64
+    ledger row each copy was made from; kind: (P,) str, one of `gpupipe.transforms` kinds.
+    """
+
+    phash: np.ndarray
+    shift: np.ndarray
+    thumbs: np.ndarray
+    source_row: np.ndarray
+    kind: np.ndarray
 
 
 @dataclass
 class DedupStats:
     nodes: int = 0            # distinct decoded pictures (after stages 1-2)
-    candidates: int = 0       # pHash edges within max_distance (stage 3)
-    verified: int = 0         # of those, passing the thumbnail check
+    candidates: int = 0       # pairs proposed by pHash or the shift key (stage 3)
+    candidates_phash: int = 0
+    candidates_shift: int = 0
+    gated: int = 0            # of the candidates checked, passing the hash gate of the check
+    verified: int = 0         # candidates the check calls the same picture
     split_groups: int = 0     # extra groups from splitting chained components
+    seconds: dict[str, float] = field(default_factory=dict)
+    probe: dict = field(default_factory=dict)    # per-run recall (gpupipe.stages.probe)
 
 
-def dedup(frame, ledger: Ledger, config: DedupConfig = DedupConfig(), *, thumbs=None):
+def dedup(frame, ledger: Ledger, config: DedupConfig = DedupConfig(), *, thumbs=None, probes: Probes | None = None):
     """Add the `schema.DEDUP` columns to ``frame`` (one row per sample).
 
-    thumbs: optional (N, 32, 32) uint8 array aligned with ``frame``'s rows (the
-    hash stage's thumbnails); when given and ``config.verify``, pHash candidates
-    must also pass `gpupipe.hashing.verify.pair_check`.
+    thumbs: (N, 32, 32, 3) (or (N, 32, 32) gray) uint8 array aligned with
+    ``frame``'s rows (the hash stage's thumbnails); when given and
+    ``config.verify`` is not "none", candidates must pass
+    `gpupipe.hashing.verify.PairCheck`.  probes: see `Probes`.
     Returns (frame with the new columns, DedupStats).
     """
     check_columns(frame, READS, where="dedup")
     xp = ledger.xp
+    host = ledger.device.to_host
     n = len(frame)
+    t0 = time.perf_counter()
     valid = ~ledger.array(frame, schema.IS_INVALID, fill=True, dtype=bool)
     pix = ledger.codes(frame, schema.PIXELS_HASH)
     valid &= pix >= 0
     byte = ledger.codes(frame, schema.BYTES_HASH)
     ph = ledger.array(frame, schema.PHASH, fill=0, dtype=np.uint64)
+    sk = ledger.array(frame, schema.SHIFT_KEY, fill=0, dtype=np.uint64)
 
     # Stage 2: one node per distinct pixel hash; its first row stands for it.
     rows_valid = xp.nonzero(valid)[0]
     node_codes, node_first, node_of_valid = unique(pix[rows_valid], xp, return_index=True, return_inverse=True)
     first_rows = rows_valid[node_first]
-    # Stage 3: bounded near-neighbour search over one pHash per node.
-    ei, ej, _ = near_pairs(ph[first_rows], max_distance=config.resolved_distance(), xp=xp, seed=config.seed)
     m = int(node_codes.shape[0])
-    stats = DedupStats(nodes=m, candidates=int(ei.shape[0]))
-    # One check over the images that have a candidate (thumbnails moved and,
-    # for "fine", 256-bit hashes computed once each); the chain split reuses it.
+    stats = DedupStats(nodes=m)
+    # Stage 3: candidates from both keys, as direct pairs (each one is verified on its own).
+    ei, ej, qi, qj = _candidates(ph[first_rows], sk[first_rows], probes, config, stats, xp)
+    stats.seconds["search"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
     mode = config.verify if thumbs is not None else "none"
-    involved, pos = unique(xp.concatenate([ei, ej]), xp, return_inverse=True)
-    check = pair_check(xp.asarray(thumbs[ledger.device.to_host(first_rows[involved])]) if mode != "none" else None,
-                       mode=mode, max_fine_distance=config.max_fine_distance,
-                       max_thumb_distance=config.max_thumb_distance, xp=xp)
-    if stats.candidates:
-        ok = check(pos[:stats.candidates], pos[stats.candidates:])
+    # Thumbnails of every node with a candidate, then of the probes: one check over them all.
+    involved, pos = unique(xp.concatenate([ei, ej, qj]), xp, return_inverse=True)
+    n_real = int(involved.shape[0])
+    if mode != "none":
+        t_real = xp.asarray(thumbs[host(first_rows[involved])])
+        t_all = t_real if probes is None else xp.concatenate([t_real, xp.asarray(_as_rgb(probes.thumbs, t_real))])
+    else:
+        t_all = None
+    check = pair_check(t_all, mode=mode, min_similarity=config.min_similarity, xp=xp)
+    e = int(ei.shape[0])
+    if e:
+        ok = check(pos[:e], pos[e:2 * e])
         ei, ej = ei[ok], ej[ok]
     stats.verified = int(ei.shape[0])
-    ei_h, ej_h = ledger.device.to_host(ei), ledger.device.to_host(ej)
+    ei_h, ej_h = host(ei), host(ej)
     graph = coo_matrix((np.ones(len(ei_h), np.int8), (ei_h, ej_h)), shape=(m, m))
     _, comp_of_node = connected_components(graph, directed=False)
 
     rank, row_of_rank = _representative_rank(frame, ledger)
     node_of_valid = node_of_valid.ravel()
     node_rank = min_per_group(rank[rows_valid], node_of_valid, m, xp)
-    comp_node = _split_chains(xp.asarray(comp_of_node, dtype=xp.int64), node_rank, ph[first_rows],
-                              involved, check, config.resolved_distance(), stats, xp)
+    comp_node = _split_chains(xp.asarray(comp_of_node, dtype=xp.int64), node_rank, involved, check, stats, xp)
+    stats.gated = check.stats.gated
+    stats.seconds["verify"] = time.perf_counter() - t1
+    if probes is not None:
+        t2 = time.perf_counter()
+        node_full = np.full(n, -1, np.int64)
+        node_full[host(rows_valid)] = host(node_of_valid.ravel())
+        stats.probe = _probe_results(probes, qi, qj, pos[2 * e:], involved, comp_node, node_full, n_real,
+                                     check, xp, host)
+        stats.seconds["probe"] = time.perf_counter() - t2
     comp = xp.full(n, -1, dtype=xp.int64)
     comp[rows_valid] = comp_node[node_of_valid]
     # Representative: the best-ranked row of each group.
@@ -136,8 +186,9 @@ def dedup(frame, ledger: Ledger, config: DedupConfig = DedupConfig(), *, thumbs=
     same_bytes = byte == byte[safe_rep]
     same_pix = pix == pix[safe_rep]
     kind_code = xp.where(size == 1, 0, xp.where(is_rep, 1, xp.where(same_bytes, 2, xp.where(same_pix, 3, 4))))
-    kinds = np.asarray(schema.DEDUP_KINDS, dtype=object)[ledger.device.to_host(kind_code)]
+    kinds = np.asarray(schema.DEDUP_KINDS, dtype=object)[host(kind_code)]
     dist = hamming(ph, ph[safe_rep], xp=xp).astype(xp.int16)
+    similarity = _similarity_to_rep(kind_code, rep, rows_valid, node_of_valid.ravel(), involved, check, n, xp)
 
     label_conflict = _spans(comp, ledger.codes(frame, schema.LABEL), valid, xp)
     split_leak = _spans(comp, ledger.codes(frame, schema.SPLIT), valid, xp)
@@ -146,11 +197,43 @@ def dedup(frame, ledger: Ledger, config: DedupConfig = DedupConfig(), *, thumbs=
         schema.DEDUP_DUPLICATE_OF: (ids[safe_rep], valid & ~is_rep),
         schema.DEDUP_KIND: (kinds, valid),
         schema.DEDUP_DISTANCE: (dist, valid),
+        schema.DEDUP_SIMILARITY: (similarity, valid & ~is_rep & (size > 1)),
         schema.DEDUP_GROUP_SIZE: (size.astype(xp.int32), valid),
         schema.DEDUP_KEEP: (is_rep, None),
         schema.DEDUP_LABEL_CONFLICT: (label_conflict, None),
         schema.DEDUP_SPLIT_LEAK: (split_leak, None),
     }), stats)
+
+
+def _as_rgb(probe_thumbs, like):
+    """Probe thumbnails in the layout of the real ones ((P,32,32,3) or gray (P,32,32))."""
+    if like.ndim == probe_thumbs.ndim:
+        return probe_thumbs
+    if like.ndim == 3:
+        return np.rint(probe_thumbs.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)).astype(np.uint8)
+    return np.repeat(probe_thumbs[..., None], 3, axis=-1)
+
+
+def _candidates(ph, sk, probes, config: DedupConfig, stats: DedupStats, xp):
+    """Node pairs (i < j) proposed by either key, each once; and probe pairs
+    (probe index, node, probe kind index) proposed by either key."""
+    m = int(ph.shape[0])
+    parts, qparts = [], []
+    searches = [(ph, None if probes is None else probes.phash, config.resolved_distance(), "candidates_phash")]
+    if config.resolved_shift_distance() >= 0:
+        searches.append((sk, None if probes is None else probes.shift, config.resolved_shift_distance(),
+                         "candidates_shift"))
+    for key, queries, dist, name in searches:
+        out = near_pairs(key, max_distance=dist, xp=xp, seed=config.seed, direct=True,
+                         queries=None if queries is None else xp.asarray(queries))
+        setattr(stats, name, int(out[0].shape[0]))
+        parts.append(out[0] * max(m, 1) + out[1])
+        if queries is not None:
+            qparts.append(out[3] * max(m, 1) + out[4])
+    key = unique(xp.concatenate(parts), xp) if parts else xp.empty(0, dtype=xp.int64)
+    stats.candidates = int(key.shape[0])
+    qkey = unique(xp.concatenate(qparts), xp) if qparts else xp.empty(0, dtype=xp.int64)
+    return key // max(m, 1), key % max(m, 1), qkey // max(m, 1), qkey % max(m, 1)
 
 
 def _representative_rank(frame, ledger: Ledger):
@@ -170,16 +253,16 @@ def _representative_rank(frame, ledger: Ledger):
     return rank, row_of_rank
 
 
-def _split_chains(comp, node_rank, node_ph, involved, check, limit: int, stats: DedupStats, xp):
-    """Split connected components so that every node is itself within the
-    thresholds of its group's leader: no chains of A~B~C where A and C differ.
+def _split_chains(comp, node_rank, involved, check, stats: DedupStats, xp):
+    """Split connected components so that every node is itself the same picture
+    as its group's leader: no chains of A~B~C where A and C differ.
 
     comp: (m,) component per node; node_rank: (m,) priority (lower is better);
-    node_ph: (m,) pHashes; involved: sorted node ids that ``check`` indexes
-    (every node of a 3+ component has a verified edge, so it is among them).
-    Components of 3+ nodes are peeled leader by leader: the best-ranked node
-    not yet placed leads, and every unplaced node of its component that passes
-    the pHash threshold and the check against it joins it.  Returns (m,) labels.
+    involved: sorted node ids that ``check`` indexes (every node of a 3+
+    component has a verified edge, so it is among them).  Components of 3+
+    nodes are peeled leader by leader: the best-ranked node not yet placed
+    leads, and every unplaced node of its component that passes the check
+    against it joins it.  Returns (m,) labels.
     """
     m = int(comp.shape[0])
     if m == 0:
@@ -189,21 +272,70 @@ def _split_chains(comp, node_rank, node_ph, involved, check, limit: int, stats: 
     if int(todo.shape[0]) == 0:
         return comp
     at = xp.searchsorted(involved, todo)                   # todo -> position in `check`
-    c, r, ph = comp[todo], node_rank[todo], node_ph[todo]
+    c, r = comp[todo], node_rank[todo]
     label = xp.full(int(todo.shape[0]), -1, dtype=xp.int64)
     pending = xp.arange(int(todo.shape[0]))
     while int(pending.shape[0]):
         order = pending[xp.lexsort(xp.stack([r[pending], c[pending]]))]
         leaders = order[run_starts(c[order], xp)]         # best pending node of each component
         lead = leaders[xp.searchsorted(c[leaders], c[pending])]
-        ok = (hamming(ph[pending], ph[lead], xp=xp) <= limit) & check(at[pending], at[lead])
-        ok |= pending == lead
+        ok = pending == lead
+        other = xp.nonzero(~ok)[0]
+        if int(other.shape[0]):
+            ok[other] = check(at[pending[other]], at[lead[other]])
         label[pending[ok]] = lead[ok]
         pending = pending[~ok]
     out = comp.copy()
     base = int(comp.max()) + 1                            # fresh labels after the old ones
     out[todo] = base + todo[label]
     stats.split_groups = int(unique(out[todo], xp).shape[0]) - int(unique(c, xp).shape[0])
+    return out
+
+
+def _similarity_to_rep(kind_code, rep, rows_valid, node_of_valid, involved, check, n: int, xp):
+    """(n,) float32: 1 for byte and pixel twins of their representative, the
+    check's similarity for near duplicates (NaN without a check), 0 elsewhere
+    (masked out by the caller)."""
+    out = xp.where((kind_code == 2) | (kind_code == 3), xp.float32(1.0), xp.float32(0.0)).astype(xp.float32)
+    near = xp.nonzero(kind_code == 4)[0]
+    if int(near.shape[0]) == 0:
+        return out
+    if not hasattr(check, "similarity"):
+        out[near] = xp.nan
+        return out
+    node = xp.full(n, -1, dtype=xp.int64)
+    node[rows_valid] = node_of_valid
+    a = xp.searchsorted(involved, node[near])
+    b = xp.searchsorted(involved, node[rep[near]])
+    out[near] = check.similarity(a, b, gate=False)
+    return out
+
+
+def _probe_results(probes: Probes, qi, qj, qpos, involved, comp_node, node_full, n_real: int, check, xp, host) -> dict:
+    """Recall per kind and false matches of the probes (see `gpupipe.stages.probe`).
+
+    qi, qj: candidate (probe, node) pairs; qpos: position of each node among
+    ``involved`` (the check's index); the probes' thumbnails follow at n_real + p.
+    A probe is *found* when a verified pair links it to a node of its source's
+    final group; every verified pair to any other node is a *false match*.
+    """
+    src_comp = comp_node[xp.asarray(node_full)[xp.asarray(probes.source_row)]]
+    ok = check(n_real + qi, qpos) if int(qi.shape[0]) else xp.zeros(0, dtype=bool)
+    same = comp_node[qj] == src_comp[qi]
+    found = np.zeros(len(probes.kind), bool)
+    proposed = np.zeros(len(probes.kind), bool)
+    false = np.zeros(len(probes.kind), np.int64)
+    qi_h, ok_h, same_h = host(qi), host(ok), host(same)
+    found[qi_h[ok_h & same_h]] = True
+    proposed[qi_h[same_h]] = True
+    np.add.at(false, qi_h[ok_h & ~same_h], 1)
+    out = {}
+    for kind in dict.fromkeys(probes.kind.tolist()):
+        sel = probes.kind == kind
+        out[kind] = {"copies": int(sel.sum()), "found": int(found[sel].sum()),
+                     "recall": round(float(found[sel].mean()), 4) if sel.any() else None,
+                     "candidate_recall": round(float(proposed[sel].mean()), 4) if sel.any() else None,
+                     "false_matches": int(false[sel].sum())}
     return out
 
 

@@ -6,8 +6,9 @@ For each row of a partition, cheapest first:
    (empty, not an image, truncated, absurd dimensions) -- never decoded;
 3. decode with DALI only the first file of each distinct byte hash in the
    partition; its byte twins get its results without decoding again;
-4. from the decoded pixels: the exact pixel hash (stage 2) and the 64-bit
-   pHash (stage 3), both on the decode device.
+4. from the decoded pixels: the exact pixel hash (stage 2), the 64-bit pHash
+   and the 64-bit shift-tolerant key (stage 3's candidate keys), all on the
+   decode device, and a 32x32 RGB thumbnail for the near-duplicate check.
 
 A partition is streamed in chunks, so memory stays bounded whatever its size.
 The output depends only on the files, never on partitioning or device
@@ -33,6 +34,7 @@ from gpupipe.device import Device, DeviceRequest, resolve_device
 from gpupipe.hashing.phash import DCT_SIZE as THUMB
 from gpupipe.hashing.phash import phash
 from gpupipe.hashing.pixels import pixel_hash, to_hex
+from gpupipe.hashing.shiftkey import shift_key
 from gpupipe.io.sniff import sniff
 
 READS = (schema.SAMPLE_ID, schema.PATH)
@@ -64,7 +66,7 @@ class HashCounts:
     s_sniff: float = 0.0
     s_decode: float = 0.0   # DALI decode + 32x32 gray thumbs
     s_pixels: float = 0.0   # exact pixel hash (stage 2)
-    s_phash: float = 0.0    # DCT pHash (stage 3)
+    s_phash: float = 0.0    # DCT pHash + shift key (stage 3's candidate keys)
 
     def add(self, other: "HashCounts") -> "HashCounts":
         return HashCounts(*(a + b for a, b in zip(vars(self).values(), vars(other).values())))
@@ -103,8 +105,8 @@ def hash_partition(
     """Run the hash stage over one partition (an Arrow table with `READS`).
 
     Returns an Arrow table with ``sample_id`` and the `schema.HASH` columns, in
-    the partition's row order; the work counts; and the (n, 32, 32) uint8
-    grayscale thumbnails (zeros for invalid rows), kept outside the ledger
+    the partition's row order; the work counts; and the (n, 32, 32, 3) uint8
+    RGB thumbnails (zeros for invalid rows), kept outside the ledger
     (`gpupipe.runner` writes them to ``thumbs.npy``) for near-duplicate checks.
     """
     decoder = _decoder(config)
@@ -114,10 +116,10 @@ def hash_partition(
     paths = part.column(schema.PATH).to_pylist()
     out = {
         "fmt": [None] * n, "w": [None] * n, "h": [None] * n, "reason": [None] * n,
-        "bytes": [None] * n, "pixels": [None] * n, "phash": [None] * n,
+        "bytes": [None] * n, "pixels": [None] * n, "phash": [None] * n, "shift": [None] * n,
     }
-    settled: dict[str, tuple] = {}      # byte hash -> (pixel hex, phash, thumb, error)
-    thumbs = np.zeros((n, THUMB, THUMB), dtype=np.uint8)
+    settled: dict[str, tuple] = {}      # byte hash -> (pixel hex, phash, shift key, thumb, error)
+    thumbs = np.zeros((n, THUMB, THUMB, 3), dtype=np.uint8)
     counts = HashCounts(rows=n)
     chunk = max(1, config.batch_size * 4)
     with ThreadPoolExecutor(max_workers=config.io_threads) as pool, ThreadPoolExecutor(max_workers=1) as decode_pool:
@@ -181,6 +183,7 @@ def hash_partition(
             schema.BYTES_HASH: pa.array(out["bytes"], pa.string()),
             schema.PIXELS_HASH: pa.array(out["pixels"], pa.string()),
             schema.PHASH: pa.array(out["phash"], pa.uint64()),
+            schema.SHIFT_KEY: pa.array(out["shift"], pa.uint64()),
         },
         schema=OUTPUT_SCHEMA,
     )
@@ -188,11 +191,11 @@ def hash_partition(
 
 
 def _settle(out, thumbs: np.ndarray, i: int, result) -> None:
-    pix, ph, thumb, err = result
+    pix, ph, sk, thumb, err = result
     if err is not None:
         out["reason"][i] = err
     else:
-        out["pixels"][i], out["phash"][i] = pix, ph
+        out["pixels"][i], out["phash"][i], out["shift"][i] = pix, ph, sk
         thumbs[i] = thumb
 
 
@@ -203,12 +206,19 @@ def _decode(decoder, batch):
     return decoded, time.perf_counter() - t0
 
 
+def image_keys(grays, xp):
+    """The two candidate keys of a batch of 32x32 gray thumbnails: (pHash (B,), shift key (B,))
+    uint64 on ``xp``'s device.  One definition for the hash stage and the recall probe."""
+    return phash(grays, xp), shift_key(grays, xp)
+
+
 def _hash_decoded(device: Device, batch, decoded, settled, counts: HashCounts) -> None:
-    """Hash one decoded batch; record (pixel_hex, phash, thumb, error) per byte hash."""
+    """Hash one decoded batch; record (pixel_hex, phash, shift key, thumb, error) per byte hash."""
     t1 = time.perf_counter()
-    phashes = device.to_host(phash(decoded.thumbs, device.xp))
+    phashes, shifts = (device.to_host(k) for k in image_keys(decoded.grays, device.xp))
     thumbs_h = device.to_host(decoded.thumbs)
-    ph_of = {p: (h, thumbs_h[k]) for k, (p, h) in enumerate(zip(decoded.ok.tolist(), phashes.tolist()))}
+    ph_of = {p: (h, s, thumbs_h[k]) for k, (p, h, s) in
+             enumerate(zip(decoded.ok.tolist(), phashes.tolist(), shifts.tolist()))}
     t2 = time.perf_counter()
     for pos, images in decoded.rgb_groups:
         hexes = to_hex(device.to_host(pixel_hash(images, device.xp)))
@@ -217,4 +227,4 @@ def _hash_decoded(device: Device, batch, decoded, settled, counts: HashCounts) -
     counts.s_phash += t2 - t1
     counts.s_pixels += time.perf_counter() - t2
     for p in decoded.errors:
-        settled[batch[p][1]] = (None, None, None, UNDECODABLE)
+        settled[batch[p][1]] = (None, None, None, None, UNDECODABLE)
