@@ -11,6 +11,12 @@ over planted pairs with distance <= max_distance, overall and per distance bucke
 
     python benchmarks/bench_neighbors.py --max-distance 10
     python benchmarks/bench_neighbors.py --max-distance 8 --sizes 1e6 1e7
+    python benchmarks/bench_neighbors.py --combined --max-distance 8 --sizes 1e6 1e7
+
+--combined measures what the dedup stage runs: two independent keys (pHash and the shift
+key), each searched with ``direct=True`` (the close pairs themselves, as the stage verifies
+pairs one by one); time and memory are for both searches, and a planted pair counts as found
+only when it is itself among the returned pairs.
 """
 
 from __future__ import annotations
@@ -92,6 +98,34 @@ def one_size(n: int, max_distance: int, n_tables: int | None, window: int | None
     return out
 
 
+def combined(n: int, max_distance: int, seed: int) -> dict:
+    """Both keys of the dedup stage, direct pairs: wall time, peak RSS, recall of planted pairs."""
+    from gpupipe.hashing.neighbors import near_pairs
+
+    keys = [planted_hashes(n, seed + k) for k in range(2)]
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0, c0 = time.perf_counter(), time.process_time()
+    found = []
+    pairs = 0
+    for k, (h, base, partner, dist) in enumerate(keys):
+        i, j, _ = near_pairs(h, max_distance=max_distance, seed=seed + k, direct=True)
+        pairs += int(i.size)
+        got = np.isin(np.minimum(base, partner) * n + np.maximum(base, partner), i * n + j)
+        found.append((got, dist))
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    out = {"n": n, "max_distance": max_distance, "wall_s": wall, "cpu_s": cpu, "pairs": pairs,
+           "rss_before_gib": rss_before / 2**20,
+           "rss_peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    got = np.concatenate([g for g, _ in found])
+    dist = np.concatenate([d for _, d in found])
+    within = dist <= max_distance
+    out["recall"] = float(got[within].mean())
+    for lo, hi in BUCKETS:
+        sel = within & (dist >= lo) & (dist <= hi)
+        out[f"recall_{lo}-{hi}"] = float(got[sel].mean()) if sel.any() else float("nan")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=float, nargs="+", default=[1e6, 2e6, 5e6, 1e7])
@@ -100,8 +134,22 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--xp", choices=["numpy", "cupy"], default="numpy", help="array module (cupy: GPU)")
+    ap.add_argument("--combined", action="store_true", help="both dedup keys, direct pairs (see above)")
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child is not None and args.combined:
+        print(json.dumps(combined(args.child, args.max_distance, args.seed)))
+        return
+    if args.combined:
+        cols = ["n", "wall_s", "cpu_s", "rss_peak_gib", "pairs", "recall", "recall_0-2", "recall_3-6", "recall_7-10"]
+        print(f"combined (pHash + shift key, direct pairs), max_distance={args.max_distance}")
+        print(" | ".join(cols))
+        for n in (int(s) for s in args.sizes):
+            cmd = [sys.executable, __file__, "--child", str(n), "--max-distance", str(args.max_distance),
+                   "--seed", str(args.seed), "--combined"]
+            r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+            print(" | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else f"{r[c]:,}" for c in cols), flush=True)
+        return
     if args.child is not None:
         print(json.dumps(one_size(args.child, args.max_distance, args.n_tables, args.window, args.seed,
                                   args.xp)))

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gpupipe.datasets import load_digits_images, load_fashion_mnist  # noqa: E402
 from gpupipe.device import cpu_device  # noqa: E402
 from gpupipe.hashing.neighbors import near_pairs  # noqa: E402
-from gpupipe.hashing.verify import PairCheck  # noqa: E402
+from gpupipe.hashing.verify import GATE_FINE_BITS, MOVED_MARGIN, PairCheck  # noqa: E402
 from gpupipe.stages.hashing import image_keys  # noqa: E402
 from gpupipe.transforms import EXTRA_KINDS, NEAR_KINDS, encode, near_copy, resize  # noqa: E402
 
@@ -114,6 +114,18 @@ def main() -> int:
         rec = [float(((sp >= th) & gp)[pos_kind == k].mean()) for k in kinds]
         print(f"| {th} | " + " | ".join(f"{r:.3f}" for r in rec) + f" | {min(rec):.3f} | "
               f"{int((sn >= th).sum())} of {len(sn)} | {int(((sn >= th) & gn).sum())} |")
+    fp, fn = check.unmoved(pi, pj), check.unmoved(ni, nj)
+    print(f"\nthe stage's decision: threshold t where the 256-bit DCT hashes agree (within {GATE_FINE_BITS} bits), "
+          f"t + {MOVED_MARGIN} where they do not; copies whose hashes agree: "
+          + ", ".join(f"{k} {fp[pos_kind == k].mean():.2f}" for k in kinds) + f"; negatives: {fn.mean():.4f}")
+    print(head)
+    print("|" + "---|" * (len(kinds) + 4))
+    for th in THRESHOLDS:
+        accp = gp & (sp >= np.where(fp, th, th + MOVED_MARGIN))
+        accn = sn >= np.where(fn, th, th + MOVED_MARGIN)
+        rec = [float(accp[pos_kind == k].mean()) for k in kinds]
+        print(f"| {th} | " + " | ".join(f"{r:.3f}" for r in rec) + f" | {min(rec):.3f} | "
+              f"{int(accn.sum())} of {len(sn)} | {int((accn & gn).sum())} |")
     print("positive scores, 1st percentile by kind: "
           + ", ".join(f"{k} {np.percentile(sp[pos_kind == k], 1):.4f}" for k in kinds))
     print("negative scores, quantiles 0.99 / 0.999 / max: "

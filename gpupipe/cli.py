@@ -35,7 +35,9 @@ def _add_dedup_options(p: argparse.ArgumentParser) -> None:
                         "candidate as hash-only tools do")
     p.add_argument("--min-similarity", type=float, default=None, metavar="S",
                    help="for --verify pixels: similarity (-1..1) from which two images are the same "
-                        "picture (default 0.95, chosen on real digits, judged on Fashion-MNIST)")
+                        "picture where their 256-bit DCT hashes agree; 0.005 more where they do not (a shift "
+                        "or crop was needed). Default 0.99: benchmarks/RESULTS.md shows the ROC on real "
+                        "digits and Fashion-MNIST")
     p.add_argument("--recall-sample", type=int, default=100, metavar="N",
                    help="images whose edited copies (made in memory) measure this run's recall per kind "
                         "of near duplicate (default: %(default)s; 0 turns it off)")

@@ -185,6 +185,11 @@ def _report_counts(run_dir: Path, done: dict) -> dict[str, dict]:
                         "duplicates": c["duplicates"], "duplicate groups": c["duplicate_groups"],
                         "label-conflict groups": c["label_conflict_groups"],
                         "split-leak groups": c["split_leak_groups"]}}
+    recall = summary.get("recall") or {}
+    if recall:
+        counts[f"dedup recall, measured on {recall['sample']} of these images"] = {
+            "all kinds": f"{recall['recall']:.3f}", "false matches": recall["false_matches"],
+            **{k: f"{v['recall']:.2f} ({v['found']}/{v['copies']})" for k, v in recall["by_kind"].items()}}
     if "rank" in done:
         counts["rank / review"] = dict(done["rank"].get("stats", {}))
     if "balance" in done:

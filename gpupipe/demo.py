@@ -4,7 +4,7 @@ The dataset is scikit-learn's 1,797 real handwritten digits (8x8, upscaled 4x
 to 32x32 so that near-duplicate edits are meaningful), written as PNG files in
 ``train/val/test`` ImageFolder splits, with planted byte copies (some across
 splits: leakage), cross-class copies (label conflicts), lossless re-encodes,
-near duplicates of six kinds, one invalid file of each kind, and (for the
+near duplicates of twelve kinds (`gpupipe.transforms`), one invalid file of each kind, and (for the
 curate demo) 8% of the labels flipped to another class.
 """
 

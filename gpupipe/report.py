@@ -89,6 +89,14 @@ def _histogram(values: np.ndarray, flagged: np.ndarray, bins: int = 40) -> str:
             f'<code>is_mislabeled_issue</code>; bar height: log(1 + rows); fullest bin {int((a + b).max())} rows</p>')
 
 
+def _similarity(row) -> str:
+    """' 0.993' for a near duplicate (its same-picture similarity to the kept row), else ''."""
+    v = row.get(schema.DEDUP_SIMILARITY)
+    if row.get(schema.DEDUP_KIND) != schema.KIND_NEAR or v is None or pd.isna(v):
+        return ""
+    return f" {float(v):.3f}"
+
+
 def build(ledger: pd.DataFrame, *, title: str, stages: dict[str, dict], groups: int = 12,
           suspicious: int = 40) -> str:
     """The report's HTML from a pandas ledger and per-stage summaries."""
@@ -106,7 +114,7 @@ def build(ledger: pd.DataFrame, *, title: str, stages: dict[str, dict], groups: 
         parts.append('<p class="muted">no duplicate groups</p>')
     for g in order.index[:groups]:
         members = multi[multi[schema.DEDUP_GROUP] == g].sort_values(schema.DEDUP_KEEP, ascending=False, kind="stable")
-        cells = [_img(r[schema.PATH], f"{html.escape(str(r[schema.LABEL]))} · {r[schema.DEDUP_KIND]}")
+        cells = [_img(r[schema.PATH], f"{html.escape(str(r[schema.LABEL]))} · {r[schema.DEDUP_KIND]}{_similarity(r)}")
                  for _, r in members.head(8).iterrows()]
         parts.append(f'<div class="row">{"".join(cells)}<span class="muted">{len(members)} images</span></div>')
 

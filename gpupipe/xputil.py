@@ -54,6 +54,23 @@ def unique(a, xp=np, *, return_index: bool = False, return_inverse: bool = False
     return tuple(out)
 
 
+def top_k_pairs(i, j, score, k: int, xp=np):
+    """(E,) bool: the pairs (i[e], j[e]) that are among the k lowest-``score``
+    pairs of either of their two ends (ties by pair order).  Bounds a pair
+    list to at most k per element, however dense the neighbourhoods."""
+    e = int(i.shape[0])
+    node = xp.concatenate([i, j])
+    s = xp.concatenate([score, score])
+    pair = xp.concatenate([xp.arange(e), xp.arange(e)])
+    order = xp.lexsort(xp.stack([pair, s.astype(xp.float64), node.astype(xp.float64)]))
+    first = run_starts(node[order], xp)
+    run_begin = xp.nonzero(first)[0]
+    rank = xp.arange(2 * e) - run_begin[xp.cumsum(first) - 1]
+    top = xp.zeros(2 * e, dtype=bool)
+    top[order] = rank < k
+    return top[:e] | top[e:]
+
+
 def splitmix64(values: np.ndarray, seed: int = 0) -> np.ndarray:
     """uint64 (N,) well-mixed hashes of int64 ``values`` and ``seed`` (splitmix64's
     finaliser): a seeded pseudo-random key per value that does not depend on

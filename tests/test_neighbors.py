@@ -222,3 +222,30 @@ def test_queries_find_their_partners_and_change_nothing():
     found = set(zip(qi.tolist(), hj.tolist()))
     assert sum((k, k) in found for k in range(200)) >= 198           # measured 200 of 200
     assert (qd == hamming(q[qi], h[hj])).all() and (qd <= 6).all()
+
+
+def test_max_per_hash_bounds_dense_neighbourhoods_and_keeps_the_closest():
+    """A dense cluster (every member within 6 bits of every other) and one
+    exact partner: with max_per_hash each hash keeps only its closest partners."""
+    rng = np.random.default_rng(5)
+    base = np.uint64(rng.integers(0, 2 ** 63))
+    bits = [np.uint64(1) << np.uint64(b) for b in range(64)]
+    cluster = np.array([base ^ bits[k] ^ bits[(k + 1) % 64] ^ bits[(k + 7) % 64] for k in range(60)], np.uint64)
+    h = np.concatenate([cluster, cluster[:1] ^ bits[63], rng.integers(0, 2 ** 63, 2000).astype(np.uint64)])
+    full_i, _, _ = near_pairs(h, max_distance=6, direct=True)
+    i, j, d = near_pairs(h, max_distance=6, direct=True, max_per_hash=4)
+    assert len(i) < len(full_i) / 5
+    deg = np.bincount(np.concatenate([i, j]), minlength=len(h))
+    assert deg.max() <= 2 * 4 * 2                              # at most k of its own plus others' picks
+    assert (0, 60) in set(zip(i.tolist(), j.tolist()))         # the 1-bit partner survives
+
+
+def test_top_k_pairs():
+    from gpupipe.xputil import top_k_pairs
+
+    i = np.array([0, 0, 0, 1, 2])
+    j = np.array([1, 2, 3, 2, 3])
+    score = np.array([3.0, 1.0, 2.0, 0.5, 9.0])
+    keep = top_k_pairs(i, j, score, 1)
+    # node 0's best is (0,2); node 1's best (1,2); node 2's best (1,2); node 3's best (0,3)
+    assert keep.tolist() == [False, True, True, True, False]

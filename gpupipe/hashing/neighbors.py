@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from gpupipe.xputil import unique
+from gpupipe.xputil import top_k_pairs, unique
 
 _STEP = 4                         # rotation between tables of one permutation (16 tables each)
 _PER_PERM = 64 // _STEP
@@ -187,7 +187,7 @@ def _window_edges(s, p, max_distance: int, window: int, xp: types.ModuleType, di
 
 def near_pairs(hashes, *, max_distance: int, xp: types.ModuleType | None = None,
                n_tables: int | None = None, window: int | None = None, seed: int = 0,
-               direct: bool = False, queries=None):
+               direct: bool = False, queries=None, max_per_hash: int | None = None):
     """Edges linking hashes within ``max_distance`` bits; their connected components are the groups.
 
     hashes: (N,) uint64 (int64 is reinterpreted bit for bit) on ``xp``'s device, N < 2**31.
@@ -291,10 +291,14 @@ def near_pairs(hashes, *, max_distance: int, xp: types.ModuleType | None = None,
             held += int(a.shape[0])
         if held > limit:                                    # bound memory in clustered data
             codes = [unique(xp.concatenate(codes), xp)]
+            if direct and max_per_hash:
+                codes = [_prune(codes[0], uniq, u, max_per_hash, xp)]
             held = int(codes[0].shape[0])
             limit = max(limit, 2 * held)
     del s
     near = unique(xp.concatenate(codes), xp) if codes else xp.empty(0, dtype=xp.int64)
+    if direct and max_per_hash:
+        near = _prune(near, uniq, u, max_per_hash, xp)
     if direct:
         lens = xp.diff(xp.concatenate([starts, xp.asarray([n], dtype=starts.dtype)])).astype(xp.int64)
         star_i, star_j = _run_pairs(starts.astype(xp.int64), lens, sorted_ids, xp)
@@ -318,6 +322,13 @@ def near_pairs(hashes, *, max_distance: int, xp: types.ModuleType | None = None,
     qi = qa[owner]
     hj = order[starts[ub[owner]].astype(xp.int64) + k]
     return i, j, hamming(h[i], h[j], xp), qi, hj, hamming(q[qi], h[hj], xp)
+
+
+def _prune(codes, uniq, u: int, k: int, xp):
+    """Pair codes a * u + b kept among the k closest (Hamming) partners of a or of b."""
+    a, b = codes // u, codes % u
+    d = _popcount(uniq[a] ^ uniq[b], xp).astype(xp.float32)
+    return codes[top_k_pairs(a, b, d, k, xp)]
 
 
 def _query_window(s, qs, uniq, inv_luts, rot: int, max_distance: int, window: int, xp):

@@ -9,7 +9,8 @@ images have hashes at a small Hamming distance (0..64).
 
 `dct_hash` with ``size=16`` gives a 256-bit hash of the same kind: the
 mid frequencies it adds tell apart different objects that share a coarse
-shape, which is how pHash candidates are verified (`gpupipe.hashing.verify`).
+shape; the same-picture check (`gpupipe.hashing.verify`) uses it as a cheap
+gate and to tell whether a pair's content moved.
 
 The DCT is two small matrix products in float64 so that CPU and GPU agree
 bit for bit except on exact ties at the median.
@@ -36,7 +37,7 @@ def dct_matrix(n: int = DCT_SIZE) -> np.ndarray:
 
 
 _BIT_WEIGHTS = (np.uint64(1) << np.arange(63, -1, -1, dtype=np.uint64)).astype(np.uint64)
-FINE_SIZE = 16      # the 256-bit "fine" hash used to verify pHash candidates
+FINE_SIZE = 16      # the 256-bit "fine" hash (gate and moved/unmoved test of the check)
 
 
 def dct_hash(gray32, *, size: int = HASH_SIZE, xp=np, chunk: int = 8192):

@@ -12,7 +12,7 @@ does not.
 The similarity of a pair (`PairCheck.similarity`), in [-1, 1], 1 = identical
 up to brightness and contrast:
 
-    s(a, b) = max over zoom z in {1/1.05, 1, 1.05} and shift (dy, dx), |d| <= 5 px,
+    s(a, b) = max over zoom z in {1/1.04, 1, 1.04} and shift (dy, dx), |d| <= 5 px,
               of the Pearson correlation between f(a) over its central 22x22
               window and f(zoom_z(b)) over the same window shifted by (dy, dx),
 
@@ -23,22 +23,30 @@ same picture).  The correlation is invariant to brightness and contrast; the
 search absorbs shifts, crops and the scale change a crop brings; the
 band-pass ignores what blur, noise and JPEG change (the finest detail) and
 what every sample of a class shares (the coarse silhouette).  The peak is
-refined below one pixel by a parabola through the 3x3 correlations around
-the best integer shift.
+refined below one pixel by a parabola per axis through the correlations
+around the best integer shift.
 
 Cost control, cheapest first (each step only sees pairs the previous kept):
 1. gate: the 256-bit DCT hash (`gpupipe.hashing.phash`, size 16) within
    GATE_FINE_BITS, or the 256-bit Fourier-magnitude code
    (`gpupipe.hashing.shiftkey.ring_code`) within GATE_RING_BITS: a few
    popcounts per pair, loose enough that every measured copy passes;
-2. coarse: the correlation at 16x16 over shifts of up to 4 px (of 32), one
-   zoom; pairs below COARSE_MIN stop here;
-3. fine: at 32x32, the three zooms, 3x3 shifts around the coarse one, and
-   the sub-pixel peak.
+2. coarse: the correlation of a lower band (COARSE_SIGMAS) at 16x16 over
+   shifts of up to 4 px (of 32), one zoom; pairs below COARSE_MIN stop here;
+3. fine: at 32x32, zoom 1, 3x3 shifts around the coarse one, and
+   the sub-pixel peak.  Zooms other than 1 (with 5x5 shifts) only for pairs
+   whose zoom-1 score lands within ZOOM_WITHIN below the threshold.
 
-The threshold (DEFAULT_MIN_SIMILARITY) was chosen from the measured ROC of
-copies vs different samples of one class on real digits and judged on
-Fashion-MNIST: benchmarks/bench_verify_roc.py, benchmarks/RESULTS.md.
+Each image's band-passes are computed once and cached (up to CACHE_BYTES per
+cache; past it they are recomputed per batch, so memory stays bounded).
+
+The decision (`PairCheck.__call__`): the similarity must reach
+DEFAULT_MIN_SIMILARITY (0.99) where the two 256-bit DCT hashes agree (the
+content did not move: re-encodes, photometric edits, resizes), and 0.995
+where they do not (a shift, crop or zoom was needed, and look-alike samples
+of one class align as well as a moved copy does).  Both were chosen from the
+measured ROC of copies vs different samples of one class on real digits and
+judged on Fashion-MNIST: benchmarks/bench_verify_roc.py, benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -55,7 +63,8 @@ from gpupipe.hashing.shiftkey import ring_code
 
 VerifyMode = Literal["pixels", "none"]
 THUMB = 32
-DEFAULT_MIN_SIMILARITY = 0.985
+DEFAULT_MIN_SIMILARITY = 0.99
+MOVED_MARGIN = 0.005           # pairs whose 256-bit DCT hashes differ (moved content) need this much more
 GATE_FINE_BITS = 38            # of 256: photometric edits, re-encodes, resizes
 GATE_RING_BITS = 70            # of 256: shifts and crops
 COARSE_MIN = 0.8
@@ -64,6 +73,7 @@ COARSE_SIGMAS = (1.5, 4.0)     # a lower band for the 16 px step: tolerant of ha
 ZOOMS = (1 / 1.04, 1.0, 1.04)
 ZOOM_WITHIN = 0.05             # zooms are tried where zoom 1 scores this close below the threshold
 MARGIN = 5                     # 32 px: central 22x22 window, shifts up to 5 px
+CACHE_BYTES = 1 << 30          # per cache of band-passed images; beyond it they are recomputed
 COARSE_SHIFT = 2               # 16 px: up to 2 px (4 px at 32)
 
 
@@ -166,12 +176,6 @@ def correlations(a, b, m: int, shifts: int, xp=np):
     return out / norms[:, m - shifts:m + shifts + 1, m - shifts:m + shifts + 1]
 
 
-def _unique_inverse(a, xp):
-    """Sorted distinct values of 1-D int ``a`` and the position of each element among them."""
-    values, inverse = xp.unique(a, return_inverse=True)
-    return values, inverse.reshape(-1)
-
-
 def _peak_anywhere(surface, best, xp):
     """Sub-pixel peak value of (P, r, r) surfaces around each argmax ``best``
     (flat index): a parabola per axis through the argmax and its neighbours
@@ -191,6 +195,54 @@ def _peak_anywhere(surface, best, xp):
         ok = inner & (curv < 0)
         gain += xp.where(ok, -((hi - lo) ** 2) / (8 * xp.where(ok, curv, -1)), 0)
     return xp.minimum(f0 + gain, 1.0)
+
+
+class _Cache:
+    """Per-image arrays computed on first use and kept: ``get(idx)`` returns them
+    for images ``idx``, computing (in chunks) the ones not seen yet.  Storage grows
+    with the number of distinct images asked for; past ``max_bytes`` nothing more is
+    kept and what is not stored is computed again for each call (memory bounded at
+    any N, time bounded by the number of checks)."""
+
+    def __init__(self, n: int, compute, shapes, xp, chunk: int, *, max_bytes: int):
+        self.xp, self.compute, self.shapes, self.chunk = xp, compute, shapes, chunk
+        self.slot = xp.full(n, -1, dtype=xp.int64)
+        self.filled = 0
+        self.row_bytes = 4 * sum(int(np.prod(s)) for s in shapes)
+        self.max_rows = max(0, max_bytes // self.row_bytes)
+        self.store = [xp.zeros((0, *s), dtype=xp.float32) for s in shapes]
+
+    def _grow(self, need: int) -> None:
+        xp = self.xp
+        cap = min(self.max_rows, max(need, 2 * int(self.store[0].shape[0]), 1024))
+        grown = [xp.zeros((cap, *s), dtype=xp.float32) for s in self.shapes]
+        for g, old in zip(grown, self.store):
+            g[:self.filled] = old[:self.filled]
+        self.store = grown
+
+    def get(self, idx):
+        xp = self.xp
+        todo = xp.unique(idx[self.slot[idx] < 0])
+        room = self.max_rows - self.filled
+        keep = todo[:max(0, room)]
+        if self.filled + int(keep.shape[0]) > int(self.store[0].shape[0]):
+            self._grow(self.filled + int(keep.shape[0]))
+        for s in range(0, int(keep.shape[0]), self.chunk):
+            k = keep[s:s + self.chunk]
+            at = self.filled + xp.arange(int(k.shape[0]))
+            for dst, val in zip(self.store, self.compute(k)):
+                dst[at] = val
+            self.slot[k] = at
+            self.filled += int(k.shape[0])
+        at = self.slot[idx]
+        out = [x[xp.maximum(at, 0)] for x in self.store]
+        miss = xp.nonzero(at < 0)[0]
+        if int(miss.shape[0]):                       # the cache is full: compute these now
+            for s in range(0, int(miss.shape[0]), self.chunk):
+                m = miss[s:s + self.chunk]
+                for dst, val in zip(out, self.compute(idx[m])):
+                    dst[m] = val
+        return tuple(out)
 
 
 @dataclass
@@ -216,21 +268,60 @@ class PairCheck:
         self.stats = CheckStats()
         self.thumbs = thumbs
         u = int(thumbs.shape[0])
-        self.colour = bool(thumbs.ndim == 4 and u and bool(
-            ((thumbs[..., 0] != thumbs[..., 1]) | (thumbs[..., 1] != thumbs[..., 2])).any()))
-        gray = thumbs if thumbs.ndim == 3 else xp.rint(
-            thumbs.astype(xp.float32) @ xp.asarray(np.array([0.299, 0.587, 0.114], np.float32))).astype(xp.uint8)
-        self._fine = dct_hash(gray, size=FINE_SIZE, xp=xp) if u else xp.zeros((0, 4), xp.uint64)
-        self._ring = ring_code(gray, xp=xp) if u else xp.zeros((0, 4), xp.uint64)
         self._chunk = chunk
-        self._f16 = xp.concatenate([_half(band_pass(thumbs[s:s + chunk], colour=self.colour, sigmas=COARSE_SIGMAS, xp=xp))
-                                    for s in range(0, u, chunk)]) if u else None
+        # per image, in chunks (bounded temporaries): is it colour, and its two 256-bit codes
+        self.colour = False
+        self._fine = xp.zeros((u, 4), xp.uint64)
+        self._ring = xp.zeros((u, 4), xp.uint64)
+        for s in range(0, u, chunk):
+            t = thumbs[s:s + chunk]
+            if t.ndim == 4:
+                self.colour |= bool(((t[..., 0] != t[..., 1]) | (t[..., 1] != t[..., 2])).any())
+                t = xp.rint(t.astype(xp.float32) @ xp.asarray(np.array([0.299, 0.587, 0.114], np.float32))
+                            ).astype(xp.uint8)
+            self._fine[s:s + chunk] = dct_hash(t, size=FINE_SIZE, xp=xp)
+            self._ring[s:s + chunk] = ring_code(t, xp=xp)
+        # band-passes (16x16 coarse; 32x32 fine with its window norms) computed on first
+        # use for the images that need them, each once: an image is in several pairs
+        c = 3 if self.colour else 1
+        r = 2 * MARGIN + 1
+        self._coarse = _Cache(u, lambda k: (_half(band_pass(self.thumbs[k], colour=self.colour,
+                                                            sigmas=COARSE_SIGMAS, xp=xp)),),
+                              [(c, THUMB // 2, THUMB // 2)], xp, chunk, max_bytes=CACHE_BYTES)
+        self._fine_cache = _Cache(u, self._fine_filter, [(c, THUMB, THUMB), (r, r)], xp, chunk,
+                                  max_bytes=CACHE_BYTES)
+
+    def _fine_filter(self, k):
+        f = band_pass(self.thumbs[k], colour=self.colour, xp=self.xp)
+        w = THUMB - 2 * MARGIN
+        s1, s2 = _window_sums(f, w, self.xp)
+        return f, _norms(s1, s2, f.shape[1] * w * w, self.xp)
+
+    def _fine_images(self, idx):
+        """(band-pass (K, C, 32, 32), window norms at zoom 1 (K, 2m+1, 2m+1)) of images idx."""
+        return self._fine_cache.get(idx)
+
+    def unmoved(self, i, j):
+        """(M,) bool: the pairs' 256-bit DCT hashes agree within GATE_FINE_BITS, i.e.
+        their content is where it was (no shift, crop or zoom to undo)."""
+        xp = self.xp
+        return hamming(self._fine[i], self._fine[j], xp=xp).astype(xp.int32).sum(axis=1) <= GATE_FINE_BITS
+
+    def gate_score(self, i, j):
+        """(M,) float32: the pair's hash distances relative to their gate limits,
+        the smaller of the two; <= 1 passes the gate, smaller is closer."""
+        xp = self.xp
+        out = xp.empty(int(i.shape[0]), dtype=xp.float32)
+        step = 1 << 20                                       # bounded temporaries at any size
+        for s in range(0, int(i.shape[0]), step):
+            a, b = i[s:s + step], j[s:s + step]
+            fine = hamming(self._fine[a], self._fine[b], xp=xp).astype(xp.float32).sum(axis=1)
+            ring = hamming(self._ring[a], self._ring[b], xp=xp).astype(xp.float32).sum(axis=1)
+            out[s:s + step] = xp.minimum(fine / GATE_FINE_BITS, ring / GATE_RING_BITS)
+        return out
 
     def gate(self, i, j):
-        xp = self.xp
-        fine = hamming(self._fine[i], self._fine[j], xp=xp).astype(xp.int32).sum(axis=1)
-        ring = hamming(self._ring[i], self._ring[j], xp=xp).astype(xp.int32).sum(axis=1)
-        return (fine <= GATE_FINE_BITS) | (ring <= GATE_RING_BITS)
+        return self.gate_score(i, j) <= 1.0
 
     def similarity(self, i, j, *, gate: bool = True, full: bool = False):
         """(M,) float32 similarity of each pair; -1 where the gate or the coarse
@@ -251,14 +342,22 @@ class PairCheck:
         return out
 
     def __call__(self, i, j):
-        ok = self.similarity(i, j) >= self.min_similarity
+        """The decision: similarity >= min_similarity where the 256-bit DCT hashes
+        agree (within GATE_FINE_BITS: the content did not move), and >=
+        min_similarity + MOVED_MARGIN where they do not (a shift, crop or zoom
+        was needed to align them, and look-alike samples align too)."""
+        xp = self.xp
+        sim = self.similarity(i, j)
+        unmoved = self.unmoved(i, j)
+        ok = sim >= xp.where(unmoved, xp.float32(self.min_similarity), xp.float32(self.min_similarity + MOVED_MARGIN))
         self.stats.accepted += int(ok.sum())
         return ok
 
     def _score(self, i, j, full: bool = False):
         xp = self.xp
         p = int(i.shape[0])
-        surf = correlations(self._f16[i], self._f16[j], COARSE_SHIFT, COARSE_SHIFT, xp)
+        (ci,), (cj,) = self._coarse.get(i), self._coarse.get(j)
+        surf = correlations(ci, cj, COARSE_SHIFT, COARSE_SHIFT, xp)
         flat = surf.reshape(p, -1)
         best = flat.argmax(axis=1)
         coarse = _peak_anywhere(surf, best, xp)
@@ -271,15 +370,14 @@ class PairCheck:
         dy = 2 * (best[live] // r - COARSE_SHIFT)
         dx = 2 * (best[live] % r - COARSE_SHIFT)
         # each image of the surviving pairs band-passed once at 32 px
-        imgs, inv = _unique_inverse(xp.concatenate([i[live], j[live]]), xp)
-        f32 = band_pass(self.thumbs[imgs], colour=self.colour, xp=xp)
         q = int(live.shape[0])
-        av = _centre(f32[inv[:q]], MARGIN, xp)
-        b = f32[inv[q:]]
+        a, _ = self._fine_images(i[live])
+        b, norms = self._fine_images(j[live])
+        av = _centre(a, MARGIN, xp)
         # zoom 1 for every pair; the other zooms (crops) only where it is close
-        score = self._fine_peaks(av, b, dy, dx)
-        near = xp.arange(q) if full else \
-            xp.nonzero((score < self.min_similarity) & (score >= self.min_similarity - ZOOM_WITHIN))[0]
+        score = self._fine_peaks(av, b, dy, dx, norms=norms)
+        top = self.min_similarity + MOVED_MARGIN
+        near = xp.arange(q) if full else xp.nonzero((score < top) & (score >= top - ZOOM_WITHIN))[0]
         if int(near.shape[0]):
             for z in ZOOMS:
                 if z != 1.0:
@@ -288,7 +386,7 @@ class PairCheck:
         out[live] = score
         return out
 
-    def _fine_peaks(self, av, b, dy, dx, radius: int = 1):
+    def _fine_peaks(self, av, b, dy, dx, radius: int = 1, norms=None):
         """Sub-pixel peak of the correlations at shifts within ``radius`` of each
         pair's coarse shift (dy, dx), at 32 px.  av: references from `_centre`;
         pairs are grouped by their coarse shift so every window is a plain slice."""
@@ -297,8 +395,9 @@ class PairCheck:
         n, m = THUMB, MARGIN
         w = n - 2 * m
         av = av.reshape(p, b.shape[1], w, w)
-        s1, s2 = _window_sums(b, w, xp)
-        norms = _norms(s1, s2, b.shape[1] * w * w, xp)
+        if norms is None:
+            s1, s2 = _window_sums(b, w, xp)
+            norms = _norms(s1, s2, b.shape[1] * w * w, xp)
         out = xp.full(p, -1.0, dtype=xp.float32)
         span = 4 * COARSE_SHIFT + 1
         code = (dy + 2 * COARSE_SHIFT) * span + (dx + 2 * COARSE_SHIFT)

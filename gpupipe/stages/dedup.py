@@ -41,7 +41,7 @@ from gpupipe import schema
 from gpupipe.hashing.neighbors import hamming, near_pairs
 from gpupipe.hashing.verify import VerifyMode, pair_check
 from gpupipe.table import Ledger, check_columns
-from gpupipe.xputil import min_per_group, run_starts, unique
+from gpupipe.xputil import min_per_group, run_starts, top_k_pairs, unique
 
 READS = (
     schema.SAMPLE_ID, schema.LABEL, schema.SPLIT, schema.FILE_BYTES, schema.IMAGE_FORMAT,
@@ -50,6 +50,8 @@ READS = (
 )
 DEFAULT_MAX_DISTANCE = 8
 DEFAULT_SHIFT_DISTANCE = 8
+DEFAULT_MAX_CHECKS = 8
+MAX_PER_HASH = 32          # each key's search keeps the 32 closest partners per distinct hash
 LOSSY_FORMATS = ("jpeg",)
 
 
@@ -58,6 +60,7 @@ class DedupConfig:
     max_distance: int | None = None          # pHash Hamming threshold; None -> DEFAULT_MAX_DISTANCE
     shift_distance: int | None = None        # shift-key threshold; None -> DEFAULT_SHIFT_DISTANCE; -1: off
     verify: VerifyMode = "pixels"            # check of each candidate (gpupipe.hashing.verify)
+    max_checks: int | None = None            # pairs checked per image, closest first; None -> DEFAULT_MAX_CHECKS; 0: all
     min_similarity: float | None = None      # for verify="pixels"; None -> verify.DEFAULT_MIN_SIMILARITY
     seed: int = 0                            # for the near-neighbour search's bit permutations
 
@@ -98,6 +101,7 @@ class DedupStats:
     candidates: int = 0       # pairs proposed by pHash or the shift key (stage 3)
     candidates_phash: int = 0
     candidates_shift: int = 0
+    checked: int = 0          # candidates among each image's DEFAULT_MAX_CHECKS closest (by the gate's hashes)
     gated: int = 0            # of the candidates checked, passing the hash gate of the check
     verified: int = 0         # candidates the check calls the same picture
     split_groups: int = 0     # extra groups from splitting chained components
@@ -147,6 +151,11 @@ def dedup(frame, ledger: Ledger, config: DedupConfig = DedupConfig(), *, thumbs=
         t_all = None
     check = pair_check(t_all, mode=mode, min_similarity=config.min_similarity, xp=xp)
     e = int(ei.shape[0])
+    if e and hasattr(check, "gate_score"):
+        keep = _closest(ei, ej, check.gate_score(pos[:e], pos[e:2 * e]), _max_checks(config), xp)
+        stats.checked = int(keep.sum())
+        ei, ej, pos = ei[keep], ej[keep], xp.concatenate([pos[:e][keep], pos[e:2 * e][keep], pos[2 * e:]])
+        e = int(ei.shape[0])
     if e:
         ok = check(pos[:e], pos[e:2 * e])
         ei, ej = ei[ok], ej[ok]
@@ -205,6 +214,21 @@ def dedup(frame, ledger: Ledger, config: DedupConfig = DedupConfig(), *, thumbs=
     }), stats)
 
 
+def _max_checks(config: DedupConfig) -> int:
+    return DEFAULT_MAX_CHECKS if config.max_checks is None else int(config.max_checks)
+
+
+def _closest(ei, ej, score, k: int, xp):
+    """(E,) bool: pairs that pass the gate (score <= 1) and are among the k
+    closest (lowest ``score``) of either of their images.  Bounds the pixel
+    checks to 2k per image however dense the hash neighbourhoods are
+    (k <= 0: no bound)."""
+    ok = score <= 1.0
+    if k <= 0:
+        return ok
+    return ok & top_k_pairs(ei, ej, xp.where(ok, score, xp.float32(xp.inf)), k, xp)
+
+
 def _as_rgb(probe_thumbs, like):
     """Probe thumbnails in the layout of the real ones ((P,32,32,3) or gray (P,32,32))."""
     if like.ndim == probe_thumbs.ndim:
@@ -224,7 +248,7 @@ def _candidates(ph, sk, probes, config: DedupConfig, stats: DedupStats, xp):
         searches.append((sk, None if probes is None else probes.shift, config.resolved_shift_distance(),
                          "candidates_shift"))
     for key, queries, dist, name in searches:
-        out = near_pairs(key, max_distance=dist, xp=xp, seed=config.seed, direct=True,
+        out = near_pairs(key, max_distance=dist, xp=xp, seed=config.seed, direct=True, max_per_hash=MAX_PER_HASH,
                          queries=None if queries is None else xp.asarray(queries))
         setattr(stats, name, int(out[0].shape[0]))
         parts.append(out[0] * max(m, 1) + out[1])
