@@ -76,8 +76,9 @@ class DedupConfig:
 
         if self.verify == "none":
             return {"mode": "none"}
-        return {"mode": "pixels", "min_similarity": verify.DEFAULT_MIN_SIMILARITY
-                if self.min_similarity is None else float(self.min_similarity)}
+        t = verify.DEFAULT_MIN_SIMILARITY if self.min_similarity is None else float(self.min_similarity)
+        return {"mode": "pixels", "min_similarity": t, "min_similarity_moved": round(t + verify.MOVED_MARGIN, 6),
+                "max_checks_per_image": _max_checks(self)}
 
 
 @dataclass(frozen=True)
