@@ -252,3 +252,26 @@ def test_dedup_stage_on_gpu_equals_cpu(digits_run):
     a = np.asarray(got.column(schema.DEDUP_SIMILARITY).to_numpy(zero_copy_only=False), dtype=float)
     b = np.asarray(ledger_cpu.column(schema.DEDUP_SIMILARITY).to_numpy(zero_copy_only=False), dtype=float)
     assert np.allclose(a, b, atol=2e-3, equal_nan=True)
+
+
+def test_bytes_after_the_end_marker_keep_an_image_valid(tmp_path):
+    """Phones write data after a JPEG's EOI (motion photos append a video) and
+    cameras after a PNG's IEND: such files are valid, decode to the same pixels,
+    and group with their clean twin as pixel duplicates."""
+    from gpupipe.datasets import load_digits_images
+    from gpupipe.transforms import encode, resize
+
+    images, _ = load_digits_images()
+    a, b = resize(images[0], 32, 32), resize(images[1], 32, 32)
+    trailer = np.random.default_rng(1).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
+    files = {"0/a.png": encode(a, "PNG"), "0/a_trailer.png": encode(a, "PNG") + trailer,
+             "1/b.jpg": encode(b, "JPEG", quality=90), "1/b_motion.jpg": encode(b, "JPEG", quality=90) + trailer}
+    for rel, data in files.items():
+        (tmp_path / "src" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "src" / rel).write_bytes(data)
+    run_dedup(tmp_path / "src", tmp_path / "run", DedupOptions(device="cpu", recall_sample=0))
+    t = pq.read_table(tmp_path / "run" / LEDGER).to_pandas().set_index(schema.REL_PATH)
+    assert not t[schema.IS_INVALID].any()
+    for clean, extra in (("0/a.png", "0/a_trailer.png"), ("1/b.jpg", "1/b_motion.jpg")):
+        assert t.at[clean, schema.PIXELS_HASH] == t.at[extra, schema.PIXELS_HASH]
+        assert t.at[clean, schema.DEDUP_GROUP] == t.at[extra, schema.DEDUP_GROUP]

@@ -134,8 +134,13 @@ def test_each_reason(files: dict[str, tuple[str, bytes]]) -> None:
     assert r(b"hello, world" * 10) == r(b"\x00" * 100) == "not_an_image"
     assert r(png[:20]) == r(png[:-12]) == r(_png(4, 4, iend=False)) == "truncated"
     assert r(jpeg[:5]) == r(jpeg[:-2]) == r(jpeg[: len(jpeg) // 2]) == "truncated"
-    assert r(jpeg + b"\x00" * 40) is None  # padding after EOI inside the tail window
-    assert r(jpeg + b"\x00" * 100) == "truncated"  # EOI outside it
+    assert r(jpeg + b"\x00" * 40) is None  # padding after EOI
+    # bytes after EOI / IEND (a motion photo's video, maker data) leave the image valid
+    trailer = np.random.default_rng(0).integers(0, 256, 200_000, dtype=np.uint8).tobytes()
+    assert r(jpeg + trailer) is None and r(png + trailer) is None
+    sos = jpeg.index(b"\xff\xda")
+    cut = jpeg[: sos + (len(jpeg) - sos) // 2]
+    assert r(cut) == r(cut + b"\x00" * 5000) == "truncated"                # cut mid-scan (then padding)
     assert r(bmp[:-1]) == r(tiff[:-1]) == r(files["webp_lossless"][1][:-1]) == "truncated"
     assert r(_png(0, 4)) == r(png[:12] + b"IHDX" + png[16:]) == "bad_header"
     sof = jpeg.index(b"\xff\xc0")
