@@ -77,6 +77,14 @@ CACHE_BYTES = 1 << 30          # per cache of band-passed images; beyond it they
 COARSE_SHIFT = 2               # 16 px: up to 2 px (4 px at 32)
 
 
+_GRAY = np.array([0.299, 0.587, 0.114], np.float32)     # ITU-R BT.601, as DALI's RGB -> GRAY
+
+
+def to_gray(rgb, xp=np):
+    """(..., 3) uint8 RGB -> (...) uint8 gray."""
+    return xp.rint(rgb.astype(xp.float32) @ xp.asarray(_GRAY)).astype(xp.uint8)
+
+
 @functools.lru_cache(maxsize=8)
 def _gauss(n: int, sigma: float) -> np.ndarray:
     x = np.arange(n)
@@ -113,7 +121,7 @@ def band_pass(thumbs, *, colour: bool, sigmas: tuple[float, float] | None = None
     sigmas = SIGMAS if sigmas is None else sigmas
     t = thumbs.astype(xp.float32)
     if t.ndim == 4:
-        t = xp.moveaxis(t, -1, 1) if colour else (t @ xp.asarray(np.array([0.299, 0.587, 0.114], np.float32)))[:, None]
+        t = xp.moveaxis(t, -1, 1) if colour else (t @ xp.asarray(_GRAY))[:, None]
     else:
         t = t[:, None]
     t = t - t.mean(axis=(1, 2, 3), keepdims=True)
@@ -166,14 +174,20 @@ def correlations(a, b, m: int, shifts: int, xp=np):
     av = _centre(a, m, xp).reshape(p, c, w, w)
     s1, s2 = _window_sums(b, w, xp)
     norms = _norms(s1, s2, c * w * w, xp)
-    r = 2 * shifts + 1
-    out = xp.empty((p, r, r), dtype=xp.float32)
+    o, r = m - shifts, 2 * shifts + 1
+    return _surface(av, b, o, o, r, xp) / norms[:, o:o + r, o:o + r]
+
+
+def _surface(av, b, oy: int, ox: int, r: int, xp):
+    """(P, r, r): dot products of the centred references ``av`` (P, C, w, w) with
+    the windows of ``b`` whose top-left corners are (oy + iy, ox + ix)."""
+    w = av.shape[-1]
+    out = xp.empty((av.shape[0], r, r), dtype=xp.float32)
     for iy in range(r):
-        y0 = m + iy - shifts
         for ix in range(r):
-            x0 = m + ix - shifts
+            y0, x0 = oy + iy, ox + ix
             out[:, iy, ix] = xp.einsum("pcij,pcij->p", av, b[:, :, y0:y0 + w, x0:x0 + w])
-    return out / norms[:, m - shifts:m + shifts + 1, m - shifts:m + shifts + 1]
+    return out
 
 
 def _peak_anywhere(surface, best, xp):
@@ -276,8 +290,7 @@ class PairCheck:
             t = thumbs[s:s + chunk]
             if t.ndim == 4:
                 self.colour |= bool(((t[..., 0] != t[..., 1]) | (t[..., 1] != t[..., 2])).any())
-                t = xp.rint(t.astype(xp.float32) @ xp.asarray(np.array([0.299, 0.587, 0.114], np.float32))
-                            ).astype(xp.uint8)
+                t = to_gray(t, xp)
             self._fine[s:s + chunk] = dct_hash(t, size=FINE_SIZE, xp=xp)
             self._ring[s:s + chunk] = ring_code(t, xp=xp)
         # band-passes (16x16 coarse; 32x32 fine with its window norms) computed on first
@@ -406,13 +419,7 @@ class PairCheck:
             # top-left of the search, clamped so windows stay inside the thumbnail
             oy = min(max(m + c // span - 2 * COARSE_SHIFT - radius, 0), 2 * m + 1 - r)
             ox = min(max(m + c % span - 2 * COARSE_SHIFT - radius, 0), 2 * m + 1 - r)
-            ag, bg = av[g], b[g]
-            surf = xp.empty((int(g.shape[0]), r, r), dtype=xp.float32)
-            for iy in range(r):
-                for ix in range(r):
-                    y0, x0 = oy + iy, ox + ix
-                    surf[:, iy, ix] = xp.einsum("pcij,pcij->p", ag, bg[:, :, y0:y0 + w, x0:x0 + w])
-            surf /= norms[g, oy:oy + r, ox:ox + r]
+            surf = _surface(av[g], b[g], oy, ox, r, xp) / norms[g, oy:oy + r, ox:ox + r]
             out[g] = _peak_anywhere(surf, surf.reshape(int(g.shape[0]), -1).argmax(axis=1), xp)
         return out
 

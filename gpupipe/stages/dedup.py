@@ -39,7 +39,7 @@ from scipy.sparse.csgraph import connected_components
 
 from gpupipe import schema
 from gpupipe.hashing.neighbors import hamming, near_pairs
-from gpupipe.hashing.verify import VerifyMode, pair_check
+from gpupipe.hashing.verify import VerifyMode, pair_check, to_gray
 from gpupipe.table import Ledger, check_columns
 from gpupipe.xputil import min_per_group, run_starts, top_k_pairs, unique
 
@@ -167,16 +167,15 @@ def dedup(frame, ledger: Ledger, config: DedupConfig = DedupConfig(), *, thumbs=
 
     rank, row_of_rank = _representative_rank(frame, ledger)
     node_of_valid = node_of_valid.ravel()
+    node_of_row = xp.full(n, -1, dtype=xp.int64)          # -1 for invalid rows
+    node_of_row[rows_valid] = node_of_valid
     node_rank = min_per_group(rank[rows_valid], node_of_valid, m, xp)
     comp_node = _split_chains(xp.asarray(comp_of_node, dtype=xp.int64), node_rank, involved, check, stats, xp)
     stats.gated = check.stats.gated
     stats.seconds["verify"] = time.perf_counter() - t1
     if probes is not None:
         t2 = time.perf_counter()
-        node_full = np.full(n, -1, np.int64)
-        node_full[host(rows_valid)] = host(node_of_valid.ravel())
-        stats.probe = _probe_results(probes, qi, qj, pos[2 * e:], involved, comp_node, node_full, n_real,
-                                     check, xp, host)
+        stats.probe = _probe_results(probes, qi, qj, pos[2 * e:], comp_node, node_of_row, n_real, check, xp, host)
         stats.seconds["probe"] = time.perf_counter() - t2
     comp = xp.full(n, -1, dtype=xp.int64)
     comp[rows_valid] = comp_node[node_of_valid]
@@ -198,7 +197,7 @@ def dedup(frame, ledger: Ledger, config: DedupConfig = DedupConfig(), *, thumbs=
     kind_code = xp.where(size == 1, 0, xp.where(is_rep, 1, xp.where(same_bytes, 2, xp.where(same_pix, 3, 4))))
     kinds = np.asarray(schema.DEDUP_KINDS, dtype=object)[host(kind_code)]
     dist = hamming(ph, ph[safe_rep], xp=xp).astype(xp.int16)
-    similarity = _similarity_to_rep(kind_code, rep, rows_valid, node_of_valid.ravel(), involved, check, n, xp)
+    similarity = _similarity_to_rep(kind_code, rep, node_of_row, involved, check, xp)
 
     label_conflict = _spans(comp, ledger.codes(frame, schema.LABEL), valid, xp)
     split_leak = _spans(comp, ledger.codes(frame, schema.SPLIT), valid, xp)
@@ -235,7 +234,7 @@ def _as_rgb(probe_thumbs, like):
     if like.ndim == probe_thumbs.ndim:
         return probe_thumbs
     if like.ndim == 3:
-        return np.rint(probe_thumbs.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)).astype(np.uint8)
+        return to_gray(probe_thumbs)
     return np.repeat(probe_thumbs[..., None], 3, axis=-1)
 
 
@@ -317,7 +316,7 @@ def _split_chains(comp, node_rank, involved, check, stats: DedupStats, xp):
     return out
 
 
-def _similarity_to_rep(kind_code, rep, rows_valid, node_of_valid, involved, check, n: int, xp):
+def _similarity_to_rep(kind_code, rep, node_of_row, involved, check, xp):
     """(n,) float32: 1 for byte and pixel twins of their representative, the
     check's similarity for near duplicates (NaN without a check), 0 elsewhere
     (masked out by the caller)."""
@@ -328,23 +327,21 @@ def _similarity_to_rep(kind_code, rep, rows_valid, node_of_valid, involved, chec
     if not hasattr(check, "similarity"):
         out[near] = xp.nan
         return out
-    node = xp.full(n, -1, dtype=xp.int64)
-    node[rows_valid] = node_of_valid
-    a = xp.searchsorted(involved, node[near])
-    b = xp.searchsorted(involved, node[rep[near]])
+    a = xp.searchsorted(involved, node_of_row[near])
+    b = xp.searchsorted(involved, node_of_row[rep[near]])
     out[near] = check.similarity(a, b, gate=False)
     return out
 
 
-def _probe_results(probes: Probes, qi, qj, qpos, involved, comp_node, node_full, n_real: int, check, xp, host) -> dict:
+def _probe_results(probes: Probes, qi, qj, qpos, comp_node, node_of_row, n_real: int, check, xp, host) -> dict:
     """Recall per kind and false matches of the probes (see `gpupipe.stages.probe`).
 
     qi, qj: candidate (probe, node) pairs; qpos: position of each node among
-    ``involved`` (the check's index); the probes' thumbnails follow at n_real + p.
+    the nodes the check indexes; the probes' thumbnails follow at n_real + p.
     A probe is *found* when a verified pair links it to a node of its source's
     final group; every verified pair to any other node is a *false match*.
     """
-    src_comp = comp_node[xp.asarray(node_full)[xp.asarray(probes.source_row)]]
+    src_comp = comp_node[node_of_row[xp.asarray(probes.source_row)]]
     ok = check(n_real + qi, qpos) if int(qi.shape[0]) else xp.zeros(0, dtype=bool)
     same = comp_node[qj] == src_comp[qi]
     found = np.zeros(len(probes.kind), bool)
