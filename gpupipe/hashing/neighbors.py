@@ -237,7 +237,7 @@ def near_pairs(hashes, *, max_distance: int, xp: types.ModuleType | None = None,
     dup = xp.flatnonzero(~new)                              # (N - U,) ranks of repeats
     star_i = first[xp.searchsorted(starts, dup, side="right") - 1]
     star_j = order[dup]
-    sorted_ids = order if direct else None
+    sorted_ids = order if direct or queries is not None else None   # rows of each run, for expansion
     del order, sh, new
 
     # 2. near pairs among the U distinct values, one order (table) at a time
@@ -299,8 +299,9 @@ def near_pairs(hashes, *, max_distance: int, xp: types.ModuleType | None = None,
     near = unique(xp.concatenate(codes), xp) if codes else xp.empty(0, dtype=xp.int64)
     if direct and max_per_hash:
         near = _prune(near, uniq, u, max_per_hash, xp)
-    if direct:
+    if sorted_ids is not None:
         lens = xp.diff(xp.concatenate([starts, xp.asarray([n], dtype=starts.dtype)])).astype(xp.int64)
+    if direct:
         star_i, star_j = _run_pairs(starts.astype(xp.int64), lens, sorted_ids, xp)
         na, nb = _cross_pairs(near // max(u, 1), near % max(u, 1), starts.astype(xp.int64), lens, sorted_ids, xp)
     else:
@@ -314,13 +315,11 @@ def near_pairs(hashes, *, max_distance: int, xp: types.ModuleType | None = None,
     if q is None:
         return i, j, hamming(h[i], h[j], xp)
     qkey = unique(xp.concatenate(qcodes), xp) if qcodes else xp.empty(0, dtype=xp.int64)
-    lens = xp.diff(xp.concatenate([starts, xp.asarray([n], dtype=starts.dtype)])).astype(xp.int64)
-    order = xp.argsort(h, kind="stable")
     qa, ub = qkey // max(u, 1), qkey % max(u, 1)
     take = xp.where(lens[ub] <= _FULL, lens[ub], 1)          # whole run, or its first member
     owner, k = _expand(take, xp)
     qi = qa[owner]
-    hj = order[starts[ub[owner]].astype(xp.int64) + k]
+    hj = sorted_ids[starts[ub[owner]].astype(xp.int64) + k]
     return i, j, hamming(h[i], h[j], xp), qi, hj, hamming(q[qi], h[hj], xp)
 
 
