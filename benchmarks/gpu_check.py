@@ -1,117 +1,390 @@
-"""GPU check and timings of what runs without DALI and cuDF: the hash kernels,
-the shift key, the same-picture check, the near-duplicate search and the dedup
-stage, on CuPy.
+"""The prepared GPU check: everything gpupipe runs on a GPU that does not need
+DALI or cuDF, timed, compared with the CPU, written to one JSON file.
 
-    python benchmarks/gpu_check.py --run RUN_DIR
+    python benchmarks/gpu_prepare.py                      # here, on the CPU: makes .gpu/run
+    python benchmarks/gpu_check.py --run .gpu/run --out gpu_check.json   # on the GPU machine
 
-RUN_DIR is a CPU dedup run (ledger.parquet + thumbs.npy): the dedup stage is
-re-run on the GPU from its hash columns and thumbnails and must give the same
-groups.  Prints one line per measurement; no asserts beyond equality checks.
+Made for the machine this project is lent (one NVIDIA GPU, torch, CuPy,
+pandas, pyarrow, scipy, xxhash; no DALI, no cuDF, no Dask) and for a budget of
+under 8 minutes.  Sections, each timed and recorded on its own (a failing
+section records its traceback and the others still run):
+
+1. equality: the hash kernels (pHash, 256-bit DCT hash, shift key, ring code,
+   pixel hash) and the same-picture similarity on CuPy vs numpy, on the run's
+   real thumbnails;
+2. kernels: images/s of each kernel on the GPU and on this machine's CPU;
+3. neighbours: `near_pairs` at 10M planted hashes, both dedup keys, direct
+   pairs, recall of the planted pairs, GPU vs the CPU's time at 1M;
+4. dedup: the dedup stage on the GPU from the CPU run's hash columns and
+   thumbnails: the same groups as the CPU ledger?
+5. models: both auxiliary models trained on CUDA with bf16 autocast on the
+   thumbnails (the models' 32x32 input) with the ledger's labels: training
+   images/s, held-out accuracy; scoring through `gpupipe.models.score.score`
+   vs the bare forward pass (images/s, and their ratio).
+
+What it cannot reach there: DALI (the decode and augmentation pipelines, the
+``mixed`` decoder; training here feeds tensors without augmentation), cuDF
+(the ledger stays in pandas; `Ledger`'s cuDF branch is tested only for the
+pure parts) and dask-cuda.  ``--xp numpy`` runs every section on the CPU at
+small sizes: a smoke test of this script where no GPU is.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
 import sys
 import time
+import traceback
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 
-
-def timed(fn, xp, repeat=3):
-    fn()
-    xp.cuda.Device().synchronize()
-    t = time.perf_counter()
-    for _ in range(repeat):
-        out = fn()
-    xp.cuda.Device().synchronize()
-    return (time.perf_counter() - t) / repeat, out
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--run", required=True)
-    args = ap.parse_args()
-    import cupy as cp
+class Check:
+    def __init__(self, xp, out: Path, budget_s: float):
+        self.xp, self.out, self.t0, self.budget = xp, out, time.perf_counter(), budget_s
+        self.results: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(),
+                              "cpu_count": os.cpu_count(), "sections": {}}
 
-    from gpupipe import schema
-    from gpupipe.device import resolve_device
-    from gpupipe.hashing.neighbors import near_pairs
+    @property
+    def gpu(self) -> bool:
+        return self.xp is not np
+
+    def sync(self) -> None:
+        if self.gpu:
+            self.xp.cuda.Device().synchronize()
+
+    def timed(self, fn, repeat: int = 3):
+        """Mean seconds of ``repeat`` calls after one warm-up, and the last output."""
+        fn()
+        self.sync()
+        t = time.perf_counter()
+        for _ in range(repeat):
+            out = fn()
+        self.sync()
+        return (time.perf_counter() - t) / repeat, out
+
+    def section(self, name: str, fn) -> None:
+        left = self.budget - (time.perf_counter() - self.t0)
+        if left < 10:
+            self.results["sections"][name] = {"skipped": f"budget spent ({left:.0f} s left)"}
+        else:
+            t = time.perf_counter()
+            try:
+                r = fn()
+                r["seconds"] = round(time.perf_counter() - t, 2)
+                self.results["sections"][name] = r
+            except Exception:
+                self.results["sections"][name] = {"error": traceback.format_exc()[-3000:],
+                                                  "seconds": round(time.perf_counter() - t, 2)}
+        print(f"== {name}: {json.dumps(self.results['sections'][name], default=str)[:1500]}", flush=True)
+        self.write()
+
+    def write(self) -> None:
+        self.results["elapsed_s"] = round(time.perf_counter() - self.t0, 1)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.out.write_text(json.dumps(self.results, indent=2, default=str))
+
+
+def to_host(a):
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+def load_run(run: Path):
+    table = pq.read_table(run / "ledger.parquet")
+    if (run / "thumbs.npz").exists():
+        thumbs = np.load(run / "thumbs.npz")["thumbs"]
+    else:
+        thumbs = np.load(run / "thumbs.npy")
+    return table, thumbs
+
+
+def equality(c: Check, rgb: np.ndarray, small: bool) -> dict:
     from gpupipe.hashing.phash import FINE_SIZE, dct_hash, phash
     from gpupipe.hashing.pixels import pixel_hash, to_hex
     from gpupipe.hashing.shiftkey import ring_code, shift_key
-    from gpupipe.hashing.verify import PairCheck
+    from gpupipe.hashing.verify import PairCheck, to_gray
+
+    xp = c.xp
+    gray = to_host(to_gray(rgb, np))
+    g = xp.asarray(gray)
+    r: dict = {"rows": len(gray)}
+    r["phash_equal"] = float(np.mean(phash(gray) == to_host(phash(g, xp))))
+    r["fine_hash_rows_equal"] = float(np.mean((dct_hash(gray, size=FINE_SIZE) ==
+                                               to_host(dct_hash(g, size=FINE_SIZE, xp=xp))).all(1)))
+    r["shift_key_equal"] = float(np.mean(shift_key(gray) == to_host(shift_key(g, xp))))
+    r["ring_code_rows_equal"] = float(np.mean((ring_code(gray) == to_host(ring_code(g, xp=xp))).all(1)))
+    sub = rgb[:4096]
+    r["pixel_hash_equal"] = float(np.mean(np.array(to_hex(pixel_hash(sub))) ==
+                                          np.array(to_hex(to_host(pixel_hash(xp.asarray(sub), xp))))))
+    rng = np.random.default_rng(0)
+    m = 2000 if small else 20000
+    pi, pj = rng.integers(0, len(rgb), m), rng.integers(0, len(rgb), m)
+    pj[: m // 4] = pi[: m // 4]                       # some identical pairs (similarity 1)
+    s_c = PairCheck(rgb).similarity(pi, pj, gate=False, full=True)
+    s_g = to_host(PairCheck(xp.asarray(rgb), xp=xp).similarity(xp.asarray(pi), xp.asarray(pj), gate=False, full=True))
+    r["similarity_pairs"] = m
+    r["similarity_max_abs_diff"] = float(np.abs(s_c - s_g).max())
+    r["similarity_decisions_differ_at_0.99"] = int(((s_c >= 0.99) != (s_g >= 0.99)).sum())
+    return r
+
+
+def kernels(c: Check, rgb: np.ndarray, small: bool) -> dict:
+    from gpupipe.hashing.phash import FINE_SIZE, dct_hash, phash
+    from gpupipe.hashing.pixels import pixel_hash
+    from gpupipe.hashing.shiftkey import shift_key
+    from gpupipe.hashing.verify import PairCheck, to_gray
+
+    xp = c.xp
+    gray = to_host(to_gray(rgb, np))
+    r: dict = {}
+    n_gpu = 4096 if small else 262144
+    n_cpu = 2048 if small else 32768
+    for where, mod, n in (("gpu", xp, n_gpu), ("cpu", np, n_cpu)):
+        if where == "gpu" and not c.gpu:
+            continue
+        sync = c.sync if where == "gpu" else (lambda: None)
+        big = mod.asarray(np.resize(gray, (n, 32, 32)))
+
+        def t(fn, repeat=3):
+            fn()
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(repeat):
+                fn()
+            sync()
+            return round(n * repeat / (time.perf_counter() - t0))
+
+        r[f"{where}_phash_images_per_s"] = t(lambda: phash(big, mod))
+        r[f"{where}_shift_key_images_per_s"] = t(lambda: shift_key(big, mod))
+        r[f"{where}_fine_hash_images_per_s"] = t(lambda: dct_hash(big, size=FINE_SIZE, xp=mod))
+        for b, hw in ((n // 4, 28), (max(64, n // 64), 224)):
+            imgs = mod.asarray(np.random.default_rng(0).integers(0, 255, size=(b, hw, hw, 3), dtype=np.uint8))
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(3):
+                pixel_hash(imgs, mod)
+            sync()
+            s = (time.perf_counter() - t0) / 3
+            r[f"{where}_pixel_hash_{hw}px_images_per_s"] = round(b / s)
+            r[f"{where}_pixel_hash_{hw}px_GB_per_s"] = round(imgs.nbytes / s / 1e9, 2)
+            del imgs
+        pairs = (n // 4) if where == "gpu" else n // 16
+        rng = np.random.default_rng(1)
+        i, j = mod.asarray(rng.integers(0, len(rgb), pairs)), mod.asarray(rng.integers(0, len(rgb), pairs))
+        chk = PairCheck(mod.asarray(rgb), xp=mod)
+        chk.similarity(i[:256], j[:256], gate=False)
+        sync()
+        t0 = time.perf_counter()
+        chk.similarity(i, j, gate=False)
+        sync()
+        r[f"{where}_pair_check_no_gate_pairs_per_s"] = round(pairs / (time.perf_counter() - t0))
+    return r
+
+
+def neighbours(c: Check, small: bool) -> dict:
+    from bench_neighbors import BUCKETS, planted_hashes
+
+    from gpupipe.hashing.neighbors import near_pairs
+
+    xp = c.xp
+    r: dict = {}
+    sizes = [("cpu", np, 20_000 if small else 1_000_000)]
+    if c.gpu:
+        sizes.append(("gpu", xp, 10_000_000))
+    elif small:
+        sizes.append(("numpy-as-gpu", np, 50_000))
+    for where, mod, n in sizes:
+        keys = [planted_hashes(n, k) for k in range(2)]
+        dev = [mod.asarray(h) for h, *_ in keys]
+        if mod is not np:
+            near_pairs(dev[0][:100_000], max_distance=8, direct=True)       # compile kernels
+        sync = c.sync if mod is not np else (lambda: None)
+        sync()
+        t0 = time.perf_counter()
+        got_all, dist_all, pairs = [], [], 0
+        for k, (h, base, partner, dist) in enumerate(keys):
+            i, j, _ = near_pairs(dev[k], max_distance=8, seed=k, direct=True)
+            sync()
+            i, j = to_host(i), to_host(j)
+            pairs += int(i.size)
+            got_all.append(np.isin(np.minimum(base, partner) * n + np.maximum(base, partner), i * n + j))
+            dist_all.append(dist)
+        wall = time.perf_counter() - t0
+        got, dist = np.concatenate(got_all), np.concatenate(dist_all)
+        within = dist <= 8
+        row = {"n": n, "wall_s": round(wall, 2), "pairs": pairs, "recall": round(float(got[within].mean()), 4)}
+        for lo, hi in BUCKETS:
+            sel = within & (dist >= lo) & (dist <= hi)
+            if sel.any():
+                row[f"recall_{lo}-{hi}"] = round(float(got[sel].mean()), 4)
+        r[where] = row
+        del dev, keys
+    return r
+
+
+def dedup_gpu(c: Check, table, rgb: np.ndarray) -> dict:
+    from gpupipe import schema
+    from gpupipe.device import cpu_device, resolve_device
     from gpupipe.stages.dedup import DedupConfig, dedup
     from gpupipe.table import Ledger
 
-    dev = resolve_device("gpu")
-    name = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
-    print(f"device: {name}; CuPy {cp.__version__}; df module {dev.df.__name__} ({dev.note})")
-
-    rgb_thumbs = np.load(f"{args.run}/thumbs.npy")                  # (N, 32, 32, 3)
-    thumbs = rgb_thumbs[..., 0] if rgb_thumbs.ndim == 4 else rgb_thumbs   # gray data: R = G = B
-    table = pq.read_table(f"{args.run}/ledger.parquet")
-    n = len(thumbs)
-    g = cp.asarray(thumbs)
-
-    # 1. equality CPU == GPU on real thumbnails
-    ph_c, ph_g = phash(thumbs), cp.asnumpy(phash(g, cp))
-    fi_c, fi_g = dct_hash(thumbs, size=FINE_SIZE), cp.asnumpy(dct_hash(g, size=FINE_SIZE, xp=cp))
-    sk_c, sk_g = shift_key(thumbs), cp.asnumpy(shift_key(g, cp))
-    rc_c, rc_g = ring_code(thumbs), cp.asnumpy(ring_code(g, xp=cp))
-    rgb = np.repeat(thumbs[:4096, :28, :28, None], 3, axis=3)
-    px_c, px_g = to_hex(pixel_hash(rgb)), to_hex(cp.asnumpy(pixel_hash(cp.asarray(rgb), cp)))
-    print(f"equal on {n} real thumbnails: pHash {np.mean(ph_c == ph_g):.5f}, fine hash rows "
-          f"{np.mean((fi_c == fi_g).all(1)):.5f}, shift key {np.mean(sk_c == sk_g):.5f}, ring code rows "
-          f"{np.mean((rc_c == rc_g).all(1)):.5f}, pixel hash {np.mean(np.array(px_c) == np.array(px_g)):.5f}")
-    rng = np.random.default_rng(0)
-    pi, pj = rng.integers(0, n, 20000), rng.integers(0, n, 20000)
-    s_c = PairCheck(rgb_thumbs).similarity(pi, pj, gate=False, full=True)
-    s_g = cp.asnumpy(PairCheck(cp.asarray(rgb_thumbs), xp=cp).similarity(cp.asarray(pi), cp.asarray(pj),
-                                                                          gate=False, full=True))
-    print(f"same-picture similarity, 20,000 random pairs: max |CPU - GPU| {np.abs(s_c - s_g).max():.2e}")
-
-    # 2. kernel throughput on the GPU
-    for b, hw in ((65536, 28), (4096, 224)):
-        imgs = cp.random.randint(0, 255, size=(b, hw, hw, 3), dtype=cp.uint8)
-        s, _ = timed(lambda imgs=imgs: pixel_hash(imgs, cp), cp)
-        print(f"pixel hash {hw}x{hw}x3: {b / s:,.0f} images/s ({imgs.nbytes / s / 1e9:.0f} GB/s)")
-        del imgs
-    big = cp.asarray(np.tile(thumbs, (max(1, 262144 // n), 1, 1)))
-    s, _ = timed(lambda: phash(big, cp), cp)
-    print(f"pHash (64-bit) on 32x32 thumbs: {len(big) / s:,.0f} images/s")
-    s, _ = timed(lambda: shift_key(big, cp), cp)
-    print(f"shift key (64-bit): {len(big) / s:,.0f} images/s")
-    s, _ = timed(lambda: dct_hash(big, size=FINE_SIZE, xp=cp), cp)
-    print(f"fine hash (256-bit): {len(big) / s:,.0f} images/s")
-    m = 1_000_000
-    i = cp.random.randint(0, n, m)
-    j = cp.random.randint(0, n, m)
-    chk = PairCheck(cp.asarray(rgb_thumbs), xp=cp, chunk=65536)
-    s, _ = timed(lambda: chk.similarity(i, j, gate=False), cp, repeat=1)
-    print(f"same-picture check, no gate (coarse + fine): {m / s:,.0f} pairs/s")
-    h = cp.asarray(np.random.default_rng(0).integers(0, 2**63, 10_000_000, dtype=np.int64).view(np.uint64))
-    s, (ei, _, _) = timed(lambda: near_pairs(h, max_distance=8, xp=cp), cp, repeat=1)
-    print(f"near_pairs, 10M random hashes, max_distance 8: {s:.2f} s, {int(ei.shape[0])} edges")
-
-    # 3. the dedup stage on the GPU from the CPU run's hash columns == the CPU result
-    base = table.drop_columns([c for c in schema.names("dedup")])
+    dev = resolve_device("gpu") if c.gpu else cpu_device()
+    base = table.drop_columns(list(schema.names("dedup")))
     ledger = Ledger(dev)
     frame = ledger.from_arrow(base)
-    for rep in range(2):                      # the first call compiles CuPy kernels
+    times = []
+    for _ in range(2):                       # the first call compiles CuPy kernels
         t = time.perf_counter()
-        out, stats = dedup(frame, ledger, DedupConfig(), thumbs=rgb_thumbs)
-        cp.cuda.Device().synchronize()
-        s = time.perf_counter() - t
-    groups = [c for c in schema.names("dedup") if c != schema.DEDUP_SIMILARITY]
-    got = ledger.to_arrow(out).select(groups)
-    want = table.select(groups)
-    same = got.cast(want.schema).equals(want)
+        out, stats = dedup(frame, ledger, DedupConfig(), thumbs=rgb)
+        c.sync()
+        times.append(time.perf_counter() - t)
+    cols = [n for n in schema.names("dedup") if n != schema.DEDUP_SIMILARITY]
+    got = ledger.to_arrow(out).select(cols)
+    want = table.select(cols)
     differ = int(sum(a != b for a, b in zip(got.column(schema.DEDUP_GROUP).to_pylist(),
                                             want.column(schema.DEDUP_GROUP).to_pylist())))
-    print(f"dedup stage on GPU: {s:.2f} s for {n} rows, {stats.candidates} candidates, {stats.gated} gated, "
-          f"{stats.verified} verified; equal to the CPU ledger: {same} ({differ} rows in another group)")
+    sim_g = np.array(got.column(schema.DEDUP_SIMILARITY).to_pylist() if schema.DEDUP_SIMILARITY in got.column_names
+                     else ledger.to_arrow(out).column(schema.DEDUP_SIMILARITY).to_pylist(), dtype=float)
+    sim_c = np.array(table.column(schema.DEDUP_SIMILARITY).to_pylist(), dtype=float)
+    both = ~np.isnan(sim_g) & ~np.isnan(sim_c)
+    return {"rows": len(rgb), "device": dev.kind, "df": dev.df.__name__, "device_note": dev.note,
+            "first_call_s": round(times[0], 2), "warm_s": round(times[1], 2),
+            "rows_per_s_warm": round(len(rgb) / times[1]),
+            "candidates": stats.candidates, "checked": stats.checked, "gated": stats.gated,
+            "verified": stats.verified, "equal_to_cpu_ledger": bool(got.cast(want.schema).equals(want)),
+            "rows_in_another_group": differ,
+            "similarity_max_abs_diff": float(np.abs(sim_g[both] - sim_c[both]).max()) if both.any() else None}
+
+
+def models(c: Check, table, rgb: np.ndarray, small: bool) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from gpupipe import schema
+    from gpupipe.models import nets
+    from gpupipe.models.score import score
+
+    dev = "cuda:0" if c.gpu else "cpu"
+    labels_s = table.column(schema.LABEL).to_pylist()
+    ok = ~np.array(table.column(schema.IS_INVALID).to_pylist(), dtype=bool)
+    classes = sorted({lab for lab, o in zip(labels_s, ok) if o})
+    y_all = np.array([classes.index(lab) if o else -1 for lab, o in zip(labels_s, ok)])
+    rows = np.nonzero(ok)[0]
+    rng = np.random.default_rng(0)
+    rng.shuffle(rows)
+    if small:
+        rows = rows[:3000]
+    n_val = len(rows) // 5
+    tr, va = rows[n_val:], rows[:n_val]
+    x_all = torch.as_tensor(rgb).to(dev).permute(0, 3, 1, 2).float().div_(255)
+    y_t = torch.as_tensor(y_all, device=dev)
+    r: dict = {"device": torch.cuda.get_device_name(0) if c.gpu else "cpu", "torch": torch.__version__,
+               "train_rows": len(tr), "val_rows": len(va), "classes": len(classes)}
+    epochs = 2 if small else 5
+    for name in ("small-cnn", "resnet50-layer1"):
+        spec = nets.resolve_model(name)
+        torch.manual_seed(0)
+        model = nets.build(spec, len(classes), 3, seed=0).to(dev).to(memory_format=torch.channels_last)
+        opt = torch.optim.Adam(model.parameters(), lr=spec.lr * (10 if name == "resnet50-layer1" else 1))
+        bs = 256
+        tr_t = torch.as_tensor(tr, device=dev)
+        model.train()
+        seen, t_train = 0, 0.0
+        for ep in range(epochs):
+            perm = tr_t[torch.randperm(len(tr_t), device=dev)]
+            c.sync()
+            torch.cuda.synchronize() if c.gpu else None
+            t0 = time.perf_counter()
+            for b in range(0, len(perm) - bs + 1, bs):
+                idx = perm[b:b + bs]
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=c.gpu):
+                    loss = F.cross_entropy(model(x_all[idx]), y_t[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                seen += len(idx) if ep > 0 else 0
+            torch.cuda.synchronize() if c.gpu else None
+            t_train += (time.perf_counter() - t0) if ep > 0 else 0.0
+        m: dict = {"epochs": epochs, "batch_size": bs,
+                   "train_images_per_s": round(seen / t_train) if t_train > 0 else None}
+        # scoring: gpupipe's score() over device-resident batches vs the bare bf16 forward
+        va_t = torch.as_tensor(va, device=dev)
+        sbs = 1024
+        reps = 1 if small else 5
+        x_rep = x_all[va_t.repeat(reps)]
+        rows_rep = np.tile(va, reps)
+
+        def batches():
+            for b in range(0, len(x_rep), sbs):
+                yield x_rep[b:b + sbs], rows_rep[b:b + sbs]
+
+        s = score(model, batches(), np.where(y_all < 0, 0, y_all), torch_device=dev)   # warm-up
+        torch.cuda.synchronize() if c.gpu else None
+        t0 = time.perf_counter()
+        s = score(model, batches(), np.where(y_all < 0, 0, y_all), torch_device=dev)
+        torch.cuda.synchronize() if c.gpu else None
+        t_score = time.perf_counter() - t0
+        model.eval()
+        with torch.inference_mode():
+            for _ in range(2):
+                torch.cuda.synchronize() if c.gpu else None
+                t0 = time.perf_counter()
+                for b in range(0, len(x_rep), sbs):
+                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=c.gpu):
+                        model(x_rep[b:b + sbs])
+                torch.cuda.synchronize() if c.gpu else None
+                t_fwd = time.perf_counter() - t0
+        m["val_accuracy"] = round(float((s.pred[: len(va)] == y_all[va]).mean()), 4)
+        m["score_images_per_s"] = round(len(x_rep) / t_score)
+        m["bare_forward_images_per_s"] = round(len(x_rep) / t_fwd)
+        m["score_vs_forward"] = round(t_fwd / t_score, 3)
+        r[name] = m
+        del model, opt, x_rep
+    return r
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", default=".gpu/run", help="from gpu_prepare.py: ledger.parquet + thumbs.npz")
+    ap.add_argument("--out", default="gpu_check.json")
+    ap.add_argument("--xp", choices=("cupy", "numpy"), default="cupy",
+                    help="numpy: a CPU smoke test of this script at small sizes")
+    ap.add_argument("--budget", type=float, default=420, help="seconds; later sections are skipped past it")
+    ap.add_argument("--only", nargs="*", default=None, help="run only these sections")
+    args = ap.parse_args()
+    small = args.xp == "numpy"
+    if small:
+        xp = np
+    else:
+        import cupy as xp
+    c = Check(xp, Path(args.out), args.budget)
+    if c.gpu:
+        props = xp.cuda.runtime.getDeviceProperties(0)
+        c.results["gpu"] = {"name": props["name"].decode(), "memory_gib": round(props["totalGlobalMem"] / 2**30, 1),
+                            "cupy": xp.__version__}
+    table, rgb = load_run(Path(args.run))
+    print(f"run {args.run}: {table.num_rows} rows; thumbs {rgb.shape}", flush=True)
+    sections = {
+        "equality": lambda: equality(c, rgb, small),
+        "kernels": lambda: kernels(c, rgb, small),
+        "models": lambda: models(c, table, rgb, small),
+        "dedup": lambda: dedup_gpu(c, table, rgb),
+        "neighbours": lambda: neighbours(c, small),
+    }
+    for name, fn in sections.items():
+        if args.only is None or name in args.only:
+            c.section(name, fn)
+    c.write()
+    errors = [k for k, v in c.results["sections"].items() if "error" in v]
+    print(f"done in {c.results['elapsed_s']} s; errors in: {errors or 'none'}")
     return 0
 
 

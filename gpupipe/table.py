@@ -67,10 +67,10 @@ class Ledger:
     def codes(self, frame, name: str):
         """Factorise a column: (N,) int64 xp array of codes, -1 for nulls."""
         if _is_cudf(frame):
-            codes, _ = frame[name].factorize()
-            return codes.to_cupy().astype(self.xp.int64)
-        codes, _ = pd.factorize(frame[name], use_na_sentinel=True)
-        return self.xp.asarray(codes, dtype=self.xp.int64)
+            codes, _ = frame[name].factorize(use_na_sentinel=True)
+        else:
+            codes, _ = pd.factorize(frame[name], use_na_sentinel=True)
+        return codes_array(codes, self.xp)
 
     def assign(self, frame, columns: dict[str, tuple[Any, Any]]):
         """Add columns from (values, valid) pairs: values an xp array, valid an
@@ -129,6 +129,15 @@ class Ledger:
         stages = [s for s in schema.STAGES if all(c.name in frame.columns for c in schema.STAGES[s])]
         table = self.to_arrow(frame).select(schema.names(*stages)).cast(schema.arrow_schema(*stages))
         return write_parquet_atomic(table, path)
+
+
+def codes_array(codes, xp):
+    """Factorisation codes -> (N,) int64 ``xp`` array.  pandas gives a numpy
+    array; cuDF's ``Series.factorize`` a CuPy array already (of the smallest
+    integer type that holds the codes: int8 for < 128 values, so -1 for null
+    must survive the widening).  No ``.to_cupy()``: that was the cuDF branch's
+    first-call failure."""
+    return xp.asarray(codes).astype(xp.int64, copy=False)
 
 
 def _dtype_of(name: str) -> pa.DataType:

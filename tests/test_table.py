@@ -9,7 +9,7 @@ import pytest
 
 from gpupipe import schema
 from gpupipe.device import DeviceError, resolve_device
-from gpupipe.table import Ledger, write_parquet_atomic
+from gpupipe.table import Ledger, codes_array, write_parquet_atomic
 
 
 def test_cpu_device_and_probe():
@@ -40,6 +40,23 @@ def test_assign_keeps_declared_dtypes_and_nulls(tmp_path):
     assert ledger.codes(frame, schema.DEDUP_KIND).tolist() == [0, 1, -1]
     ledger.write(frame, tmp_path / "l.parquet")
     assert pq.read_table(tmp_path / "l.parquet").equals(t)
+
+
+def test_codes_array_takes_what_cudf_factorize_returns():
+    # cuDF's Series.factorize returns (cupy.ndarray of the narrowest int type, Index);
+    # the adapter widens that array as is (a numpy stand-in here: the same array API).
+    codes = np.array([0, -1, 1, 1, -1], dtype=np.int8)
+    out = codes_array(codes, np)
+    assert out.dtype == np.int64 and out.tolist() == [0, -1, 1, 1, -1]
+
+
+@pytest.mark.gpu
+def test_ledger_codes_on_gpu_match_cpu():
+    cpu, gpu = Ledger(resolve_device("cpu")), Ledger(resolve_device("gpu"))
+    t = pa.table({schema.LABEL: pa.array(["b", None, "a", "b", None], pa.string())})
+    want = cpu.codes(cpu.from_arrow(t), schema.LABEL).tolist()
+    got = gpu.device.to_host(gpu.codes(gpu.from_arrow(t), schema.LABEL)).tolist()
+    assert want == got == [0, -1, 1, 0, -1]
 
 
 def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):

@@ -273,7 +273,10 @@ def near_pairs(hashes, *, max_distance: int, xp: types.ModuleType | None = None,
             s <<= xp.uint64(_STEP)
             s |= carry
             del carry
-            s.sort(kind="stable")
+            if xp is np:
+                s.sort(kind="stable")    # timsort merges the 16 runs; CuPy < 14 has no kind= (its sort is radix)
+            else:
+                s.sort()
         if q is not None:
             if rot == 0:
                 qbase = _permute(q, xp.asarray(_bit_luts(perm)), xp)
@@ -352,9 +355,10 @@ _FULL = 64      # runs (and pairs of runs) up to this many pairs are expanded in
 def _expand(counts, xp):
     """For counts (E,) >= 0: (owner (T,), rank (T,)) listing rank 0..counts[e]-1 of each e."""
     total = int(counts.sum())
-    owner = xp.repeat(xp.arange(int(counts.shape[0]), dtype=xp.int64), counts)
-    offsets = xp.cumsum(counts) - counts
-    return owner, xp.arange(total, dtype=xp.int64) - offsets[owner]
+    ends = xp.cumsum(counts)
+    # searchsorted, not repeat(arange, counts): CuPy < 14.1 takes no array of repeats.
+    owner = xp.searchsorted(ends, xp.arange(total, dtype=ends.dtype), side="right").astype(xp.int64)
+    return owner, xp.arange(total, dtype=xp.int64) - (ends - counts)[owner]
 
 
 def _run_pairs(starts, lens, sorted_ids, xp):

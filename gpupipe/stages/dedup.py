@@ -187,7 +187,8 @@ def dedup(frame, ledger: Ledger, config: DedupConfig = DedupConfig(), *, thumbs=
     rep[valid] = rep_of_comp[comp[valid]]
 
     ids = ledger.array(frame, schema.SAMPLE_ID, dtype=np.int64)
-    size_of_comp = xp.bincount(comp[valid], minlength=n_labels)
+    # CuPy's bincount fails on an empty input (it takes the max first).
+    size_of_comp = xp.bincount(comp[valid], minlength=n_labels) if n_labels else xp.zeros(0, xp.int64)
     size = xp.zeros(n, dtype=xp.int64)
     size[valid] = size_of_comp[comp[valid]]
     is_rep = valid & (rep == row)
