@@ -47,6 +47,12 @@ def _add_dedup_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="run on an existing Dask cluster, e.g. tcp://host:8786")
     p.add_argument("--batch-size", type=int, default=512, help="images per DALI batch")
+    p.add_argument("--image-column", default=None, metavar="NAME",
+                   help="Parquet sources: the column holding the image bytes, binary or a struct with a 'bytes' "
+                        "field (default: 'image', else the first such column)")
+    p.add_argument("--label-column", default=None, metavar="NAME",
+                   help="Parquet sources: the label column (default: 'label'); WebDataset shards: the label "
+                        "member's extension (default: cls, then txt, then json)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -222,8 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpupipe", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("dedup", help="find invalid images and duplicate groups; write RUN_DIR/ledger.parquet")
-    d.add_argument("src", help="an ImageFolder tree (root/<label>/img or root/<split>/<label>/img) "
-                               "or a manifest .csv/.parquet with path,label[,split]")
+    d.add_argument("src", help="an ImageFolder tree (root/<label>/img or root/<split>/<label>/img), "
+                               "a manifest .csv/.parquet with path,label[,split], WebDataset .tar shards "
+                               "(a folder, a shard, or a brace pattern 'shards/train-{000000..000099}.tar'), "
+                               "or Parquet files holding the image bytes (Hugging Face datasets layout)")
     d.add_argument("--out", required=True, help="run directory to write (created if missing)")
     _add_dedup_options(d)
     r = sub.add_parser("rank", help="train auxiliary models on certified samples, score and rank the rest by "
@@ -245,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--seed", type=int, default=0)
     _add_augment_options(a)
     c = sub.add_parser("curate", help="the whole curation: dedup, rank/review, balance, split, export, report")
-    c.add_argument("src", help="an ImageFolder tree or a manifest (as for dedup)")
+    c.add_argument("src", help="an ImageFolder tree, a manifest, WebDataset shards or Parquet files (as for dedup)")
     c.add_argument("--out", required=True, help="run directory (created if missing; a rerun resumes it)")
     _add_dedup_options(c)
     _add_curate_options(c)
@@ -293,7 +301,8 @@ def _options(args):
         raise ValueError("--recall-sample must be 0 or more")
     return DedupOptions(device=args.device, max_distance=args.max_distance, shift_distance=args.shift_distance,
                         verify=args.verify, min_similarity=args.min_similarity, recall_sample=args.recall_sample,
-                        workers=args.workers, scheduler=args.scheduler, batch_size=args.batch_size)
+                        workers=args.workers, scheduler=args.scheduler, batch_size=args.batch_size,
+                        image_column=args.image_column, label_column=args.label_column)
 
 
 def _recall_lines(r: dict) -> list[str]:

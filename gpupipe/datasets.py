@@ -30,7 +30,7 @@ from gpupipe import transforms as _transforms
 __all__ = [
     "COPY_KINDS", "FASHION_MNIST_CLASSES", "FASHION_MNIST_DEBIAN_PACKAGE", "GroundTruth",
     "INVALID_KINDS", "NEAR_KINDS", "PlantedItem", "REENCODE_KINDS", "flip_labels", "load_digits_images",
-    "load_fashion_mnist", "plant_dataset",
+    "load_fashion_mnist", "plant_dataset", "imagefolder_samples", "write_webdataset", "write_parquet_images",
 ]
 
 #: Fashion-MNIST label names, folder-safe ("T-shirt/top" -> "tshirt_top"), index = label.
@@ -443,3 +443,84 @@ def plant_dataset(
         params={"seed": seed, "upscale": upscale, "upscale_method": upscale_method,
                 "n_originals": len(images), "split_fractions": split_fractions},
     )
+
+
+# --- the same samples as WebDataset shards or Parquet files ------------------------------
+def imagefolder_samples(root: str | Path) -> list[tuple[str, str | None, str, bytes]]:
+    """Every image of an ImageFolder tree (``root/[split/]label/file``) in sorted
+    order as (split or None, label, file name, bytes), for rewriting it as shards."""
+    root = Path(root)
+    out = []
+    for p in sorted(root.rglob("*")):
+        if not p.is_file():
+            continue
+        parts = p.relative_to(root).parts
+        split = parts[0] if len(parts) == 3 else None
+        out.append((split, parts[-2], parts[-1], p.read_bytes()))
+    return out
+
+
+def write_webdataset(samples, out_dir: str | Path, *, shard_size: int = 1000,
+                     label_ext: str = "cls") -> list[Path]:
+    """Write (split, label, name, bytes) samples as WebDataset tar shards
+    ``out_dir/<split or data>-NNNNNN.tar``: member ``KEY.<ext>`` with the
+    bytes (KEY = the name's stem, ext its extension) and ``KEY.<label_ext>``
+    holding the label (skipped when the label is None).  Returns the shards."""
+    import tarfile
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    by_split: dict[str, list] = {}
+    for split, label, name, data in samples:
+        by_split.setdefault(split or "data", []).append((label, name, data))
+    shards = []
+    for split, items in sorted(by_split.items()):
+        for k in range(0, len(items), shard_size):
+            path = out_dir / f"{split}-{k // shard_size:06d}.tar"
+            with tarfile.open(path, "w") as tf:
+                for label, name, data in items[k:k + shard_size]:
+                    stem, _, ext = name.partition(".")
+                    members = [(f"{stem}.{ext}", data)]
+                    if label is not None:
+                        members.append((f"{stem}.{label_ext}", str(label).encode()))
+                    for member, payload in members:
+                        info = tarfile.TarInfo(member)
+                        info.size = len(payload)
+                        info.mtime = 0
+                        tf.addfile(info, io.BytesIO(payload))
+            shards.append(path)
+    return shards
+
+
+def write_parquet_images(samples, out_dir: str | Path, *, class_names: list[str] | None = None,
+                         row_group_size: int = 256) -> list[Path]:
+    """Write (split, label, name, bytes) samples as Parquet files the way
+    Hugging Face datasets does: ``out_dir/<split or train>-00000-of-00001.parquet``
+    with ``image: struct<bytes: binary, path: string>`` and ``label: int64``
+    (ClassLabel names in the ``huggingface`` schema metadata) when
+    ``class_names`` is given, else ``label: string``.  Rows keep the given order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    by_split: dict[str, list] = {}
+    for split, label, name, data in samples:
+        by_split.setdefault(split or "train", []).append((label, name, data))
+    files = []
+    for split, items in sorted(by_split.items()):
+        image = pa.StructArray.from_arrays(
+            [pa.array([d for _, _, d in items], pa.binary()), pa.array([n for _, n, _ in items], pa.string())],
+            names=["bytes", "path"])
+        if class_names is not None:
+            labels = pa.array([None if lab is None else class_names.index(lab) for lab, _, _ in items], pa.int64())
+            meta = {"huggingface": json.dumps({"info": {"features": {
+                "image": {"_type": "Image"}, "label": {"names": list(class_names), "_type": "ClassLabel"}}}})}
+        else:
+            labels = pa.array([lab for lab, _, _ in items], pa.string())
+            meta = None
+        table = pa.table({"image": image, "label": labels}).replace_schema_metadata(meta)
+        path = out_dir / f"{split}-00000-of-00001.parquet"
+        pq.write_table(table, path, row_group_size=row_group_size)
+        files.append(path)
+    return files

@@ -146,10 +146,15 @@ def _seed_dir_decisions(seed_dir: str, frame, ledger: Ledger) -> rv.Decisions:
 
     from gpupipe.stages.ingest import ingest
 
+    from gpupipe.io.sources import read_many
+
     seeds = ingest(seed_dir).table
     known = {}
-    for p, lab in zip(seeds.column(schema.PATH).to_pylist(), seeds.column(schema.LABEL).to_pylist()):
-        known[xxhash.xxh3_128_hexdigest(Path(p).read_bytes())] = lab
+    data = read_many(seeds.column(schema.PATH).to_pylist(), seeds.column(schema.LOCATOR).to_pylist())
+    for d, lab in zip(data, seeds.column(schema.LABEL).to_pylist()):
+        if isinstance(d, OSError):
+            raise OSError(f"--seed-dir {seed_dir}: {d}") from d
+        known[xxhash.xxh3_128_hexdigest(d)] = lab
     bh, has = ledger.host(frame, schema.BYTES_HASH)
     rows = rank_stage.rows_of(frame, ledger)
     pos = np.flatnonzero(has & rows.eligible & np.isin(bh, list(known)))

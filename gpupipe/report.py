@@ -41,11 +41,16 @@ window.addEventListener('load', function () {
 """
 
 
-def _img(path: str, caption: str) -> str:
+def _img(path: str, caption: str, locator: str | None = None) -> str:
     from PIL import Image
 
+    from gpupipe.io.sources import read_one
+
     try:
-        with Image.open(path) as im:
+        data = read_one(path, locator)
+        if isinstance(data, OSError):
+            raise data
+        with Image.open(io.BytesIO(data)) as im:
             im = im.convert("RGB")
             scale = THUMB / max(im.size)
             im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
@@ -97,6 +102,11 @@ def _similarity(row) -> str:
     return f" {float(v):.3f}"
 
 
+def _locator(r) -> str | None:
+    v = r.get(schema.LOCATOR)
+    return v if isinstance(v, str) else None
+
+
 def build(ledger: pd.DataFrame, *, title: str, stages: dict[str, dict], groups: int = 12,
           suspicious: int = 40) -> str:
     """The report's HTML from a pandas ledger and per-stage summaries."""
@@ -114,7 +124,8 @@ def build(ledger: pd.DataFrame, *, title: str, stages: dict[str, dict], groups: 
         parts.append('<p class="muted">no duplicate groups</p>')
     for g in order.index[:groups]:
         members = multi[multi[schema.DEDUP_GROUP] == g].sort_values(schema.DEDUP_KEEP, ascending=False, kind="stable")
-        cells = [_img(r[schema.PATH], f"{html.escape(str(r[schema.LABEL]))} · {r[schema.DEDUP_KIND]}{_similarity(r)}")
+        cells = [_img(r[schema.PATH], f"{html.escape(str(r[schema.LABEL]))} · {r[schema.DEDUP_KIND]}{_similarity(r)}",
+                      _locator(r))
                  for _, r in members.head(8).iterrows()]
         parts.append(f'<div class="row">{"".join(cells)}<span class="muted">{len(members)} images</span></div>')
 
@@ -129,7 +140,7 @@ def build(ledger: pd.DataFrame, *, title: str, stages: dict[str, dict], groups: 
                    f"loss {r[schema.RANK_LOSS]:.2f}"
                    + (f"<br>{status}" + (f": {html.escape(str(final))}" if status == schema.STATUS_RELABELED else "")
                       if isinstance(status, str) else ""))
-            cells.append(_img(r[schema.PATH], cap))
+            cells.append(_img(r[schema.PATH], cap, _locator(r)))
         parts.append(f'<div class="grid">{"".join(cells)}</div><p class="muted">given → suggested label, '
                      f'highest loss first; then the review decision</p>')
         parts.append("<h2>Loss distribution</h2>")

@@ -48,6 +48,8 @@ class DedupOptions:
     batch_size: int = 512
     partition_rows: int | None = None   # None: about 4 partitions per worker, at most 16384 rows
     seed: int = 0
+    image_column: str | None = None     # Parquet sources: the image-bytes column
+    label_column: str | None = None     # Parquet: label column; WebDataset: label member's extension
 
 
 @dataclass
@@ -95,13 +97,12 @@ def run_dedup(
     """
     t_all = time.perf_counter()
     run_dir = Path(run_dir)
-    src = Path(src)
     device: Device = resolve_device(options.device)
     ledger = Ledger(device)
     seconds: dict[str, float] = {}
 
     t = time.perf_counter()
-    ing = ingest(src)
+    ing = ingest(src, image_column=options.image_column, label_column=options.label_column)
     seconds["ingest"] = time.perf_counter() - t
     n = ing.table.num_rows
 
@@ -110,7 +111,7 @@ def run_dedup(
         per_part = options.partition_rows or max(256, min(16384, -(-n // (4 * ex.n_workers))))
         dali_threads = None if ex.name == "in-process" else threads_per_worker(ex.n_workers)
         config = hashing.HashConfig(device=device.kind, batch_size=options.batch_size, dali_threads=dali_threads)
-        parts = _partitions(ing.table.select([schema.SAMPLE_ID, schema.PATH]), per_part)
+        parts = _partitions(ing.table.select(list(hashing.READS)), per_part)
         done = [0]
 
         def on_done(result) -> None:
@@ -157,11 +158,12 @@ def run_dedup(
     seconds["total"] = time.perf_counter() - t_all
 
     summary = RunSummary(
-        source=str(src.absolute()), run_dir=str(run_dir.absolute()),
+        source=str(src) if "{" in str(src) else str(Path(src).absolute()), run_dir=str(run_dir.absolute()),
         device=device.kind, device_note=device.note,
         executor=executor_name, layout=ing.layout, rows=n, seconds=seconds,
         counts={"hash_stage": asdict(counts), "dedup_stage": {k: v for k, v in asdict(dstats).items() if k != "probe"},
-                "skipped_non_images": ing.skipped_non_images, **_counts(out)},
+                "skipped_non_images": ing.skipped_non_images, "source_errors": ing.source_errors,
+                **_counts(out)},
         max_distance=cfg.resolved_distance(), shift_distance=cfg.resolved_shift_distance(),
         verify=cfg.resolved_verify(), recall=_recall_summary(dstats.probe, options.recall_sample),
         versions=_versions(),

@@ -32,14 +32,16 @@ REL_PATH = "rel_path"
 LABEL = "label"
 SPLIT = "split"
 FILE_BYTES = "ingest_file_bytes"
+LOCATOR = "ingest_locator"
 
 INGEST = _cols(
     Column(SAMPLE_ID, pa.int64(), "stable id: xxh3-64 of rel_path, as signed int64", False),
-    Column(PATH, pa.string(), "absolute path of the source file (read-only)", False),
-    Column(REL_PATH, pa.string(), "path relative to the source root, POSIX separators", False),
+    Column(PATH, pa.string(), "absolute path of the source file (read-only): the image, or the tar shard / Parquet file holding it", False),
+    Column(REL_PATH, pa.string(), "path relative to the source root, POSIX separators (shard.tar/member, file.parquet/row)", False),
     Column(LABEL, pa.string(), "class label as given by the source"),
     Column(SPLIT, pa.string(), "split as given by the source (train/val/test), null if none"),
-    Column(FILE_BYTES, pa.int64(), "file size in bytes at ingest time; null if it could not be stat'ed"),
+    Column(FILE_BYTES, pa.int64(), "file (or tar member) size in bytes at ingest time; null if it could not be stat'ed, and for Parquet rows"),
+    Column(LOCATOR, pa.string(), "where the bytes are inside `path` (gpupipe.io.sources): null for a loose file, tar:OFFSET:SIZE, parquet:ROW:COLUMN, missing:REASON"),
 )
 
 # --- hash: per-partition work (read, sniff, decode, hash) ------------------------------

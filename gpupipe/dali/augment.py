@@ -114,22 +114,39 @@ def _to_model(img):
 def file_pipeline(
     device: Device, files: Sequence[str], rows: np.ndarray, *, size: int, channels: int,
     batch_size: int, augment: AugmentConfig | None = None, shuffle: bool = False, seed: int = 0,
-    num_threads: int | None = None,
+    num_threads: int | None = None, locators: Sequence[str | None] | None = None,
 ):
     """`Epochs` over ``files``: batches of (x float (B, C, size, size) in 0..1, rows (B,)),
-    ``rows[i]`` returned with ``files[i]``; shuffled anew each epoch when ``shuffle``."""
+    ``rows[i]`` returned with ``files[i]``; shuffled anew each epoch when ``shuffle``.
+
+    ``files``: paths of loose image files, or `gpupipe.io.sources` sample
+    references, (path, locator) pairs, for samples inside a tar shard or a
+    Parquet file (``locators`` gives the locators separately instead).  Loose
+    files go through DALI's file reader; samples inside shards through an
+    ``external_source`` fed by `gpupipe.io.sources.read_many`, in the same graph.
+    """
     _require_dali()
     gpu = device.decoder == "mixed"
     files, rows = list(files), [int(r) for r in rows]
+    locs = list(locators) if locators is not None else [None] * len(files)
+    for i, f in enumerate(files):
+        if isinstance(f, tuple):
+            files[i], locs[i] = f
     if shuffle:  # exact epochs: a seeded permutation first, DALI reshuffles the whole list after each
         order = np.random.default_rng(seed).permutation(len(files))
-        files, rows = [files[i] for i in order], [rows[i] for i in order]
+        files, rows, locs = [files[i] for i in order], [rows[i] for i in order], [locs[i] for i in order]
+    inside = any(loc is not None for loc in locs)
 
     @pipeline_def(batch_size=batch_size, num_threads=_threads(num_threads), device_id=device.dali_device_id,
                   seed=seed, prefetch_queue_depth=2)
     def _pipe():
-        enc, row = fn.readers.file(files=files, labels=rows, shuffle_after_epoch=shuffle, seed=seed, name=READER,
-                                   pad_last_batch=True)
+        if inside:
+            enc, row = fn.external_source(source=_ByteBatches(files, locs, rows, batch_size, shuffle, seed),
+                                          num_outputs=2, batch=True, cycle="raise",
+                                          dtype=[types.UINT8, types.INT64])
+        else:
+            enc, row = fn.readers.file(files=files, labels=rows, shuffle_after_epoch=shuffle, seed=seed,
+                                       name=READER, pad_last_batch=True)
         img = fn.decoders.image(enc, device="mixed" if gpu else "cpu",
                                 output_type=types.GRAY if channels == 1 else types.RGB)
         img = fn.resize(img, size=[size, size], antialias=True, dtype=types.UINT8)
@@ -139,7 +156,43 @@ def file_pipeline(
 
     pipe = _pipe()
     pipe.build()
-    return Epochs(pipe)
+    return Epochs(pipe, reader=not inside)
+
+
+class _ByteBatches:
+    """``external_source`` for samples inside shards or Parquet files: full
+    batches of (encoded bytes, row), the last one padded with row -1 (as the
+    file reader's ``pad_last_batch``; `Epochs` drops them), StopIteration at
+    each epoch's end, a seeded reshuffle after each epoch when ``shuffle``."""
+
+    def __init__(self, files, locators, rows, batch_size: int, shuffle: bool, seed: int):
+        self.files, self.locators, self.rows = files, locators, rows
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self._epoch, self._order, self._pos = -1, np.arange(len(files)), 0
+
+    def __iter__(self):
+        self._epoch += 1
+        n = len(self.files)
+        self._order = (np.random.default_rng([self.seed, self._epoch]).permutation(n)
+                       if self.shuffle and self._epoch > 0 else np.arange(n))
+        self._pos = 0
+        return self
+
+    def __next__(self):
+        from gpupipe.io.sources import read_many
+
+        if self._pos >= len(self._order):
+            raise StopIteration
+        idx = self._order[self._pos:self._pos + self.batch_size].tolist()
+        self._pos += self.batch_size
+        data = read_many([self.files[i] for i in idx], [self.locators[i] for i in idx])
+        for i, d in zip(idx, data):
+            if isinstance(d, OSError):    # rows reach models only once the hash stage read them
+                raise RuntimeError(f"cannot read {self.files[i]} ({self.locators[i]}): {d}")
+        enc = [np.frombuffer(d, np.uint8) for d in data]
+        rows = [np.array([self.rows[i]], np.int64) for i in idx]
+        pad = self.batch_size - len(idx)
+        return enc + [enc[-1]] * pad, rows + [np.array([-1], np.int64)] * pad
 
 
 class Epochs:
@@ -147,17 +200,25 @@ class Epochs:
     (x torch tensor on the pipeline's device, rows int64 numpy).  One DALI
     iterator serves every epoch, so prefetching never shifts an epoch's start."""
 
-    def __init__(self, pipe):
+    def __init__(self, pipe, *, reader: bool = True):
         from nvidia.dali.plugin.base_iterator import LastBatchPolicy
         from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
-        self._it = DALIGenericIterator(pipe, ["x", "row"], reader_name=READER,
-                                       last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=True)
+        if reader:
+            self._it = DALIGenericIterator(pipe, ["x", "row"], reader_name=READER,
+                                           last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=True)
+        else:     # an external source: the epoch ends at its StopIteration; padding rows are -1
+            self._it = DALIGenericIterator(pipe, ["x", "row"], auto_reset=True)
 
     def __iter__(self) -> Iterator[tuple["object", np.ndarray]]:
         for batch in self._it:
             b = batch[0]
-            yield b["x"], b["row"].reshape(-1).cpu().numpy().astype(np.int64)
+            rows = b["row"].reshape(-1).cpu().numpy().astype(np.int64)
+            if rows.size and rows[-1] < 0:
+                keep = rows >= 0
+                yield b["x"][np.flatnonzero(keep)], rows[keep]
+            else:
+                yield b["x"], rows
 
 
 @dataclass

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gpupipe import schema
+from gpupipe.io.sources import read_many
 from gpupipe.table import Ledger
 
 Mode = Literal["symlink", "copy"]
@@ -68,21 +69,30 @@ def export(frame, ledger: Ledger, out: str | os.PathLike, cfg: ExportConfig = Ex
     surplus_rank, _ = ledger.host(frame, schema.BALANCE_SURPLUS_RANK)
     kept = np.flatnonzero(status == schema.BAL_KEPT)
 
-    names = [f"{Path(p).stem}-{int(i) & (2**64 - 1):016x}{Path(p).suffix.lower()}" for p, i in zip(src[kept], ids[kept])]
+    rel_src, _ = ledger.host(frame, schema.REL_PATH)
+    loc, inside = (ledger.host(frame, schema.LOCATOR) if schema.LOCATOR in frame.columns
+                   else (np.full(len(ids), None, object), np.zeros(len(ids), bool)))
+    fmt, _ = ledger.host(frame, schema.IMAGE_FORMAT)
+    names = [f"{Path(r).stem}-{int(i) & (2**64 - 1):016x}{Path(r).suffix.lower() or _EXT.get(f, '.' + str(f))}"
+             for r, i, f in zip(rel_src[kept], ids[kept], fmt[kept])]
     rel = [f"{s}/{_folder(lab)}/{name}" for s, lab, name in zip(sets[kept], label[kept], names)]
+    shard = inside[kept]          # samples inside a tar shard or Parquet file: written out, whatever the mode
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         for d in {str(Path(r).parent) for r in rel}:
             (tmp / d).mkdir(parents=True, exist_ok=True)
+        loose = [(s, r) for s, r, sh in zip(src[kept], rel, shard) if not sh]
         if cfg.mode == "symlink":
-            for s, r in zip(src[kept], rel):
+            for s, r in loose:
                 os.symlink(s, tmp / r)
         else:
             with ThreadPoolExecutor(max_workers=max(1, cfg.workers)) as pool:
-                list(pool.map(lambda sr: shutil.copyfile(sr[0], tmp / sr[1]), zip(src[kept], rel)))
+                list(pool.map(lambda sr: shutil.copyfile(sr[0], tmp / sr[1]), loose))
+        _write_from_shards(src[kept][shard], loc[kept][shard], [r for r, sh in zip(rel, shard) if sh], tmp)
         manifest = pd.DataFrame({
             "sample_id": ids[kept], "path": [str(out / r) for r in rel], "source_path": src[kept],
+            "source_locator": loc[kept],
             "label": label[kept], "set": sets[kept],
             "fold": pd.Series(np.where(has_fold[kept], fold[kept], 0), dtype="Int16").where(has_fold[kept]),
         })
@@ -104,6 +114,21 @@ def export(frame, ledger: Ledger, out: str | os.PathLike, cfg: ExportConfig = Ex
         raise
     return ExportStats(str(out), len(kept), int((sets[kept] == schema.SET_TRAIN).sum()),
                        int((sets[kept] == schema.SET_TEST).sum()), len(sp), n_folds)
+
+
+_EXT = {"jpeg": ".jpg", "tiff": ".tif"}
+
+
+def _write_from_shards(paths, locators, rel: list[str], tmp: Path, chunk: int = 1024) -> None:
+    """Write the bytes of samples that live inside tar shards or Parquet files
+    to ``tmp/rel`` (a symlink cannot point inside a shard)."""
+    for k in range(0, len(rel), chunk):
+        data = read_many(list(paths[k:k + chunk]), list(locators[k:k + chunk]))
+        for r, d in zip(rel[k:k + chunk], data):
+            if isinstance(d, OSError):
+                raise OSError(f"export: cannot read the source of {r}: {d}") from d
+            with open(tmp / r, "wb") as fh:
+                fh.write(d)
 
 
 def _write_both(df: pd.DataFrame, stem: Path) -> None:

@@ -1,7 +1,7 @@
 """Hash stage: the per-partition work (read, sniff, decode, hash).
 
 For each row of a partition, cheapest first:
-1. read the file and hash its bytes (xxh3-128) -- stage 1 of dedup;
+1. read the file (or shard member, or Parquet row: `gpupipe.io.sources`) and hash its bytes (xxh3-128) -- stage 1 of dedup;
 2. sniff the header: format, dimensions, and the obvious invalid files
    (empty, not an image, truncated, absurd dimensions) -- never decoded;
 3. decode with DALI only the first file of each distinct byte hash in the
@@ -14,7 +14,7 @@ A partition is streamed in chunks, so memory stays bounded whatever its size.
 The output depends only on the files, never on partitioning or device
 (a twin's hashes are what its own decode would give).
 
-Reads: sample_id, path.  Adds: `schema.HASH`.
+Reads: sample_id, path, ingest_locator.  Adds: `schema.HASH`.
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ from gpupipe.hashing.phash import phash
 from gpupipe.hashing.pixels import pixel_hash, to_hex
 from gpupipe.hashing.shiftkey import shift_key
 from gpupipe.io.sniff import sniff
+from gpupipe.io.sources import ReadError, read_many
 
-READS = (schema.SAMPLE_ID, schema.PATH)
+READS = (schema.SAMPLE_ID, schema.PATH, schema.LOCATOR)
 UNREADABLE = "unreadable"
 UNDECODABLE = "undecodable"
 OUTPUT_SCHEMA = pa.schema([pa.field(schema.SAMPLE_ID, pa.int64(), False), *schema.arrow_schema("hash")])
@@ -81,22 +82,10 @@ def _decoder(config: HashConfig):
     return Decoder(device, batch_size=config.batch_size, num_threads=config.dali_threads).setup()
 
 
-def _read(path: str) -> bytes | OSError:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except OSError as e:
-        return e
-
-
-def _read_many(paths: list[str]) -> list[bytes | OSError]:
-    return [_read(p) for p in paths]
-
-
-def _submit_reads(pool: ThreadPoolExecutor, paths: list[str], n_tasks: int) -> list:
-    """Read ``paths`` in ``n_tasks`` tasks (one future per file costs ~10 us)."""
+def _submit_reads(pool: ThreadPoolExecutor, paths: list[str], locators: list, n_tasks: int) -> list:
+    """Read ``paths`` (with their locators) in ``n_tasks`` tasks (one future per file costs ~10 us)."""
     step = max(1, -(-len(paths) // n_tasks))
-    return [pool.submit(_read_many, paths[i:i + step]) for i in range(0, len(paths), step)]
+    return [pool.submit(read_many, paths[i:i + step], locators[i:i + step]) for i in range(0, len(paths), step)]
 
 
 def hash_partition(
@@ -114,6 +103,8 @@ def hash_partition(
     n = part.num_rows
     ids = part.column(schema.SAMPLE_ID).to_numpy()
     paths = part.column(schema.PATH).to_pylist()
+    locators = (part.column(schema.LOCATOR).to_pylist() if schema.LOCATOR in part.column_names
+                else [None] * n)
     out = {
         "fmt": [None] * n, "w": [None] * n, "h": [None] * n, "reason": [None] * n,
         "bytes": [None] * n, "pixels": [None] * n, "phash": [None] * n, "shift": [None] * n,
@@ -124,19 +115,20 @@ def hash_partition(
     chunk = max(1, config.batch_size * 4)
     with ThreadPoolExecutor(max_workers=config.io_threads) as pool, ThreadPoolExecutor(max_workers=1) as decode_pool:
         # Reads of the next chunk run in the pool while this one is decoded.
-        ahead = _submit_reads(pool, paths[0:chunk], config.io_threads)
+        ahead = _submit_reads(pool, paths[0:chunk], locators[0:chunk], config.io_threads)
         for start in range(0, n, chunk):
             stop = min(n, start + chunk)
             t0 = time.perf_counter()
             datas = [d for f in ahead for d in f.result()]
-            ahead = _submit_reads(pool, paths[stop:stop + chunk], config.io_threads)   # [] after the last
+            ahead = _submit_reads(pool, paths[stop:stop + chunk], locators[stop:stop + chunk],
+                                  config.io_threads)   # [] after the last
             t_sniff = 0.0
             to_decode: list[tuple[int, str, np.ndarray]] = []
             waiting: list[tuple[int, str]] = []
             pending: set[str] = set()
             for i, data in zip(range(start, stop), datas):
                 if isinstance(data, OSError):
-                    out["reason"][i] = UNREADABLE
+                    out["reason"][i] = data.reason if isinstance(data, ReadError) else UNREADABLE
                     continue
                 counts.read += 1
                 bh = xxhash.xxh3_128_hexdigest(data)

@@ -1,18 +1,39 @@
 """Ingest: list the samples of a source into the first ledger columns.
 
-Sources (read-only, never written):
+Sources (read-only, never written, never unpacked):
 - an ImageFolder tree ``root/<label>/<file>`` or ``root/<split>/<label>/<file>``
   (the split layout is recognised when every top-level folder is a split name);
 - a manifest, CSV or Parquet, with columns ``path,label[,split]``; relative
-  paths are relative to the manifest's folder.
+  paths are relative to the manifest's folder;
+- WebDataset shards: a ``.tar`` file, a folder of them (no loose images), or a
+  brace pattern (``shards/train-{000000..000099}.tar``).  Members are grouped
+  into samples by key (the member name up to the first dot of its last
+  component); a sample's image is its ``jpg|jpeg|png|webp|bmp|tif|tiff|gif``
+  member, its label the text of its ``cls``, ``txt`` or ``json`` member
+  (``label_column`` names another extension; from JSON the ``label``,
+  ``class`` or ``cls`` field);
+- Parquet files with the image bytes inside (a ``.parquet`` file or a folder
+  of them): ``image_column`` (default ``image``, else the first binary column
+  or struct with a ``bytes`` field, as Hugging Face datasets writes) and
+  ``label_column`` (default ``label``; integer labels take their names from
+  Hugging Face's ClassLabel metadata when the file has it).
+
+Shards and Parquet files in ``<split>/`` folders, or named ``<split>-*``
+(``train-00000-of-00004.parquet``), give that split.  A sample inside a shard
+or file keeps its container in ``path`` and where it sits in
+``ingest_locator`` (`gpupipe.io.sources`); its ``rel_path``
+(``shard.tar/key.jpg``, ``file.parquet/000000123``) gives its stable id.
 
 Reads: nothing.  Adds: `schema.INGEST`.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+import re
+import tarfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +43,16 @@ import pyarrow.parquet as pq
 import xxhash
 
 from gpupipe import schema
+from gpupipe.io.sources import bytes_array, missing_locator, parquet_locator, tar_locator
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
 SPLIT_NAMES = frozenset({"train", "val", "valid", "validation", "test"})
 _CANON_SPLIT = {"valid": "val", "validation": "val"}
+# A WebDataset sample's image member, by preference; its label members, by preference.
+WDS_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")
+WDS_LABEL_EXTS = ("cls", "txt", "json")
+JSON_LABEL_KEYS = ("label", "class", "cls")
+NO_IMAGE_MEMBER = "no_image_member"   # invalid_reason of a WebDataset key holding no image member
 
 
 class SourceError(ValueError):
@@ -35,8 +62,9 @@ class SourceError(ValueError):
 @dataclass(frozen=True)
 class IngestResult:
     table: pa.Table
-    layout: str                 # "imagefolder" | "imagefolder-splits" | "manifest"
-    skipped_non_images: int     # files ignored for their extension
+    layout: str                 # "imagefolder" | "imagefolder-splits" | "manifest" | "webdataset" | "parquet"
+    skipped_non_images: int     # files (or shard members) ignored for their extension
+    source_errors: dict[str, str] = field(default_factory=dict)   # shard or file -> why it was (partly) unreadable
 
 
 def sample_id_of(rel_path: str) -> int:
@@ -44,13 +72,38 @@ def sample_id_of(rel_path: str) -> int:
     return int(np.uint64(xxhash.xxh3_64_intdigest(rel_path.encode("utf-8"))).view(np.int64))
 
 
-def ingest(src: str | os.PathLike) -> IngestResult:
+def ingest(src: str | os.PathLike, *, image_column: str | None = None,
+           label_column: str | None = None) -> IngestResult:
+    text = str(src)
+    if "{" in text and not Path(text).exists():
+        from braceexpand import braceexpand
+
+        shards = [Path(p) for p in braceexpand(text)]
+        missing = [str(p) for p in shards if not p.is_file()]
+        if missing:
+            raise SourceError(f"{len(missing)} shard(s) of {text} do not exist, e.g. {missing[0]}")
+        root = Path(os.path.commonpath([str(p.absolute().parent) for p in shards]))
+        return _from_webdataset(root, shards, label_column)
     src = Path(src)
     if not src.exists():
         raise SourceError(f"source {src} does not exist")
     if src.is_file():
+        suffix = src.suffix.lower()
+        if suffix == ".tar":
+            return _from_webdataset(src.parent, [src], label_column)
+        if suffix == ".parquet" and _image_column(src, image_column, quiet=True) is not None:
+            return _from_parquet_images(src.parent, [src], image_column, label_column)
         return _from_manifest(src)
-    return _from_imagefolder(src)
+    walked = list(_walk(src))
+    exts = {os.path.splitext(rel)[1].lower() for _, rel, _ in walked}
+    if not exts & IMAGE_EXTENSIONS:
+        tars = [Path(p) for p, rel, _ in walked if rel.lower().endswith(".tar")]
+        if tars:
+            return _from_webdataset(src, tars, label_column)
+        parquets = [Path(p) for p, rel, _ in walked if rel.lower().endswith(".parquet")]
+        if parquets and _image_column(parquets[0], image_column, quiet=True) is not None:
+            return _from_parquet_images(src, parquets, image_column, label_column)
+    return _from_imagefolder(src, walked)
 
 
 def _walk(root: Path):
@@ -78,14 +131,15 @@ def _walk(root: Path):
                 yield e.path, r, size
 
 
-def _from_imagefolder(root: Path) -> IngestResult:
+def _from_imagefolder(root: Path, walked: list) -> IngestResult:
     tops = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
     if not tops:
-        raise SourceError(f"{root} holds no class folders (expected root/<label>/<image>)")
+        raise SourceError(f"{root} holds no class folders (expected root/<label>/<image>), "
+                          "WebDataset shards (.tar) or Parquet files with image bytes")
     split_layout = all(p.name.lower() in SPLIT_NAMES for p in tops)
-    rows: dict[str, list] = {k: [] for k in ("path", "rel", "label", "split", "size")}
+    rows = _rows()
     skipped = 0
-    for path, rel, size in _walk(root):
+    for path, rel, size in walked:
         if os.path.splitext(rel)[1].lower() not in IMAGE_EXTENSIONS:
             skipped += 1
             continue
@@ -120,7 +174,7 @@ def _from_manifest(path: Path) -> IngestResult:
     paths = t.column("path").to_pylist()
     labels = t.column("label").cast(pa.string()).to_pylist() if "label" in t.column_names else [None] * len(paths)
     splits = t.column("split").cast(pa.string()).to_pylist() if "split" in t.column_names else [None] * len(paths)
-    rows: dict[str, list] = {k: [] for k in ("path", "rel", "label", "split", "size")}
+    rows = _rows()
     for i, (p, lab, sp) in enumerate(zip(paths, labels, splits)):
         if not p:
             raise SourceError(f"manifest {path}, row {i + 1}: empty path")
@@ -139,12 +193,213 @@ def _add(rows, f: Path, rel: str, label, split) -> None:
     _append(rows, str(f.absolute()), rel, label, split, size)
 
 
-def _append(rows, path: str, rel: str, label, split, size) -> None:
+def _rows() -> dict[str, list]:
+    return {k: [] for k in ("path", "rel", "label", "split", "size", "locator")}
+
+
+def _append(rows, path: str, rel: str, label, split, size, locator: str | None = None) -> None:
     rows["path"].append(path)
     rows["rel"].append(rel)
     rows["label"].append(label)
     rows["split"].append(split)
     rows["size"].append(size)
+    rows["locator"].append(locator)
+
+
+def _split_of(rel: str) -> str | None:
+    """The split a shard or file belongs to: a ``<split>/`` folder in its path,
+    or a ``<split>-`` / ``<split>_`` prefix of its name."""
+    parts = rel.split("/")
+    for part in parts[:-1]:
+        if part.lower() in SPLIT_NAMES:
+            return _CANON_SPLIT.get(part.lower(), part.lower())
+    m = re.match(r"([A-Za-z]+)[-_.]", parts[-1])
+    if m and m.group(1).lower() in SPLIT_NAMES:
+        return _CANON_SPLIT.get(m.group(1).lower(), m.group(1).lower())
+    return None
+
+
+def _rel_to(root: Path, p: Path) -> str:
+    try:
+        return p.absolute().relative_to(root.absolute()).as_posix()
+    except ValueError:
+        return p.absolute().as_posix()
+
+
+# --- WebDataset shards -----------------------------------------------------------------
+_KEY = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")    # webdataset's rule: key = name up to the first dot
+
+
+def _wds_label(ext: str, data: bytes) -> str | None:
+    text = data.decode("utf-8", errors="replace").strip()
+    if ext == "json":
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            return None
+        if isinstance(obj, dict):
+            for k in JSON_LABEL_KEYS:
+                if k in obj and isinstance(obj[k], (str, int)) and not isinstance(obj[k], bool):
+                    return str(obj[k])
+        return None
+    return text or None
+
+
+def _from_webdataset(root: Path, shards: list[Path], label_column: str | None) -> IngestResult:
+    label_exts = (label_column.lower().lstrip("."),) if label_column else WDS_LABEL_EXTS
+    rows = _rows()
+    skipped = 0
+    errors: dict[str, str] = {}
+    for shard in sorted(shards):
+        srel = _rel_to(root, shard)
+        split = _split_of(srel)
+        samples: dict[str, dict[str, tuple[int, int, tarfile.TarInfo]]] = {}
+        labels: dict[str, str | None] = {}
+        label_rank: dict[str, int] = {}
+        try:
+            with tarfile.open(shard, "r:") as tf:
+                try:
+                    for m in tf:
+                        if not m.isfile():
+                            continue
+                        km = _KEY.match(m.name)
+                        if km is None or km.group(1).rsplit("/", 1)[-1].startswith("."):
+                            skipped += 1
+                            continue
+                        key, ext = km.group(1), km.group(2).lower()
+                        if ext in label_exts:
+                            rank = label_exts.index(ext)            # cls before txt before json
+                            if rank < label_rank.get(key, len(label_exts)):
+                                fh = tf.extractfile(m)
+                                labels[key] = _wds_label(ext, fh.read(1 << 16)) if fh else None
+                                label_rank[key] = rank
+                            samples.setdefault(key, {})
+                        else:
+                            samples.setdefault(key, {})[ext] = (m.offset_data, m.size, m)
+                except (tarfile.TarError, EOFError, OSError) as e:
+                    errors[srel] = f"read stopped after {len(samples)} keys: {e}"
+        except (tarfile.TarError, OSError) as e:
+            errors[srel] = f"not a readable tar: {e}"
+            continue
+        for key in sorted(samples):
+            members = samples[key]
+            label = labels.get(key)
+            img = next((e for e in WDS_IMAGE_EXTS if e in members), None)
+            if img is None:   # a multi-part extension ending in an image one ("seg.png" alone)
+                img = next((e for e in sorted(members) if "." + e.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS), None)
+            others = [e for e in sorted(members) if e != img and e not in ("json",)]
+            if img is None and others:
+                img = others[0]           # unknown extension: sniffed and flagged by the hash stage
+                others = others[1:]
+            if img is None:
+                _append(rows, str(shard.absolute()), f"{srel}/{key}", label, split, None,
+                        missing_locator(NO_IMAGE_MEMBER))
+                continue
+            off, size, _ = members[img]
+            skipped += len(others)
+            _append(rows, str(shard.absolute()), f"{srel}/{key}.{img}", label, split, size, tar_locator(off, size))
+    if not rows["path"]:
+        raise SourceError(f"no samples in {len(shards)} shard(s) under {root}"
+                          + (f": {next(iter(errors.items()))}" if errors else ""))
+    return IngestResult(_table(rows), "webdataset", skipped, errors)
+
+
+# --- Parquet files with image bytes ----------------------------------------------------
+def _image_column(path: Path, name: str | None, *, quiet: bool = False) -> str | None:
+    try:
+        sch = pq.read_schema(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        if quiet:
+            return None
+        raise SourceError(f"cannot read {path}: {e}") from e
+
+    def is_bytes(t: pa.DataType) -> bool:
+        if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+            return True
+        return pa.types.is_struct(t) and any(
+            t.field(i).name == "bytes" and (pa.types.is_binary(t.field(i).type) or pa.types.is_large_binary(t.field(i).type))
+            for i in range(t.num_fields))
+
+    if name is not None:
+        if name not in sch.names:
+            if quiet:
+                return None
+            raise SourceError(f"{path} has no column {name!r} (columns: {sch.names})")
+        if not is_bytes(sch.field(name).type):
+            raise SourceError(f"{path}: column {name!r} is {sch.field(name).type}, not binary nor a struct with 'bytes'")
+        return name
+    if "image" in sch.names and is_bytes(sch.field("image").type):
+        return "image"
+    return next((f.name for f in sch if is_bytes(f.type)), None)
+
+
+def _class_names(sch: pa.Schema, column: str) -> list[str] | None:
+    """Hugging Face datasets' ClassLabel names of ``column``, from the file's metadata."""
+    meta = (sch.metadata or {}).get(b"huggingface")
+    if not meta:
+        return None
+    try:
+        feat = json.loads(meta)["info"]["features"][column]
+    except (ValueError, KeyError, TypeError):
+        return None
+    names = feat.get("names") if isinstance(feat, dict) else None
+    return [str(n) for n in names] if isinstance(names, list) else None
+
+
+def _byte_lengths(path: Path, column: str) -> list[int | None]:
+    """Each row's image size in bytes (the dedup stage prefers the larger of two
+    equal pictures).  Reads the column one row group at a time: the only full
+    pass over the bytes before the hash stage's."""
+    import pyarrow.compute as pc
+
+    
+    pf = pq.ParquetFile(path)
+    out: list[int | None] = []
+    for g in range(pf.metadata.num_row_groups):
+        out.extend(pc.binary_length(bytes_array(pf.read_row_group(g, columns=[column]).column(0))).to_pylist())
+    return out
+
+
+def _from_parquet_images(root: Path, files: list[Path], image_column: str | None,
+                         label_column: str | None) -> IngestResult:
+    rows = _rows()
+    errors: dict[str, str] = {}
+    for f in sorted(files):
+        frel = _rel_to(root, f)
+        try:
+            col = _image_column(f, image_column)
+            if col is None:
+                errors[frel] = "no image-bytes column"
+                continue
+            sch = pq.read_schema(f)
+            lab_col = label_column or "label"
+            n = pq.ParquetFile(f).metadata.num_rows
+            if lab_col in sch.names:
+                raw = pq.read_table(f, columns=[lab_col]).column(0)
+                names = _class_names(sch, lab_col)
+                vals = raw.to_pylist()
+                if names is not None:
+                    labels = [names[v] if isinstance(v, int) and 0 <= v < len(names) else
+                              (None if v is None else str(v)) for v in vals]
+                else:
+                    labels = [None if v is None or (isinstance(v, str) and not v) else str(v) for v in vals]
+            elif label_column is not None:
+                raise SourceError(f"{f} has no label column {label_column!r} (columns: {sch.names})")
+            else:
+                labels = [None] * n
+        except (pa.ArrowInvalid, OSError) as e:
+            errors[frel] = f"cannot read: {e}"
+            continue
+        split = _split_of(frel)
+        sizes = _byte_lengths(f, col)
+        width = max(9, len(str(n)))
+        for r in range(n):
+            _append(rows, str(f.absolute()), f"{frel}/{r:0{width}d}", labels[r], split, sizes[r],
+                    parquet_locator(r, col))
+    if not rows["path"]:
+        raise SourceError(f"no image rows in {len(files)} Parquet file(s) under {root}"
+                          + (f": {next(iter(errors.items()))}" if errors else ""))
+    return IngestResult(_table(rows), "parquet", 0, errors)
 
 
 def _table(rows) -> pa.Table:
@@ -163,6 +418,7 @@ def _table(rows) -> pa.Table:
         schema.LABEL: pa.array(rows["label"], pa.string()),
         schema.SPLIT: pa.array(rows["split"], pa.string()),
         schema.FILE_BYTES: pa.array(rows["size"], pa.int64()),
+        schema.LOCATOR: pa.array(rows["locator"], pa.string()),
     }
     t = pa.table(data, schema=schema.arrow_schema("ingest"))
     return t.take(pa.array(order))

@@ -29,6 +29,7 @@ import numpy as np
 
 from gpupipe import schema
 from gpupipe.device import Device
+from gpupipe.io.sources import read_many
 from gpupipe.stages.dedup import Probes
 from gpupipe.transforms import PROBE_KINDS, near_copy
 from gpupipe.xputil import splitmix64
@@ -66,8 +67,9 @@ def make_probes(table, device: Device, config: ProbeConfig, *, batch_size: int =
     if not len(rows):
         return None
     paths = table.column(schema.PATH).to_pylist()
+    locs = table.column(schema.LOCATOR).to_pylist() if schema.LOCATOR in table.column_names else [None] * len(paths)
     decoder = Decoder(device, batch_size=batch_size).setup()
-    sources = _decode_files([paths[r] for r in rows.tolist()], decoder)
+    sources = _decode_files([paths[r] for r in rows.tolist()], [locs[r] for r in rows.tolist()], decoder)
     rng = np.random.default_rng(config.seed)
     data, src_row, kinds = [], [], []
     for r, img in zip(rows.tolist(), sources):
@@ -102,18 +104,15 @@ def _is_gray(img: np.ndarray) -> bool:
     return bool((img[..., 0] == img[..., 1]).all() and (img[..., 1] == img[..., 2]).all())
 
 
-def _decode_files(paths: list[str], decoder) -> list[np.ndarray | None]:
-    """Full-size RGB pixels of each file (None where it cannot be read or decoded)."""
+def _decode_files(paths: list[str], locators: list, decoder) -> list[np.ndarray | None]:
+    """Full-size RGB pixels of each sample (None where it cannot be read or decoded)."""
     data: list[np.ndarray] = []
     index: list[int] = []
     out: list[np.ndarray | None] = [None] * len(paths)
-    for k, p in enumerate(paths):
-        try:
-            with open(p, "rb") as fh:
-                data.append(np.frombuffer(fh.read(), np.uint8))
+    for k, b in enumerate(read_many(paths, locators)):
+        if not isinstance(b, OSError):
+            data.append(np.frombuffer(b, np.uint8))
             index.append(k)
-        except OSError:
-            continue
     for s in range(0, len(data), decoder.batch_size):
         dec = decoder.decode(data[s:s + decoder.batch_size])
         for pos, images in dec.rgb_groups:

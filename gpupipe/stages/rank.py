@@ -70,7 +70,7 @@ class NothingCertified(RuntimeError):
 class Rows:
     """The frame's rows as the rank stage sees them (host arrays, length N)."""
 
-    paths: np.ndarray        # object (N,)
+    paths: np.ndarray        # object (N,): the file path, or (path, locator) for a sample inside a shard
     label: np.ndarray        # object (N,) current label (reviewed if reviewed), None if none
     eligible: np.ndarray     # bool (N,)
     certified: np.ndarray    # bool (N,) certified or relabeled
@@ -81,7 +81,7 @@ class Rows:
 
 def rows_of(frame, ledger: Ledger) -> Rows:
     """Eligibility, current labels and class indices of every row."""
-    paths, _ = ledger.host(frame, schema.PATH)
+    paths = sample_refs(frame, ledger)
     given, has_label = ledger.host(frame, schema.LABEL)
     invalid, _ = ledger.host(frame, schema.IS_INVALID)
     keep, _ = ledger.host(frame, schema.DEDUP_KEEP)
@@ -97,6 +97,19 @@ def rows_of(frame, ledger: Ledger) -> Rows:
     y = np.full(len(label), -1, np.int64)
     y[eligible] = np.searchsorted(np.asarray(classes, dtype=str), names)
     return Rows(paths, label, eligible, certified, holdout.astype(bool) & has_holdout & certified, classes, y)
+
+
+def sample_refs(frame, ledger: Ledger) -> np.ndarray:
+    """Object (N,): each row's path, or (path, locator) where the row sits inside
+    a shard or Parquet file: what `file_pipeline` and `read_many` take."""
+    paths, _ = ledger.host(frame, schema.PATH)
+    if schema.LOCATOR not in frame.columns:
+        return paths
+    locs, has = ledger.host(frame, schema.LOCATOR)
+    out = paths.copy()
+    for i in np.flatnonzero(has):
+        out[i] = (paths[i], locs[i])
+    return out
 
 
 def probe_channels(device: Device, paths: list[str]) -> int:
