@@ -47,6 +47,8 @@ def _add_dedup_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="run on an existing Dask cluster, e.g. tcp://host:8786")
     p.add_argument("--batch-size", type=int, default=512, help="images per DALI batch")
+    p.add_argument("--partition-rows", type=int, default=None, metavar="N",
+                   help="rows per partition, the unit of work and of resume (default: N/8, 256..16384)")
     p.add_argument("--image-column", default=None, metavar="NAME",
                    help="Parquet sources: the column holding the image bytes, binary or a struct with a 'bytes' "
                         "field (default: 'image', else the first such column)")
@@ -293,6 +295,8 @@ def _options(args):
         raise ValueError("--workers must be at least 1")
     if args.batch_size < 1:
         raise ValueError("--batch-size must be at least 1")
+    if args.partition_rows is not None and args.partition_rows < 1:
+        raise ValueError("--partition-rows must be at least 1")
     if args.shift_distance is not None and not -1 <= args.shift_distance <= 64:
         raise ValueError("--shift-distance must be between 0 and 64, or -1 (off)")
     if args.min_similarity is not None and not -1.0 <= args.min_similarity <= 1.0:
@@ -302,7 +306,8 @@ def _options(args):
     return DedupOptions(device=args.device, max_distance=args.max_distance, shift_distance=args.shift_distance,
                         verify=args.verify, min_similarity=args.min_similarity, recall_sample=args.recall_sample,
                         workers=args.workers, scheduler=args.scheduler, batch_size=args.batch_size,
-                        image_column=args.image_column, label_column=args.label_column)
+                        image_column=args.image_column, label_column=args.label_column,
+                        partition_rows=args.partition_rows)
 
 
 def _recall_lines(r: dict) -> list[str]:

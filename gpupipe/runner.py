@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +21,8 @@ from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
+import xxhash
 
 from gpupipe import __version__, schema
 from gpupipe.device import Device, DeviceRequest, resolve_device
@@ -32,6 +36,7 @@ from gpupipe.table import Ledger, write_npy_atomic, write_parquet_atomic, write_
 
 LEDGER = "ledger.parquet"
 THUMBS = "thumbs.npy"        # (N, 32, 32, 3) uint8 RGB, aligned with the ledger's rows
+PARTS = "parts"              # per-partition hash outputs while a run is under way (resume)
 SUMMARY = "summary.json"
 
 
@@ -46,7 +51,7 @@ class DedupOptions:
     workers: int | None = None
     scheduler: str | None = None
     batch_size: int = 512
-    partition_rows: int | None = None   # None: about 4 partitions per worker, at most 16384 rows
+    partition_rows: int | None = None   # None: N/8 rows, 256..16384 (independent of the executor: resumable)
     seed: int = 0
     image_column: str | None = None     # Parquet sources: the image-bytes column
     label_column: str | None = None     # Parquet: label column; WebDataset: label member's extension
@@ -107,25 +112,30 @@ def run_dedup(
     n = ing.table.num_rows
 
     t = time.perf_counter()
+    parts_dir = run_dir / PARTS
     with make_executor(workers=options.workers, scheduler=options.scheduler, gpu=device.is_gpu) as ex:
-        per_part = options.partition_rows or max(256, min(16384, -(-n // (4 * ex.n_workers))))
+        # Partitions do not depend on the executor, so a rerun with other workers reuses them.
+        per_part = options.partition_rows or max(256, min(16384, -(-n // 8)))
         dali_threads = None if ex.name == "in-process" else threads_per_worker(ex.n_workers)
         config = hashing.HashConfig(device=device.kind, batch_size=options.batch_size, dali_threads=dali_threads)
-        parts = _partitions(ing.table.select(list(hashing.READS)), per_part)
-        done = [0]
+        parts = [(k, p, _part_fingerprint(p, config)) for k, p in
+                 enumerate(_partitions(ing.table.select(list(hashing.READS) + [schema.FILE_BYTES]), per_part))]
+        done_files = {f.name for f in parts_dir.glob("hash-*.parquet")} if parts_dir.is_dir() else set()
+        todo = [(k, p, fp) for k, p, fp in parts if _part_name(k, fp) not in done_files]
+        resumed = len(parts) - len(todo)
+        done = [sum(p.num_rows for k, p, fp in parts if _part_name(k, fp) in done_files)]
+        if progress is not None and done[0]:
+            progress("hash", done[0], n)
 
-        def on_done(result) -> None:
-            done[0] += result[0].num_rows
+        def on_done(rows: int) -> None:
+            done[0] += rows
             if progress is not None:
                 progress("hash", done[0], n)
 
-        results = ex.map(hashing.hash_partition, parts, config, on_done=on_done)
+        ex.map(hash_partition_to, todo, config, str(parts_dir), on_done=on_done)
         executor_name = ex.name
-    hashed = pa.concat_tables([r[0] for r in results])
-    thumbs = np.concatenate([r[2] for r in results]) if results else np.zeros((0, 32, 32, 3), np.uint8)
-    counts = results[0][1]
-    for r in results[1:]:
-        counts = counts.add(r[1])
+    hashed, counts = _read_parts(parts_dir, parts)
+    thumbs = _join_thumbs(parts_dir, parts, run_dir / THUMBS)
     seconds["hash"] = time.perf_counter() - t
 
     joined = ing.table
@@ -153,7 +163,8 @@ def run_dedup(
     t = time.perf_counter()
     out = ledger.to_arrow(frame).cast(schema.arrow_schema("ingest", "hash", "dedup"))
     write_parquet_atomic(out, run_dir / LEDGER)
-    write_npy_atomic(thumbs, run_dir / THUMBS)
+    del thumbs
+    shutil.rmtree(parts_dir, ignore_errors=True)      # the ledger and thumbs.npy now hold everything
     seconds["write"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t_all
 
@@ -161,7 +172,7 @@ def run_dedup(
         source=str(src) if "{" in str(src) else str(Path(src).absolute()), run_dir=str(run_dir.absolute()),
         device=device.kind, device_note=device.note,
         executor=executor_name, layout=ing.layout, rows=n, seconds=seconds,
-        counts={"hash_stage": asdict(counts), "dedup_stage": {k: v for k, v in asdict(dstats).items() if k != "probe"},
+        counts={"hash_stage": asdict(counts), "partitions": len(parts), "partitions_resumed": resumed, "dedup_stage": {k: v for k, v in asdict(dstats).items() if k != "probe"},
                 "skipped_non_images": ing.skipped_non_images, "source_errors": ing.source_errors,
                 **_counts(out)},
         max_distance=cfg.resolved_distance(), shift_distance=cfg.resolved_shift_distance(),
@@ -170,6 +181,71 @@ def run_dedup(
     )
     write_text_atomic(json.dumps(asdict(summary), indent=2, default=str), run_dir / SUMMARY)
     return summary
+
+
+def _part_fingerprint(part: pa.Table, config: hashing.HashConfig) -> str:
+    """What a partition's hash output depends on: its rows (ids, paths,
+    locators, sizes), the settings that change hashes, and the version."""
+    h = xxhash.xxh3_64()
+    for name in part.column_names:
+        for chunk in part.column(name).chunks:
+            for buf in chunk.buffers():
+                if buf is not None:
+                    h.update(memoryview(buf))
+    h.update(repr((__version__, config.max_pixels, config.min_side)).encode())
+    return h.hexdigest()
+
+
+def _part_name(k: int, fp: str, kind: str = "hash", ext: str = "parquet") -> str:
+    return f"{kind}-{k:05d}-{fp}.{ext}"
+
+
+def hash_partition_to(item: tuple[int, pa.Table, str], config: hashing.HashConfig, parts_dir: str) -> int:
+    """Hash one partition where it runs and write its outputs under ``parts_dir``
+    (thumbnails first, then the hash table: the table's presence marks the
+    partition done).  Returns its row count; only that travels back, so a Dask
+    worker ships no thumbnails (RUN_DIR must be on a filesystem the workers share)."""
+    k, part, fp = item
+    table, counts, thumbs = hashing.hash_partition(part.select(list(hashing.READS)), config)
+    d = Path(parts_dir)
+    write_npy_atomic(thumbs, d / _part_name(k, fp, "thumbs", "npy"))
+    meta = {b"gpupipe.counts": json.dumps(asdict(counts)).encode()}
+    write_parquet_atomic(table.replace_schema_metadata(meta), d / _part_name(k, fp))
+    return part.num_rows
+
+
+def _read_parts(parts_dir: Path, parts) -> tuple[pa.Table, hashing.HashCounts]:
+    tables, counts = [], hashing.HashCounts()
+    for k, _, fp in parts:
+        t = pq.read_table(parts_dir / _part_name(k, fp))
+        counts = counts.add(hashing.HashCounts(**json.loads(t.schema.metadata[b"gpupipe.counts"])))
+        tables.append(t.replace_schema_metadata(None))
+    return (pa.concat_tables(tables) if tables else hashing.OUTPUT_SCHEMA.empty_table()), counts
+
+
+def _join_thumbs(parts_dir: Path, parts, out: Path) -> np.ndarray:
+    """Concatenate the partitions' thumbnails into ``out`` (.npy) one partition
+    at a time, and return it memory-mapped: the dedup stage reads only the rows
+    its candidate pairs need."""
+    n = sum(p.num_rows for _, p, _ in parts)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, 32, 32, 3))
+        at = 0
+        for k, p, fp in parts:
+            mm[at:at + p.num_rows] = np.load(parts_dir / _part_name(k, fp, "thumbs", "npy"))
+            at += p.num_rows
+        mm.flush()
+        del mm
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return np.load(out, mmap_mode="r")
 
 
 def _counts(t: pa.Table) -> dict[str, Any]:

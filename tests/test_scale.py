@@ -40,3 +40,33 @@ def test_1_3_and_7_partitions_give_the_same_ledger(digits_planted, digits_run, t
         assert pq.read_table(tmp_path / str(parts) / LEDGER).equals(ledger), parts
         thumbs = np.load(tmp_path / str(parts) / "thumbs.npy")
         assert summary.rows == n and thumbs.shape == (n, 32, 32, 3)
+
+
+def test_a_dedup_killed_after_some_partitions_resumes_them(digits_planted, digits_run, tmp_path):
+    """kill -9 once a few partitions are written; the rerun hashes only the
+    others and writes the ledger of an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from gpupipe.runner import PARTS
+
+    root, _ = digits_planted
+    ledger, _ = digits_run
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "gpupipe.cli", "dedup", str(root), "--out", str(run), "--device", "cpu",
+           "--quiet", "--recall-sample", "0", "--partition-rows", "120"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((run / PARTS).glob("hash-*.parquet"))) < 3:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    written = len(list((run / PARTS).glob("hash-*.parquet")))
+    assert 3 <= written < 16 and not (run / LEDGER).exists()
+    summary = run_dedup(root, run, DedupOptions(device="cpu", partition_rows=120))
+    assert summary.counts["partitions"] == 16 and summary.counts["partitions_resumed"] == written
+    assert pq.read_table(run / LEDGER).equals(ledger)
+    assert not (run / PARTS).exists()

@@ -200,3 +200,28 @@ def test_curate_from_shards_exports_real_files(three_layouts, digits_planted, tm
         assert xxhash.xxh3_128_hexdigest(open(p, "rb").read()) == want[i]
     html = (run / "report.html").read_text()
     assert html.count("data:image/png;base64") >= 20 and "unreadable" not in html
+
+
+def test_tar_listing_matches_tarfile(tmp_path):
+    from gpupipe.io.tarindex import _slow, list_members
+
+    long = "d/" + "x" * 150 + ".png"            # > 100 chars: a pax header, handled by tarfile
+    for fmt, names in ((tarfile.USTAR_FORMAT, ["a.png", "a.cls", "sub/b.jpg", "sub/b.txt"]),
+                       (tarfile.GNU_FORMAT, ["a.png", long]), (tarfile.PAX_FORMAT, ["é.png", long])):
+        p = tmp_path / f"{fmt}.tar"
+        with tarfile.open(p, "w", format=fmt) as tf:
+            for k, n in enumerate(names):
+                _member(tf, n, bytes([k]) * (100 + 700 * k))
+            info = tarfile.TarInfo("adir")
+            info.type = tarfile.DIRTYPE
+            tf.addfile(info)
+        got = list_members(str(p))
+        assert got.error is None and got.members == _slow(str(p)).members
+        assert [m[0] for m in got.members] == names
+    whole = (tmp_path / f"{tarfile.USTAR_FORMAT}.tar").read_bytes()
+    (tmp_path / "cut.tar").write_bytes(whole[:2 * 512 + 512 + 300])     # cut inside the 2nd member's data
+    cut = list_members(str(tmp_path / "cut.tar"))
+    assert [m[0] for m in cut.members] == ["a.png", "a.cls"] and "truncated" in cut.error
+    (tmp_path / "no.tar").write_bytes(b"<html>" * 200)
+    with pytest.raises(tarfile.ReadError):
+        list_members(str(tmp_path / "no.tar"))

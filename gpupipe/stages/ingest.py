@@ -44,6 +44,7 @@ import xxhash
 
 from gpupipe import schema
 from gpupipe.io.sources import bytes_array, missing_locator, parquet_locator, tar_locator
+from gpupipe.io.tarindex import list_members
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
 SPLIT_NAMES = frozenset({"train", "val", "valid", "validation", "test"})
@@ -253,34 +254,32 @@ def _from_webdataset(root: Path, shards: list[Path], label_column: str | None) -
     for shard in sorted(shards):
         srel = _rel_to(root, shard)
         split = _split_of(srel)
-        samples: dict[str, dict[str, tuple[int, int, tarfile.TarInfo]]] = {}
+        samples: dict[str, dict[str, tuple[int, int]]] = {}
         labels: dict[str, str | None] = {}
         label_rank: dict[str, int] = {}
         try:
-            with tarfile.open(shard, "r:") as tf:
-                try:
-                    for m in tf:
-                        if not m.isfile():
-                            continue
-                        km = _KEY.match(m.name)
-                        if km is None or km.group(1).rsplit("/", 1)[-1].startswith("."):
-                            skipped += 1
-                            continue
-                        key, ext = km.group(1), km.group(2).lower()
-                        if ext in label_exts:
-                            rank = label_exts.index(ext)            # cls before txt before json
-                            if rank < label_rank.get(key, len(label_exts)):
-                                fh = tf.extractfile(m)
-                                labels[key] = _wds_label(ext, fh.read(1 << 16)) if fh else None
-                                label_rank[key] = rank
-                            samples.setdefault(key, {})
-                        else:
-                            samples.setdefault(key, {})[ext] = (m.offset_data, m.size, m)
-                except (tarfile.TarError, EOFError, OSError) as e:
-                    errors[srel] = f"read stopped after {len(samples)} keys: {e}"
+            listing = list_members(str(shard))
         except (tarfile.TarError, OSError) as e:
             errors[srel] = f"not a readable tar: {e}"
             continue
+        if listing.error:
+            errors[srel] = listing.error
+        with open(shard, "rb") as fh:
+            for name, off, size in listing.members:
+                km = _KEY.match(name)
+                if km is None or km.group(1).rsplit("/", 1)[-1].startswith("."):
+                    skipped += 1
+                    continue
+                key, ext = km.group(1), km.group(2).lower()
+                if ext in label_exts:
+                    rank = label_exts.index(ext)            # cls before txt before json
+                    if rank < label_rank.get(key, len(label_exts)):
+                        fh.seek(off)
+                        labels[key] = _wds_label(ext, fh.read(min(size, 1 << 16)))
+                        label_rank[key] = rank
+                    samples.setdefault(key, {})
+                else:
+                    samples.setdefault(key, {})[ext] = (off, size)
         for key in sorted(samples):
             members = samples[key]
             label = labels.get(key)
@@ -295,7 +294,7 @@ def _from_webdataset(root: Path, shards: list[Path], label_column: str | None) -
                 _append(rows, str(shard.absolute()), f"{srel}/{key}", label, split, None,
                         missing_locator(NO_IMAGE_MEMBER))
                 continue
-            off, size, _ = members[img]
+            off, size = members[img]
             skipped += len(others)
             _append(rows, str(shard.absolute()), f"{srel}/{key}.{img}", label, split, size, tar_locator(off, size))
     if not rows["path"]:
