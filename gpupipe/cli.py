@@ -73,6 +73,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="an epoch shows at least this many augmented samples (default: 2048)")
     g.add_argument("--train-batch", type=int, default=64, help="training batch size (default: 64)")
     g.add_argument("--score-batch", type=int, default=None, help="scoring batch (default: 1024 CPU, 4096 GPU)")
+    g.add_argument("--torch-threads", type=int, default=None, metavar="N",
+                   help="CPU threads per training/scoring job (default: torch's in-process, cores/workers on "
+                        "Dask); fix it for bitwise-equal scores across executors")
     _add_augment_options(p)
 
 
@@ -145,7 +148,8 @@ def _rank_options(args):
         worst=args.worst, best=args.best, max_rounds=args.max_rounds, review_budget=args.review_budget,
         policy=AutoPolicy(accept_prob=args.accept_prob, relabel_prob=args.relabel_prob,
                           remove_prob=args.remove_prob),
-        train=train, channels=args.channels, score_batch=args.score_batch, seed=args.seed)
+        train=train, channels=args.channels, score_batch=args.score_batch, seed=args.seed,
+        workers=args.workers, scheduler=args.scheduler, torch_threads=args.torch_threads)
 
 
 def _add_curate_options(p: argparse.ArgumentParser) -> None:
@@ -240,6 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
                                     "loss, and run the review loop (person, oracle or automatic)")
     r.add_argument("run_dir", help="a run directory written by gpupipe dedup")
     r.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    g = r.add_mutually_exclusive_group()
+    g.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="run the folds (oof) or scoring partitions on a local Dask cluster of N processes "
+                        "(GPU: one per GPU)")
+    g.add_argument("--scheduler", default=None, metavar="ADDRESS", help="run them on an existing Dask cluster")
     _add_rank_options(r, folds_flag="--folds", review_default="person")
     v = sub.add_parser("review", help="apply a person's decisions (confirm / relabel / remove) to the ledger")
     v.add_argument("run_dir")

@@ -32,6 +32,7 @@ from gpupipe import schema
 from gpupipe.device import DeviceRequest, resolve_device
 from gpupipe.models.train import TrainConfig
 from gpupipe.runner import LEDGER
+from gpupipe.scale.executor import make_executor
 from gpupipe.stages import rank as rank_stage
 from gpupipe.stages import review as rv
 from gpupipe.table import Ledger, write_parquet_atomic, write_text_atomic
@@ -70,6 +71,9 @@ class RankOptions:
     channels: int | None = None
     score_batch: int | None = None
     seed: int = 0
+    workers: int | None = None       # a local Dask cluster of N processes runs the folds / scoring jobs
+    scheduler: str | None = None     # or an existing Dask cluster
+    torch_threads: int | None = None
 
 
 @dataclass
@@ -178,7 +182,14 @@ def run_rank(run_dir: str | os.PathLike, options: RankOptions = RankOptions(), *
                             f"run `gpupipe review {run_dir} DECISIONS.csv` first")
     truth = rv.load_oracle(options.oracle) if options.oracle else None
     cfg = rank_stage.RankConfig(mode=options.mode, folds=options.folds, train=options.train,
-                                channels=options.channels, score_batch=options.score_batch)
+                                channels=options.channels, score_batch=options.score_batch,
+                                torch_threads=options.torch_threads)
+    with make_executor(workers=options.workers, scheduler=options.scheduler, gpu=device.is_gpu) as executor:
+        return _rounds(run_dir, options, cfg, device, ledger, frame, state, truth, executor, log)
+
+
+def _rounds(run_dir: Path, options: RankOptions, cfg, device, ledger: Ledger, frame, state: dict, truth,
+            executor, log: Callable[[str], None]) -> LoopResult:
     rounds: list[dict] = []
 
     def budget_left() -> int | None:
@@ -228,7 +239,8 @@ def run_rank(run_dir: str | os.PathLike, options: RankOptions = RankOptions(), *
     while (stopped := stop_reason()) is None:
         left = budget_left()
         r = len(state["rounds"]) + 1
-        frame, stats, model = rank_stage.rank(frame, ledger, device, cfg, round_no=r, seed=options.seed + 1000 * r)
+        frame, stats, model = rank_stage.rank(frame, ledger, device, cfg, round_no=r, seed=options.seed + 1000 * r,
+                                              executor=executor)
         if model is not None:
             _save_model(run_dir / MODELS_DIR / f"round-{r:03d}.pt", model)
         entry = {"round": r, "mode": stats.mode, "classes": stats.classes, "channels": stats.channels,

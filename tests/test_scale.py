@@ -70,3 +70,32 @@ def test_a_dedup_killed_after_some_partitions_resumes_them(digits_planted, digit
     assert summary.counts["partitions"] == 16 and summary.counts["partitions_resumed"] == written
     assert pq.read_table(run / LEDGER).equals(ledger)
     assert not (run / PARTS).exists()
+
+
+def _rank_columns(run):
+    from gpupipe import schema
+
+    t = pq.read_table(run / LEDGER)
+    return t.select([c.name for c in schema.RANK] + [c.name for c in schema.REVIEW])
+
+
+def test_rank_gives_the_same_scores_in_process_and_on_2_workers(digits_noisy, tmp_path):
+    """Out-of-fold (one fold per worker) and certified scoring (partitions
+    spread over workers): identical scores, flags and decisions with fixed
+    torch threads."""
+    import shutil
+
+    from gpupipe.loop import RankOptions, run_rank
+    from gpupipe.models.train import TrainConfig
+
+    quick = TrainConfig(max_epochs=2, epoch_samples=512, patience=1)
+    for mode, extra in (("oof", {"folds": 2}), ("certified", {"trust_seed": True})):
+        runs = []
+        for workers in (None, 2):
+            run = tmp_path / f"{mode}-{workers}"
+            shutil.copytree(digits_noisy["run"], run)
+            run_rank(run, RankOptions(device="cpu", mode=mode, review="auto", max_rounds=1, train=quick,
+                                      workers=workers, torch_threads=1, **extra))
+            runs.append(_rank_columns(run))
+        assert runs[0].column("rank_loss").null_count < runs[0].num_rows // 2
+        assert runs[0].equals(runs[1]), mode

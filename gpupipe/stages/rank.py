@@ -42,6 +42,8 @@ class RankConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     channels: int | None = None      # None: 1 when the images are grayscale, else 3
     score_batch: int | None = None   # None: 1024 on CPU, 4096 on GPU
+    score_partition: int = 65536     # rows scored per job (certified mode): the unit spread over workers
+    torch_threads: int | None = None  # CPU threads per job (None: torch's default in-process, cores/workers on Dask)
 
 
 @dataclass
@@ -124,11 +126,81 @@ def probe_channels(device: Device, paths: list[str]) -> int:
     return 1
 
 
-def _score_rows(device: Device, model, rows: Rows, positions: np.ndarray, cfg: RankConfig, channels: int) -> Scores:
-    batch = cfg.score_batch or (4096 if device.is_gpu else 1024)
-    epochs = file_pipeline(device, list(rows.paths[positions]), positions, size=cfg.train.image_size,
-                           channels=channels, batch_size=batch)
-    return score(model, epochs, rows.y, torch_device=device.torch_device)
+@dataclass
+class Job:
+    """One unit of rank work, run where the executor puts it (this process or a
+    Dask worker): train a model (when ``train_refs`` is given, else load
+    ``state``) and score ``score_refs``.  Holds only picklable data; the device
+    is resolved where the job runs (a dask-cuda worker sees its own GPU)."""
+
+    device: str                        # "cpu" | "gpu"
+    config: TrainConfig
+    num_classes: int
+    channels: int
+    seed: int
+    y: np.ndarray                      # int64 (N,) class of every row (labels for training and scoring)
+    score_rows: np.ndarray             # positions to score
+    score_refs: list
+    score_batch: int | None
+    train_rows: np.ndarray | None = None
+    train_refs: list | None = None
+    val_rows: np.ndarray | None = None
+    val_refs: list | None = None
+    state: dict | None = None          # a trained model's state_dict (scoring-only jobs)
+    torch_threads: int | None = None
+
+
+@dataclass
+class JobResult:
+    scores: Scores
+    epochs: int = 0
+    val_accuracy: list[float] = field(default_factory=list)
+    seconds_train: float = 0.0
+    seconds_score: float = 0.0
+
+
+def run_job(job: Job) -> JobResult:
+    """Train (if asked) and score one job; the same function in-process and on workers."""
+    import torch
+
+    from gpupipe.device import resolve_device
+    from gpupipe.models import nets
+
+    device = resolve_device(job.device)
+    threads = torch.get_num_threads()
+    if job.torch_threads:
+        torch.set_num_threads(job.torch_threads)
+    try:
+        out = JobResult(scores=None)  # type: ignore[arg-type]
+        if job.train_refs is not None:
+            t = time.perf_counter()
+            res = train(device, job.train_refs, job.y[job.train_rows], job.val_refs, job.y[job.val_rows],
+                        num_classes=job.num_classes, channels=job.channels, config=job.config, seed=job.seed)
+            model = res.model
+            out.epochs = res.epochs
+            out.val_accuracy = res.val_accuracy[res.best_epoch - 1:res.best_epoch]
+            out.seconds_train = time.perf_counter() - t
+        else:
+            spec = nets.resolve_model(job.config.model, lr=job.config.lr)
+            model = nets.build(spec, job.num_classes, job.channels, seed=0)
+            model.load_state_dict(job.state)
+        t = time.perf_counter()
+        batch = job.score_batch or (4096 if device.is_gpu else 1024)
+        epochs = file_pipeline(device, job.score_refs, job.score_rows, size=job.config.image_size,
+                               channels=job.channels, batch_size=batch)
+        out.scores = score(model, epochs, job.y, torch_device=device.torch_device)
+        out.seconds_score = time.perf_counter() - t
+        return out
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _torch_threads(cfg: RankConfig, executor) -> int | None:
+    if cfg.torch_threads or executor is None or executor.name == "in-process":
+        return cfg.torch_threads
+    from gpupipe.scale.executor import threads_per_worker
+
+    return threads_per_worker(executor.n_workers)
 
 
 def _stratified_folds(y: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -142,8 +214,18 @@ def _stratified_folds(y: np.ndarray, k: int, rng: np.random.Generator) -> np.nda
     return fold
 
 
-def rank(frame, ledger: Ledger, device: Device, cfg: RankConfig, *, round_no: int, seed: int):
-    """Train and score; returns (frame with the RANK columns, RankStats, trained model or None)."""
+def rank(frame, ledger: Ledger, device: Device, cfg: RankConfig, *, round_no: int, seed: int, executor=None):
+    """Train and score; returns (frame with the RANK columns, RankStats, trained model or None).
+
+    ``executor`` (`gpupipe.scale.executor`; None: in this process) runs the
+    jobs: one per fold in ``oof`` mode (each trains its model and scores its
+    fold), one per ``score_partition`` rows in ``certified`` mode.  Jobs do not
+    depend on the executor, so neither do the scores, given the same
+    ``torch_threads``."""
+    from gpupipe.scale.executor import InProcess
+
+    ex = executor or InProcess()
+    threads = _torch_threads(cfg, executor)
     rows = rows_of(frame, ledger)
     if not rows.classes:
         raise NothingCertified("no eligible rows: every row is invalid, a duplicate, unlabelled or removed")
@@ -171,8 +253,12 @@ def rank(frame, ledger: Ledger, device: Device, cfg: RankConfig, *, round_no: in
         val_acc += res.val_accuracy[res.best_epoch - 1:res.best_epoch]
         todo = np.flatnonzero(rows.eligible & ~rows.certified)
         t = time.perf_counter()
-        if len(todo):
-            parts.append(_score_rows(device, model, rows, todo, cfg, channels))
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        jobs = [Job(device.kind, tcfg, k, channels, seed, rows.y, todo[i:i + cfg.score_partition],
+                    list(rows.paths[todo[i:i + cfg.score_partition]]), cfg.score_batch, state=state,
+                    torch_threads=threads)
+                for i in range(0, len(todo), cfg.score_partition)]
+        parts += [r.scores for r in ex.map(run_job, jobs)]
         t_score += time.perf_counter() - t
         oof = False
     elif cfg.mode == "oof":
@@ -181,20 +267,21 @@ def rank(frame, ledger: Ledger, device: Device, cfg: RankConfig, *, round_no: in
         rng = np.random.default_rng(seed)
         elig = np.flatnonzero(rows.eligible)
         fold = _stratified_folds(rows.y[elig], cfg.folds, rng)
+        jobs = []
         for f in range(cfg.folds):
             rest = elig[fold != f]
             is_val = _stratified_folds(rows.y[rest], 10, rng) == 0
-            t = time.perf_counter()
-            res = train(device, list(rows.paths[rest[~is_val]]), rows.y[rest[~is_val]],
-                        list(rows.paths[rest[is_val]]), rows.y[rest[is_val]],
-                        num_classes=k, channels=channels, config=tcfg, seed=seed + f)
-            t_train += time.perf_counter() - t
-            trained, validated = trained + int((~is_val).sum()), validated + int(is_val.sum())
+            tr, va, sc = rest[~is_val], rest[is_val], elig[fold == f]
+            jobs.append(Job(device.kind, tcfg, k, channels, seed + f, rows.y, sc, list(rows.paths[sc]),
+                            cfg.score_batch, train_rows=tr, train_refs=list(rows.paths[tr]), val_rows=va,
+                            val_refs=list(rows.paths[va]), torch_threads=threads))
+            trained, validated = trained + len(tr), validated + len(va)
+        for res in ex.map(run_job, jobs):           # one fold per worker
+            t_train += res.seconds_train
+            t_score += res.seconds_score
             epochs.append(res.epochs)
-            val_acc += res.val_accuracy[res.best_epoch - 1:res.best_epoch]
-            t = time.perf_counter()
-            parts.append(_score_rows(device, res.model, rows, elig[fold == f], cfg, channels))
-            t_score += time.perf_counter() - t
+            val_acc += res.val_accuracy
+            parts.append(res.scores)
         oof = True
     else:
         raise ValueError(f"mode must be 'certified' or 'oof', not {cfg.mode!r}")
