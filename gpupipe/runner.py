@@ -27,6 +27,7 @@ import xxhash
 from gpupipe import __version__, schema
 from gpupipe.device import Device, DeviceRequest, resolve_device
 from gpupipe.hashing.verify import VerifyMode
+from gpupipe.io.rows import NpyRows
 from gpupipe.scale.executor import make_executor, threads_per_worker
 from gpupipe.stages import dedup as dedup_stage
 from gpupipe.stages import hashing
@@ -223,29 +224,27 @@ def _read_parts(parts_dir: Path, parts) -> tuple[pa.Table, hashing.HashCounts]:
     return (pa.concat_tables(tables) if tables else hashing.OUTPUT_SCHEMA.empty_table()), counts
 
 
-def _join_thumbs(parts_dir: Path, parts, out: Path) -> np.ndarray:
+def _join_thumbs(parts_dir: Path, parts, out: Path) -> NpyRows:
     """Concatenate the partitions' thumbnails into ``out`` (.npy) one partition
-    at a time, and return it memory-mapped: the dedup stage reads only the rows
-    its candidate pairs need."""
+    at a time, and return a reader of its rows: the dedup stage reads only the
+    rows its candidate pairs need."""
     n = sum(p.num_rows for _, p, _ in parts)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)
     try:
-        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, 32, 32, 3))
-        at = 0
-        for k, p, fp in parts:
-            mm[at:at + p.num_rows] = np.load(parts_dir / _part_name(k, fp, "thumbs", "npy"))
-            at += p.num_rows
-        mm.flush()
-        del mm
-        with open(tmp, "rb+") as fh:
+        with open(tmp, "wb") as fh:        # streamed: no N-sized array in memory
+            np.lib.format.write_array_header_1_0(fh, {"descr": "|u1", "fortran_order": False,
+                                                      "shape": (n, 32, 32, 3)})
+            for k, p, fp in parts:
+                fh.write(np.ascontiguousarray(np.load(parts_dir / _part_name(k, fp, "thumbs", "npy"))).tobytes())
+            fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return np.load(out, mmap_mode="r")
+    return NpyRows(out)
 
 
 def _counts(t: pa.Table) -> dict[str, Any]:

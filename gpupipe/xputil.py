@@ -59,16 +59,26 @@ def top_k_pairs(i, j, score, k: int, xp=np):
     pairs of either of their two ends (ties by pair order).  Bounds a pair
     list to at most k per element, however dense the neighbourhoods."""
     e = int(i.shape[0])
-    node = xp.concatenate([i, j])
-    s = xp.concatenate([score, score])
-    pair = xp.concatenate([xp.arange(e), xp.arange(e)])
-    order = xp.lexsort(xp.stack([pair, s.astype(xp.float64), node.astype(xp.float64)]))
+    if e == 0:
+        return xp.zeros(0, dtype=bool)
+    # Both ends of pair p at positions 2p and 2p+1, so a stable sort breaks ties by pair order.
+    node = xp.stack([i, j], axis=1).reshape(-1).astype(xp.int64)
+    s = score.astype(xp.float32) if score.dtype != xp.float64 else None
+    if s is not None and int(node.max()) < 2 ** 31:
+        # One int64 key, node then score: float32 bits made order-preserving (negatives
+        # flipped), one stable argsort instead of a three-key lexsort (2.7x faster at 6M).
+        bits = xp.repeat(s + xp.float32(0), 2).view(xp.int32).astype(xp.int64)   # + 0: -0.0 -> 0.0
+        bits = xp.where(bits < 0, bits ^ 0x7FFFFFFF, bits) + 2 ** 31
+        order = xp.argsort((node << 32) | bits, kind="stable")
+    else:
+        pair = xp.repeat(xp.arange(e), 2)
+        order = xp.lexsort(xp.stack([pair, xp.repeat(score, 2).astype(xp.float64), node.astype(xp.float64)]))
     first = run_starts(node[order], xp)
     run_begin = xp.nonzero(first)[0]
     rank = xp.arange(2 * e) - run_begin[xp.cumsum(first) - 1]
     top = xp.zeros(2 * e, dtype=bool)
     top[order] = rank < k
-    return top[:e] | top[e:]
+    return top.reshape(e, 2).any(axis=1)
 
 
 def splitmix64(values: np.ndarray, seed: int = 0) -> np.ndarray:

@@ -68,3 +68,18 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
         write_parquet_atomic("not a table", path)      # fails inside the write
     assert pq.read_table(path).equals(good)
     assert [p.name for p in tmp_path.iterdir()] == ["ledger.parquet"]   # no temp file left
+
+
+def test_npy_rows_reads_what_indexing_gives(tmp_path):
+    from gpupipe.io.rows import NpyRows
+
+    a = np.random.default_rng(0).integers(0, 255, (1000, 32, 32, 3), dtype=np.uint8)
+    np.save(tmp_path / "t.npy", a)
+    r = NpyRows(tmp_path / "t.npy")
+    assert r.shape == a.shape and r.ndim == 4 and len(r) == 1000
+    idx = np.array([5, 6, 7, 999, 0, 6, 500, 501])
+    assert np.array_equal(r[idx], a[idx])
+    assert np.array_equal(r[10:20], a[10:20]) and np.array_equal(r[::97], a[::97])
+    assert r[np.zeros(0, np.int64)].shape == (0, 32, 32, 3)
+    with pytest.raises(IndexError):
+        r[np.array([1000])]

@@ -146,8 +146,7 @@ def dedup(frame, ledger: Ledger, config: DedupConfig = DedupConfig(), *, thumbs=
     involved, pos = unique(xp.concatenate([ei, ej, qj]), xp, return_inverse=True)
     n_real = int(involved.shape[0])
     if mode != "none":
-        t_real = xp.asarray(thumbs[host(first_rows[involved])])
-        t_all = t_real if probes is None else xp.concatenate([t_real, xp.asarray(_as_rgb(probes.thumbs, t_real))])
+        t_all = _Thumbs(thumbs, host(first_rows[involved]), None if probes is None else probes.thumbs, xp)
     else:
         t_all = None
     check = pair_check(t_all, mode=mode, min_similarity=config.min_similarity, xp=xp)
@@ -228,6 +227,32 @@ def _closest(ei, ej, score, k: int, xp):
     if k <= 0:
         return ok
     return ok & top_k_pairs(ei, ej, xp.where(ok, score, xp.float32(xp.inf)), k, xp)
+
+
+class _Thumbs:
+    """The thumbnails the check reads: rows ``rows`` of ``source`` (an array, or a
+    `gpupipe.io.rows.NpyRows` over thumbs.npy), then the probes', fetched when
+    indexed (an xp array of positions, or a slice) and returned on ``xp``'s device.
+    Only what the check asks for is ever in memory: nothing N-sized is copied."""
+
+    def __init__(self, source, rows: np.ndarray, extra, xp):
+        self.source, self.rows, self.xp = source, np.asarray(rows, np.int64), xp
+        self.n_real = len(self.rows)
+        self.extra = None if extra is None else _as_rgb(np.asarray(extra), source)
+        n = self.n_real + (0 if extra is None else len(self.extra))
+        self.shape = (n, *source.shape[1:])
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, k):
+        idx = np.arange(self.shape[0])[k] if isinstance(k, slice) else np.asarray(
+            k.get() if hasattr(k, "get") else k, np.int64)
+        real = idx < self.n_real
+        if real.all():
+            return self.xp.asarray(self.source[self.rows[idx]])
+        out = np.empty((len(idx), *self.shape[1:]), np.uint8)
+        out[real] = self.source[self.rows[idx[real]]]
+        out[~real] = self.extra[idx[~real] - self.n_real]
+        return self.xp.asarray(out)
 
 
 def _as_rgb(probe_thumbs, like):

@@ -1,0 +1,67 @@
+"""Rows of a large ``.npy`` file, read on demand with ``os.pread``.
+
+The dedup step's same-picture check needs the thumbnails of the images its
+candidate pairs involve, a few at a time; at 1M images the file holds 3 GiB.
+Reading the rows asked for (consecutive rows in one read) keeps the process's
+memory at what the check holds, where ``np.load(mmap_mode="r")`` would count
+every page it touched in the process's resident set.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+
+class NpyRows:
+    """Read-only, row-indexed view of a C-ordered ``.npy`` file."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        with open(self.path, "rb") as fh:
+            major, _ = np.lib.format.read_magic(fh)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(fh)
+            self.offset = fh.tell()
+        if fortran:
+            raise ValueError(f"{self.path}: Fortran-ordered arrays are not supported")
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self.ndim = len(self.shape)
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self._fd = os.open(self.path, os.O_RDONLY)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __del__(self):
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            os.close(fd)
+
+    def __getitem__(self, index) -> np.ndarray:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(self.shape[0])
+            if step == 1:
+                return self._read(start, max(0, stop - start))
+            index = np.arange(start, stop, step)
+        idx = np.asarray(index, dtype=np.int64).reshape(-1)
+        out = np.empty((len(idx), *self.shape[1:]), self.dtype)
+        if not len(idx):
+            return out
+        if idx.min() < 0 or idx.max() >= self.shape[0]:
+            raise IndexError(f"row index out of range for {self.shape[0]} rows")
+        order = np.argsort(idx, kind="stable")
+        s = idx[order]
+        breaks = np.flatnonzero(np.diff(s) != 1) + 1          # runs of consecutive rows: one read each
+        for run in np.split(np.arange(len(s)), breaks):
+            first, count = int(s[run[0]]), len(run)
+            out[order[run]] = self._read(first, count)
+        return out
+
+    def _read(self, first: int, count: int) -> np.ndarray:
+        nbytes = count * self.row_bytes
+        buf = os.pread(self._fd, nbytes, self.offset + first * self.row_bytes)
+        if len(buf) != nbytes:
+            raise OSError(f"{self.path}: short read ({len(buf)} of {nbytes} bytes)")
+        return np.frombuffer(buf, self.dtype).reshape(count, *self.shape[1:])
