@@ -180,7 +180,8 @@ def kernels(c: Check, rgb: np.ndarray, small: bool) -> dict:
         rng = np.random.default_rng(1)
         i, j = mod.asarray(rng.integers(0, len(rgb), pairs)), mod.asarray(rng.integers(0, len(rgb), pairs))
         # cold: band-passes computed on first use; warm: all cached; big chunks: fewer launches
-        for label, chunk, warm in (("cold", 16384, False), ("warm", 16384, True), ("warm_chunk131072", 131072, True)):
+        for label, chunk, warm in (("cold", 16384, False), ("warm", 16384, True), ("warm_chunk65536", 65536, True),
+                                   ("warm_chunk131072", 131072, True), ("cold_default", None, False)):
             chk = PairCheck(mod.asarray(rgb), xp=mod, chunk=chunk)
             chk.similarity(i[:256], j[:256], gate=False)
             if warm:
@@ -323,7 +324,7 @@ def models(c: Check, table, rgb: np.ndarray, small: bool) -> dict:
                    "train_images_per_s": round(seen / t_train) if t_train > 0 else None}
         # scoring: gpupipe's score() over device-resident batches vs the bare bf16 forward
         va_t = torch.as_tensor(va, device=dev)
-        sbs = 1024
+        sbs = 4096 if c.gpu else 1024          # rank's default score batch on each
         reps = 1 if small else 5
         x_rep = x_all[va_t.repeat(reps)]
         rows_rep = np.tile(va, reps)

@@ -254,7 +254,7 @@ def near_pairs(hashes, *, max_distance: int, xp: types.ModuleType | None = None,
     qcodes: list = []
     q = None if queries is None else xp.asarray(queries).view(xp.uint64) if xp.asarray(queries).dtype == xp.int64 \
         else xp.asarray(queries, dtype=xp.uint64)
-    held, limit = 0, max(1 << 20, u)
+    held, limit = 0, max(1 << 23, 8 * u)        # codes held before a prune (8 B each); pruning earlier cannot change the result
     todo = n_tables if u > 1 and max_distance > 0 else 0
     s = xp.empty(u if todo else 0, dtype=xp.uint64)
     if q is not None and (todo == 0) and u:                  # exact lookups only
