@@ -249,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the folds (oof) or scoring partitions on a local Dask cluster of N processes "
                         "(GPU: one per GPU)")
     g.add_argument("--scheduler", default=None, metavar="ADDRESS", help="run them on an existing Dask cluster")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_rank_options(r, folds_flag="--folds", review_default="person")
     v = sub.add_parser("review", help="apply a person's decisions (confirm / relabel / remove) to the ledger")
     v.add_argument("run_dir")
@@ -286,7 +287,8 @@ def _progress(quiet: bool):
     bars: dict[str, tqdm] = {}
 
     def update(stage: str, done: int, total: int) -> None:
-        bar = bars.get(stage) or bars.setdefault(stage, tqdm(total=total, desc=stage, unit="img", leave=False))
+        unit = "img" if stage == "hash" else ("pair" if "pair" in stage else "job")
+        bar = bars.get(stage) or bars.setdefault(stage, tqdm(total=total, desc=stage, unit=unit, leave=False))
         bar.n = done
         bar.refresh()
         if done >= total:
@@ -363,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "rank":
             from gpupipe.loop import run_rank
 
-            res = run_rank(args.run_dir, _rank_options(args), log=lambda m: print(m, flush=True))
+            res = run_rank(args.run_dir, _rank_options(args), log=lambda m: print(m, flush=True),
+                           progress=_progress(args.quiet))
             print(f"gpupipe rank: {res.stopped}; " + ", ".join(f"{k} {v}" for k, v in res.counts.items()))
             return 0
         if args.command == "review":

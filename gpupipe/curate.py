@@ -112,7 +112,7 @@ def run_curate(src: str | os.PathLike, run_dir: str | os.PathLike, options: Cura
             done["rank"] = {"fingerprint": fp, "done": False}
             save()
             t = time.perf_counter()
-            res = run_rank(run_dir, options.rank, log=log)
+            res = run_rank(run_dir, options.rank, log=log, progress=progress)
             if res.stopped == "awaiting review":
                 return CurateResult("awaiting review", {**done, **out}, res.queue)
             rank_state = json.loads((run_dir / RANK_STATE).read_text())

@@ -168,7 +168,7 @@ def _seed_dir_decisions(seed_dir: str, frame, ledger: Ledger) -> rv.Decisions:
 
 
 def run_rank(run_dir: str | os.PathLike, options: RankOptions = RankOptions(), *,
-             log: Callable[[str], None] = lambda s: None) -> LoopResult:
+             log: Callable[[str], None] = lambda s: None, progress: Callable | None = None) -> LoopResult:
     """Run rounds until the loop stops or a person must review (see module doc)."""
     run_dir = Path(run_dir)
     if options.review == "oracle" and not options.oracle:
@@ -185,11 +185,11 @@ def run_rank(run_dir: str | os.PathLike, options: RankOptions = RankOptions(), *
                                 channels=options.channels, score_batch=options.score_batch,
                                 torch_threads=options.torch_threads)
     with make_executor(workers=options.workers, scheduler=options.scheduler, gpu=device.is_gpu) as executor:
-        return _rounds(run_dir, options, cfg, device, ledger, frame, state, truth, executor, log)
+        return _rounds(run_dir, options, cfg, device, ledger, frame, state, truth, executor, log, progress)
 
 
 def _rounds(run_dir: Path, options: RankOptions, cfg, device, ledger: Ledger, frame, state: dict, truth,
-            executor, log: Callable[[str], None]) -> LoopResult:
+            executor, log: Callable[[str], None], progress: Callable | None) -> LoopResult:
     rounds: list[dict] = []
 
     def budget_left() -> int | None:
@@ -240,7 +240,7 @@ def _rounds(run_dir: Path, options: RankOptions, cfg, device, ledger: Ledger, fr
         left = budget_left()
         r = len(state["rounds"]) + 1
         frame, stats, model = rank_stage.rank(frame, ledger, device, cfg, round_no=r, seed=options.seed + 1000 * r,
-                                              executor=executor)
+                                              executor=executor, progress=progress)
         if model is not None:
             _save_model(run_dir / MODELS_DIR / f"round-{r:03d}.pt", model)
         entry = {"round": r, "mode": stats.mode, "classes": stats.classes, "channels": stats.channels,

@@ -157,7 +157,7 @@ def run_dedup(
     cfg = dedup_stage.DedupConfig(
         max_distance=options.max_distance, shift_distance=options.shift_distance, verify=options.verify,
         min_similarity=options.min_similarity, seed=options.seed)
-    frame, dstats = dedup_stage.dedup(frame, ledger, cfg, thumbs=thumbs, probes=probes)
+    frame, dstats = dedup_stage.dedup(frame, ledger, cfg, thumbs=thumbs, probes=probes, progress=progress)
     _check(frame, "dedup", "output")
     seconds["dedup"] = time.perf_counter() - t
 

@@ -99,3 +99,13 @@ def test_rank_gives_the_same_scores_in_process_and_on_2_workers(digits_noisy, tm
             runs.append(_rank_columns(run))
         assert runs[0].column("rank_loss").null_count < runs[0].num_rows // 2
         assert runs[0].equals(runs[1]), mode
+
+
+def test_progress_reaches_every_row_and_every_checked_pair(digits_planted, tmp_path):
+    root, _ = digits_planted
+    seen: dict[str, list[tuple[int, int]]] = {}
+    s = run_dedup(root, tmp_path, DedupOptions(device="cpu", recall_sample=0, partition_rows=500),
+                  progress=lambda stage, done, total: seen.setdefault(stage, []).append((done, total)))
+    assert seen["hash"][-1] == (s.rows, s.rows) and len(seen["hash"]) == 4
+    checked = s.counts["dedup_stage"]["checked"]
+    assert checked > 0 and seen["check pairs"][-1] == (checked, checked)

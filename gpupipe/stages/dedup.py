@@ -110,13 +110,18 @@ class DedupStats:
     probe: dict = field(default_factory=dict)    # per-run recall (gpupipe.stages.probe)
 
 
-def dedup(frame, ledger: Ledger, config: DedupConfig = DedupConfig(), *, thumbs=None, probes: Probes | None = None):
+CHECK_SLICE = 1 << 18      # pairs per progress report (the check's results do not depend on it)
+
+
+def dedup(frame, ledger: Ledger, config: DedupConfig = DedupConfig(), *, thumbs=None, probes: Probes | None = None,
+          progress=None):
     """Add the `schema.DEDUP` columns to ``frame`` (one row per sample).
 
     thumbs: (N, 32, 32, 3) (or (N, 32, 32) gray) uint8 array aligned with
     ``frame``'s rows (the hash stage's thumbnails); when given and
     ``config.verify`` is not "none", candidates must pass
-    `gpupipe.hashing.verify.PairCheck`.  probes: see `Probes`.
+    `gpupipe.hashing.verify.PairCheck`.  probes: see `Probes`.  progress:
+    ``f(step, done, total)`` as pair checks finish.
     Returns (frame with the new columns, DedupStats).
     """
     check_columns(frame, READS, where="dedup")
@@ -157,7 +162,12 @@ def dedup(frame, ledger: Ledger, config: DedupConfig = DedupConfig(), *, thumbs=
         ei, ej, pos = ei[keep], ej[keep], xp.concatenate([pos[:e][keep], pos[e:2 * e][keep], pos[2 * e:]])
         e = int(ei.shape[0])
     if e:
-        ok = check(pos[:e], pos[e:2 * e])
+        ok = xp.zeros(e, dtype=bool)
+        for a in range(0, e, CHECK_SLICE):
+            b = min(e, a + CHECK_SLICE)
+            ok[a:b] = check(pos[a:b], pos[e + a:e + b])
+            if progress is not None:
+                progress("check pairs", b, e)
         ei, ej = ei[ok], ej[ok]
     stats.verified = int(ei.shape[0])
     ei_h, ej_h = host(ei), host(ej)

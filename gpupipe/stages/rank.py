@@ -214,17 +214,29 @@ def _stratified_folds(y: np.ndarray, k: int, rng: np.random.Generator) -> np.nda
     return fold
 
 
-def rank(frame, ledger: Ledger, device: Device, cfg: RankConfig, *, round_no: int, seed: int, executor=None):
+def rank(frame, ledger: Ledger, device: Device, cfg: RankConfig, *, round_no: int, seed: int, executor=None,
+         progress=None):
     """Train and score; returns (frame with the RANK columns, RankStats, trained model or None).
 
     ``executor`` (`gpupipe.scale.executor`; None: in this process) runs the
     jobs: one per fold in ``oof`` mode (each trains its model and scores its
     fold), one per ``score_partition`` rows in ``certified`` mode.  Jobs do not
     depend on the executor, so neither do the scores, given the same
-    ``torch_threads``."""
+    ``torch_threads``.  ``progress(step, done, total)`` is called as jobs finish."""
     from gpupipe.scale.executor import InProcess
 
     ex = executor or InProcess()
+
+    def mapped(jobs: list, step: str) -> list:
+        count = [0]
+
+        def on_done(_r) -> None:
+            count[0] += 1
+            if progress is not None:
+                progress(step, count[0], len(jobs))
+
+        return ex.map(run_job, jobs, on_done=on_done)
+
     threads = _torch_threads(cfg, executor)
     rows = rows_of(frame, ledger)
     if not rows.classes:
@@ -258,7 +270,7 @@ def rank(frame, ledger: Ledger, device: Device, cfg: RankConfig, *, round_no: in
                     list(rows.paths[todo[i:i + cfg.score_partition]]), cfg.score_batch, state=state,
                     torch_threads=threads)
                 for i in range(0, len(todo), cfg.score_partition)]
-        parts += [r.scores for r in ex.map(run_job, jobs)]
+        parts += [r.scores for r in mapped(jobs, f"round {round_no}: score jobs")]
         t_score += time.perf_counter() - t
         oof = False
     elif cfg.mode == "oof":
@@ -276,7 +288,7 @@ def rank(frame, ledger: Ledger, device: Device, cfg: RankConfig, *, round_no: in
                             cfg.score_batch, train_rows=tr, train_refs=list(rows.paths[tr]), val_rows=va,
                             val_refs=list(rows.paths[va]), torch_threads=threads))
             trained, validated = trained + len(tr), validated + len(va)
-        for res in ex.map(run_job, jobs):           # one fold per worker
+        for res in mapped(jobs, f"round {round_no}: folds"):           # one fold per worker
             t_train += res.seconds_train
             t_score += res.seconds_score
             epochs.append(res.epochs)
