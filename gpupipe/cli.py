@@ -359,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     from gpupipe.stages.ingest import SourceError
 
     from gpupipe.curate import StaleRun
+    from gpupipe.lock import RunLocked
     from gpupipe.loop import PendingReview
 
     try:
@@ -411,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
             from gpupipe.demo import run_demo
 
             return run_demo(Path(args.out), _curate_options(args), progress=_progress(args.quiet))
-    except (SourceError, DeviceError, DaliMissing, ValueError, OSError, PendingReview, StaleRun) as e:
+    except (SourceError, DeviceError, DaliMissing, ValueError, OSError, PendingReview, StaleRun, RunLocked) as e:
         print(f"gpupipe: error: {e}", file=sys.stderr)
         return 2
     return 1

@@ -24,6 +24,7 @@ from typing import Callable
 
 from gpupipe import __version__, report, schema
 from gpupipe.device import resolve_device
+from gpupipe.lock import run_lock
 from gpupipe.loop import RANK_STATE, RankOptions, run_rank
 from gpupipe.runner import LEDGER, SUMMARY, DedupOptions, run_dedup
 from gpupipe.stages.balance import BalanceConfig, balance
@@ -69,6 +70,12 @@ def _fingerprint(previous: str, stage: str, settings) -> str:
 
 def run_curate(src: str | os.PathLike, run_dir: str | os.PathLike, options: CurateOptions = CurateOptions(), *,
                progress: Callable | None = None, log: Callable[[str], None] = lambda s: None) -> CurateResult:
+    """The whole curation on RUN_DIR, holding its lock (see `gpupipe.lock`)."""
+    with run_lock(run_dir, log=log):
+        return _run_curate(src, run_dir, options, progress, log)
+
+
+def _run_curate(src, run_dir, options: CurateOptions, progress, log) -> CurateResult:
     run_dir = Path(run_dir)
     src = Path(src)
     state_path = run_dir / STATE

@@ -30,6 +30,7 @@ import torch
 
 from gpupipe import schema
 from gpupipe.device import DeviceRequest, resolve_device
+from gpupipe.lock import run_lock
 from gpupipe.models.train import TrainConfig
 from gpupipe.runner import LEDGER
 from gpupipe.scale.executor import make_executor
@@ -169,7 +170,13 @@ def _seed_dir_decisions(seed_dir: str, frame, ledger: Ledger) -> rv.Decisions:
 
 def run_rank(run_dir: str | os.PathLike, options: RankOptions = RankOptions(), *,
              log: Callable[[str], None] = lambda s: None, progress: Callable | None = None) -> LoopResult:
-    """Run rounds until the loop stops or a person must review (see module doc)."""
+    """Run rounds until the loop stops or a person must review (see module doc),
+    holding RUN_DIR's lock (`gpupipe.lock`)."""
+    with run_lock(run_dir, log=log):
+        return _run_rank(run_dir, options, log, progress)
+
+
+def _run_rank(run_dir, options: RankOptions, log: Callable[[str], None], progress: Callable | None) -> LoopResult:
     run_dir = Path(run_dir)
     if options.review == "oracle" and not options.oracle:
         raise ValueError("--review oracle needs --oracle LABELS.csv")
@@ -299,7 +306,13 @@ def _save_model(path: Path, model: torch.nn.Module) -> None:
 
 def run_review(run_dir: str | os.PathLike, decisions_csv: str | os.PathLike, *,
                device: DeviceRequest = "auto") -> dict:
-    """Apply a person's decisions to the pending round -> the applied tally and counts."""
+    """Apply a person's decisions to the pending round -> the applied tally and counts
+    (holding RUN_DIR's lock)."""
+    with run_lock(run_dir):
+        return _run_review(run_dir, decisions_csv, device)
+
+
+def _run_review(run_dir, decisions_csv, device: DeviceRequest) -> dict:
     run_dir = Path(run_dir)
     ledger = Ledger(resolve_device(device))
     frame = _load(run_dir, ledger)

@@ -28,6 +28,7 @@ from gpupipe import __version__, schema
 from gpupipe.device import Device, DeviceRequest, resolve_device
 from gpupipe.hashing.verify import VerifyMode
 from gpupipe.io.rows import NpyRows
+from gpupipe.lock import run_lock
 from gpupipe.scale.executor import make_executor, threads_per_worker
 from gpupipe.stages import dedup as dedup_stage
 from gpupipe.stages import hashing
@@ -99,8 +100,14 @@ def run_dedup(
 ) -> RunSummary:
     """ingest -> hash (per partition) -> dedup; writes the ledger and summary.
 
-    ``progress(stage, done, total)`` is called as partitions finish.
+    ``progress(stage, done, total)`` is called as partitions finish.  Holds
+    RUN_DIR's lock (`gpupipe.lock`): a second process stops with `RunLocked`.
     """
+    with run_lock(run_dir):
+        return _run_dedup(src, run_dir, options, progress)
+
+
+def _run_dedup(src, run_dir, options: DedupOptions, progress) -> RunSummary:
     t_all = time.perf_counter()
     run_dir = Path(run_dir)
     device: Device = resolve_device(options.device)
