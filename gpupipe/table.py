@@ -164,9 +164,25 @@ def _atomic(path: str | os.PathLike, mode: str):
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)       # mkstemp makes 0600; outputs are ordinary files
         os.replace(tmp, path)
+        fsync_dir(path.parent)              # the rename itself survives a crash
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def fsync_dir(directory: str | os.PathLike) -> None:
+    """fsync a directory, so that renames into it are on disk (a no-op where
+    directories cannot be opened, e.g. on Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_parquet_atomic(table: pa.Table, path: str | os.PathLike) -> Path:

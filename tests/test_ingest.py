@@ -69,3 +69,21 @@ def test_manifest_csv_and_parquet(tmp_path):
 def test_bad_sources_give_clear_errors(tmp_path, make, message):
     with pytest.raises(SourceError, match=message):
         ingest(make(tmp_path))
+
+
+def test_symlink_loops_are_reported_not_followed_and_outside_links_are_followed(tmp_path):
+    from gpupipe.stages.ingest import ingest
+
+    root = tmp_path / "root"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "y.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (root / "a" / "up").symlink_to(root)                  # a loop: a -> root -> a ...
+    (root / "a" / "self").symlink_to(root / "a")
+    (root / "b").symlink_to(outside)                      # a class folder that lives elsewhere
+    res = ingest(root)
+    rels = sorted(res.table.column("rel_path").to_pylist())
+    assert rels == ["a/x.png", "b/y.png"]
+    assert res.source_errors == {"a/up": "symlink loop: not followed", "a/self": "symlink loop: not followed"}

@@ -95,7 +95,8 @@ def ingest(src: str | os.PathLike, *, image_column: str | None = None,
         if suffix == ".parquet" and _image_column(src, image_column, quiet=True) is not None:
             return _from_parquet_images(src.parent, [src], image_column, label_column)
         return _from_manifest(src)
-    walked = list(_walk(src))
+    loops: list[str] = []
+    walked = list(_walk(src, loops))
     exts = {os.path.splitext(rel)[1].lower() for _, rel, _ in walked}
     if not exts & IMAGE_EXTENSIONS:
         tars = [Path(p) for p, rel, _ in walked if rel.lower().endswith(".tar")]
@@ -104,16 +105,24 @@ def ingest(src: str | os.PathLike, *, image_column: str | None = None,
         parquets = [Path(p) for p, rel, _ in walked if rel.lower().endswith(".parquet")]
         if parquets and _image_column(parquets[0], image_column, quiet=True) is not None:
             return _from_parquet_images(src, parquets, image_column, label_column)
-    return _from_imagefolder(src, walked)
+    res = _from_imagefolder(src, walked)
+    if loops:    # reported, not followed: a folder linking to one of its parents
+        res.source_errors.update({r: "symlink loop: not followed" for r in loops})
+    return res
 
 
-def _walk(root: Path):
+def _walk(root: Path, loops: list | None = None):
     """Yield (absolute path, relative POSIX path, size or None) of every
     non-hidden file under ``root``, in sorted order.  Plain strings and
-    DirEntry.stat: Path objects cost ~10 us a file at a million files."""
-    stack = [(str(root.absolute()), "")]
+    DirEntry.stat: Path objects cost ~10 us a file at a million files.
+
+    Symbolic links are followed, to folders outside ``root`` too; a link to a
+    folder already on the way down (a loop) is not, and its relative path is
+    appended to ``loops``."""
+    top = os.stat(root)
+    stack = [(str(root.absolute()), "", ((top.st_dev, top.st_ino),))]
     while stack:
-        d, rel = stack.pop()
+        d, rel, above = stack.pop()
         try:
             entries = sorted(os.scandir(d), key=lambda e: e.name)
         except OSError as e:
@@ -123,7 +132,16 @@ def _walk(root: Path):
                 continue
             r = f"{rel}/{e.name}" if rel else e.name
             if e.is_dir(follow_symlinks=True):
-                stack.append((e.path, r))
+                try:
+                    st = e.stat(follow_symlinks=True)
+                except OSError:
+                    continue
+                node = (st.st_dev, st.st_ino)
+                if node in above:
+                    if loops is not None:
+                        loops.append(r)
+                    continue
+                stack.append((e.path, r, above + (node,)))
             elif e.is_file(follow_symlinks=True):
                 try:
                     size = e.stat(follow_symlinks=True).st_size
