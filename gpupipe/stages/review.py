@@ -122,11 +122,15 @@ def seed_set(rows: Rows, *, size: int, val: int, seed: int) -> tuple[np.ndarray,
     """
     rng = np.random.default_rng(seed)
     elig = np.flatnonzero(rows.eligible)
+    k = len(rows.classes)
+    # Eligible rows grouped by class (one stable sort, not a scan per class).
+    by_class = np.split(elig[np.argsort(rows.y[elig], kind="stable")],
+                        np.cumsum(np.bincount(rows.y[elig], minlength=k))[:-1])
     if len(elig) <= size:
-        picks_by_class = [rng.permutation(elig[rows.y[elig] == c]) for c in range(len(rows.classes))]
+        picks_by_class = [rng.permutation(m) for m in by_class]
     else:
-        quota = apportion(size, np.bincount(rows.y[elig], minlength=len(rows.classes)), minimum=2)
-        picks_by_class = [rng.permutation(elig[rows.y[elig] == c])[:q] for c, q in enumerate(quota)]
+        quota = apportion(size, np.bincount(rows.y[elig], minlength=k), minimum=2)
+        picks_by_class = [rng.permutation(m)[:q] for m, q in zip(by_class, quota)]
     # Deal: the first pick of every class, then the second of every class, ...
     dealt = [(j, c, p) for c, picks in enumerate(picks_by_class) for j, p in enumerate(picks)]
     dealt.sort(key=lambda t: (t[0], rng.random()))
@@ -223,8 +227,8 @@ def auto_decisions(frame, ledger: Ledger, policy: AutoPolicy, *, round_no: int) 
     change = np.concatenate([relabel, remove])
     change = change[np.argsort(-loss[change], kind="stable")][:policy.max_change]
     pos = np.concatenate([accept, change])
-    action = np.array(["confirm"] * len(accept) + ["relabel" if np.isin(p, relabel) else "remove" for p in change],
-                      dtype=object)
+    action = np.concatenate([np.full(len(accept), "confirm", object),
+                             np.where(np.isin(change, relabel), "relabel", "remove").astype(object)])
     new = np.where(action == "relabel", pred[pos], None)
     return Decisions(pos, action, new, schema.SOURCE_AUTO, round_no)
 
