@@ -152,7 +152,10 @@ def _run_curate(src, run_dir, options: CurateOptions, progress, log) -> CurateRe
         stats = export(frame, ledger, export_dir, options.export)
         done["export"] = {"fingerprint": fp, "seconds": round(time.perf_counter() - t, 2), "stats": asdict(stats)}
         save()
-        log(f"export: {stats.files} files ({options.export.mode}) in {stats.out}")
+        how = options.export.mode if not stats.written_from_shards else (
+            "written from the shards" if stats.written_from_shards == stats.files
+            else f"{options.export.mode}; {stats.written_from_shards} written from the shards")
+        log(f"export: {stats.files} files ({how}) in {stats.out}")
     prev = fp
 
     fp = _fingerprint(prev, "report", {})

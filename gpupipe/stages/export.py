@@ -50,6 +50,7 @@ class ExportStats:
     test: int
     surplus: int
     folds: int
+    written_from_shards: int = 0    # samples inside tar shards / Parquet files, written out as files
 
 
 def _folder(label: str) -> str:
@@ -113,7 +114,7 @@ def export(frame, ledger: Ledger, out: str | os.PathLike, cfg: ExportConfig = Ex
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return ExportStats(str(out), len(kept), int((sets[kept] == schema.SET_TRAIN).sum()),
-                       int((sets[kept] == schema.SET_TEST).sum()), len(sp), n_folds)
+                       int((sets[kept] == schema.SET_TEST).sum()), len(sp), n_folds, int(shard.sum()))
 
 
 _EXT = {"jpeg": ".jpg", "tiff": ".tif"}
