@@ -42,9 +42,16 @@ def _describe(info: dict) -> str:
 
 
 @contextlib.contextmanager
-def run_lock(run_dir: str | os.PathLike, *, log: Callable[[str], None] = lambda s: None):
+def run_lock(run_dir: str | os.PathLike, *, create: bool = True, log: Callable[[str], None] = lambda s: None):
+    """Hold RUN_DIR's lock for the ``with`` block (``create``: make RUN_DIR if
+    missing; commands that read an existing run pass False, and where it is
+    missing there is nothing to lock: they say so themselves)."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if create:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    elif not run_dir.is_dir():
+        yield
+        return
     key = str(run_dir.resolve())
     with _guard:
         if _held.get(key):

@@ -172,7 +172,7 @@ def run_rank(run_dir: str | os.PathLike, options: RankOptions = RankOptions(), *
              log: Callable[[str], None] = lambda s: None, progress: Callable | None = None) -> LoopResult:
     """Run rounds until the loop stops or a person must review (see module doc),
     holding RUN_DIR's lock (`gpupipe.lock`)."""
-    with run_lock(run_dir, log=log):
+    with run_lock(run_dir, create=False, log=log):
         return _run_rank(run_dir, options, log, progress)
 
 
@@ -298,9 +298,9 @@ def _tally(d: rv.Decisions) -> dict[str, int]:
 
 
 def _save_model(path: Path, model: torch.nn.Module) -> None:
-    from gpupipe.table import _atomic
+    from gpupipe.table import atomic_file
 
-    with _atomic(path, "wb") as fh:
+    with atomic_file(path, "wb") as fh:
         torch.save(model.state_dict(), fh)
 
 
@@ -308,7 +308,7 @@ def run_review(run_dir: str | os.PathLike, decisions_csv: str | os.PathLike, *,
                device: DeviceRequest = "auto") -> dict:
     """Apply a person's decisions to the pending round -> the applied tally and counts
     (holding RUN_DIR's lock)."""
-    with run_lock(run_dir):
+    with run_lock(run_dir, create=False):
         return _run_review(run_dir, decisions_csv, device)
 
 

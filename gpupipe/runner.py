@@ -3,8 +3,10 @@
 The runner knows the order of stages, checks each stage's column contract
 (what it reads is there before; what it adds is there after, with the declared
 dtypes), hands per-partition work to an executor, and writes
-``RUN_DIR/ledger.parquet`` and ``RUN_DIR/summary.json`` atomically.  It knows
-nothing about hashes.
+``RUN_DIR/ledger.parquet``, ``RUN_DIR/thumbs.npy`` and ``RUN_DIR/summary.json``
+atomically.  While a run is under way each partition's outputs sit in
+``RUN_DIR/parts/`` (the unit of resume), removed once the ledger is written.
+It knows nothing about hashes.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ from gpupipe.stages import dedup as dedup_stage
 from gpupipe.stages import hashing
 from gpupipe.stages import probe as probe_stage
 from gpupipe.stages.ingest import ingest
-from gpupipe.table import Ledger, write_npy_atomic, write_parquet_atomic, write_text_atomic
+from gpupipe.table import Ledger, atomic_file, fsync_dir, write_npy_atomic, write_parquet_atomic, write_text_atomic
 
 LEDGER = "ledger.parquet"
 THUMBS = "thumbs.npy"        # (N, 32, 32, 3) uint8 RGB, aligned with the ledger's rows
@@ -143,7 +144,8 @@ def _run_dedup(src, run_dir, options: DedupOptions, progress) -> RunSummary:
         ex.map(hash_partition_to, todo, config, str(parts_dir), on_done=on_done)
         executor_name = ex.name
     hashed, counts = _read_parts(parts_dir, parts)
-    thumbs = _join_thumbs(parts_dir, parts, run_dir / THUMBS)
+    thumbs_file = parts_dir / "thumbs-joined.npy"      # renamed to thumbs.npy once the ledger is written
+    thumbs = _join_thumbs(parts_dir, parts, thumbs_file)
     seconds["hash"] = time.perf_counter() - t
 
     joined = ing.table
@@ -171,7 +173,9 @@ def _run_dedup(src, run_dir, options: DedupOptions, progress) -> RunSummary:
     t = time.perf_counter()
     out = ledger.to_arrow(frame).cast(schema.arrow_schema("ingest", "hash", "dedup"))
     write_parquet_atomic(out, run_dir / LEDGER)
-    del thumbs
+    thumbs.close()
+    os.replace(thumbs_file, run_dir / THUMBS)
+    fsync_dir(run_dir)
     shutil.rmtree(parts_dir, ignore_errors=True)      # the ledger and thumbs.npy now hold everything
     seconds["write"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t_all
@@ -194,12 +198,12 @@ def _run_dedup(src, run_dir, options: DedupOptions, progress) -> RunSummary:
 def _part_fingerprint(part: pa.Table, config: hashing.HashConfig) -> str:
     """What a partition's hash output depends on: its rows (ids, paths,
     locators, sizes), the settings that change hashes, and the version."""
-    h = xxhash.xxh3_64()
-    for name in part.column_names:
-        for chunk in part.column(name).chunks:
-            for buf in chunk.buffers():
-                if buf is not None:
-                    h.update(memoryview(buf))
+    # The IPC stream of the slice: its own rows only (a slice's buffers() are its
+    # parent table's, the same for every partition).
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, part.schema) as writer:
+        writer.write_table(part)
+    h = xxhash.xxh3_64(memoryview(sink.getvalue()))
     h.update(repr((__version__, config.max_pixels, config.min_side)).encode())
     return h.hexdigest()
 
@@ -236,21 +240,10 @@ def _join_thumbs(parts_dir: Path, parts, out: Path) -> NpyRows:
     at a time, and return a reader of its rows: the dedup stage reads only the
     rows its candidate pairs need."""
     n = sum(p.num_rows for _, p, _ in parts)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as fh:        # streamed: no N-sized array in memory
-            np.lib.format.write_array_header_1_0(fh, {"descr": "|u1", "fortran_order": False,
-                                                      "shape": (n, 32, 32, 3)})
-            for k, p, fp in parts:
-                fh.write(np.ascontiguousarray(np.load(parts_dir / _part_name(k, fp, "thumbs", "npy"))).tobytes())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(out, "wb") as fh:     # streamed: no N-sized array in memory
+        np.lib.format.write_array_header_1_0(fh, {"descr": "|u1", "fortran_order": False, "shape": (n, 32, 32, 3)})
+        for k, p, fp in parts:
+            fh.write(np.ascontiguousarray(np.load(parts_dir / _part_name(k, fp, "thumbs", "npy"))).tobytes())
     return NpyRows(out)
 
 

@@ -40,7 +40,7 @@ INGEST = _cols(
     Column(REL_PATH, pa.string(), "path relative to the source root, POSIX separators (shard.tar/member, file.parquet/row)", False),
     Column(LABEL, pa.string(), "class label as given by the source"),
     Column(SPLIT, pa.string(), "split as given by the source (train/val/test), null if none"),
-    Column(FILE_BYTES, pa.int64(), "file (or tar member) size in bytes at ingest time; null if it could not be stat'ed, and for Parquet rows"),
+    Column(FILE_BYTES, pa.int64(), "size in bytes at ingest time of the file, tar member or Parquet image; null if it could not be stat'ed"),
     Column(LOCATOR, pa.string(), "where the bytes are inside `path` (gpupipe.io.sources): null for a loose file, tar:OFFSET:SIZE, parquet:ROW:COLUMN, missing:REASON"),
 )
 

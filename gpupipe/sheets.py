@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gpupipe.table import _atomic
+from gpupipe.table import atomic_file
 
 CELL = 72           # pixels per thumbnail
 CAPTION = 24        # caption strip under each thumbnail
@@ -23,16 +23,21 @@ CAPTION = 24        # caption strip under each thumbnail
 def _save_png(image, path: str | os.PathLike) -> Path:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
-    with _atomic(path, "wb") as fh:
+    with atomic_file(path, "wb") as fh:
         fh.write(buf.getvalue())
     return Path(path)
 
 
-def _thumb(path: str):
+def _thumb(path: str, locator: str | None = None):
     from PIL import Image
 
+    from gpupipe.io.sources import read_one
+
     try:
-        with Image.open(path) as im:
+        data = read_one(path, locator if isinstance(locator, str) else None)
+        if isinstance(data, OSError):
+            raise data
+        with Image.open(io.BytesIO(data)) as im:
             im = im.convert("RGB")
             im.thumbnail((CELL, CELL), Image.Resampling.NEAREST if max(im.size) < CELL else Image.Resampling.LANCZOS)
             if max(im.size) < CELL:
@@ -57,7 +62,7 @@ def queue_sheet(q: pd.DataFrame, path: str | os.PathLike, *, columns: int = 12, 
     has_suggestion = "suggested_label" in q.columns
     for i, r in enumerate(q.itertuples(index=False)):
         x, y = (i % cols) * CELL, (i // cols) * (CELL + CAPTION)
-        im = _thumb(r.path)
+        im = _thumb(r.path, getattr(r, "locator", None))
         sheet.paste(im, (x + (CELL - im.width) // 2, y + (CELL - im.height) // 2))
         given = str(r.label)[:10]
         sugg = str(r.suggested_label)[:10] if has_suggestion and r.suggested_label is not None else None

@@ -149,7 +149,7 @@ def _dtype_of(name: str) -> pa.DataType:
 
 
 @contextlib.contextmanager
-def _atomic(path: str | os.PathLike, mode: str):
+def atomic_file(path: str | os.PathLike, mode: str):
     """Open a temporary file beside ``path``; on success fsync and rename it
     over ``path``, so readers see the old file or the new one, never a part."""
     path = Path(path)
@@ -186,19 +186,19 @@ def fsync_dir(directory: str | os.PathLike) -> None:
 
 
 def write_parquet_atomic(table: pa.Table, path: str | os.PathLike) -> Path:
-    with _atomic(path, "wb") as fh:
+    with atomic_file(path, "wb") as fh:
         pq.write_table(table, fh, compression="zstd")
     return Path(path)
 
 
 def write_npy_atomic(array: np.ndarray, path: str | os.PathLike) -> Path:
-    with _atomic(path, "wb") as fh:
+    with atomic_file(path, "wb") as fh:
         np.save(fh, np.ascontiguousarray(array))
     return Path(path)
 
 
 def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
-    with _atomic(path, "w") as fh:
+    with atomic_file(path, "w") as fh:
         fh.write(text)
     return Path(path)
 

@@ -109,3 +109,23 @@ def test_progress_reaches_every_row_and_every_checked_pair(digits_planted, tmp_p
     assert seen["hash"][-1] == (s.rows, s.rows) and len(seen["hash"]) == 4
     checked = s.counts["dedup_stage"]["checked"]
     assert checked > 0 and seen["check pairs"][-1] == (checked, checked)
+
+
+def test_a_rerun_with_other_partitions_does_not_reuse_the_wrong_ones(digits_planted, digits_run, tmp_path):
+    """Partition fingerprints hold the partition's own rows: left-over partitions of
+    another size are not taken for these."""
+    from gpupipe.runner import PARTS, _part_fingerprint, _partitions, hash_partition_to
+    from gpupipe.stages import hashing
+    from gpupipe.stages.ingest import ingest
+
+    root, _ = digits_planted
+    ledger, _ = digits_run
+    table = ingest(root).table.select(list(hashing.READS) + ["ingest_file_bytes"])
+    cfg = hashing.HashConfig(device="cpu")
+    fps = {_part_fingerprint(p, cfg) for p in _partitions(table, 100)}
+    assert len(fps) == len(_partitions(table, 100))              # every partition its own
+    for k, p in enumerate(_partitions(table, 100)[:3]):          # what a killed run at 100 rows left
+        hash_partition_to((k, p, _part_fingerprint(p, cfg)), cfg, str(tmp_path / PARTS))
+    s = run_dedup(root, tmp_path, DedupOptions(device="cpu", partition_rows=250))
+    assert s.counts["partitions_resumed"] == 0
+    assert pq.read_table(tmp_path / LEDGER).equals(ledger)

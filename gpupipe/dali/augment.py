@@ -114,21 +114,20 @@ def _to_model(img):
 def file_pipeline(
     device: Device, files: Sequence[str], rows: np.ndarray, *, size: int, channels: int,
     batch_size: int, augment: AugmentConfig | None = None, shuffle: bool = False, seed: int = 0,
-    num_threads: int | None = None, locators: Sequence[str | None] | None = None,
+    num_threads: int | None = None,
 ):
     """`Epochs` over ``files``: batches of (x float (B, C, size, size) in 0..1, rows (B,)),
     ``rows[i]`` returned with ``files[i]``; shuffled anew each epoch when ``shuffle``.
 
-    ``files``: paths of loose image files, or `gpupipe.io.sources` sample
-    references, (path, locator) pairs, for samples inside a tar shard or a
-    Parquet file (``locators`` gives the locators separately instead).  Loose
-    files go through DALI's file reader; samples inside shards through an
+    ``files``: paths of loose image files, or (path, locator) pairs
+    (`gpupipe.io.sources`) for samples inside a tar shard or a Parquet file.
+    Loose files go through DALI's file reader; samples inside shards through an
     ``external_source`` fed by `gpupipe.io.sources.read_many`, in the same graph.
     """
     _require_dali()
     gpu = device.decoder == "mixed"
     files, rows = list(files), [int(r) for r in rows]
-    locs = list(locators) if locators is not None else [None] * len(files)
+    locs: list[str | None] = [None] * len(files)
     for i, f in enumerate(files):
         if isinstance(f, tuple):
             files[i], locs[i] = f

@@ -34,10 +34,19 @@ class NpyRows:
     def __len__(self) -> int:
         return self.shape[0]
 
-    def __del__(self):
-        fd = getattr(self, "_fd", None)
+    def close(self) -> None:
+        fd, self._fd = getattr(self, "_fd", None), None
         if fd is not None:
             os.close(fd)
+
+    def __enter__(self) -> "NpyRows":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        self.close()
 
     def __getitem__(self, index) -> np.ndarray:
         if isinstance(index, slice):

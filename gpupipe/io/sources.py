@@ -113,14 +113,16 @@ def _read_tar(path: str, items: list[tuple[int, int, int]], out: list) -> None:
 
 
 @functools.lru_cache(maxsize=64)
-def _row_group_starts(path: str, mtime_ns: int) -> tuple[int, ...]:
-    md = pq.ParquetFile(path).metadata
+def _footer(path: str, mtime_ns: int) -> tuple[pq.FileMetaData, tuple[int, ...]]:
+    """A Parquet file's parsed footer and its row groups' first rows (cached:
+    read_many is called per chunk and per training batch)."""
+    md = pq.read_metadata(path)
     starts, s = [], 0
     for g in range(md.num_row_groups):
         starts.append(s)
         s += md.row_group(g).num_rows
     starts.append(s)
-    return tuple(starts)
+    return md, tuple(starts)
 
 
 def bytes_array(col: pa.ChunkedArray) -> pa.Array:
@@ -133,19 +135,19 @@ def bytes_array(col: pa.ChunkedArray) -> pa.Array:
 def _read_parquet(path: str, column: str, items: list[tuple[int, int]], out: list) -> None:
     """Rows of one column: only the row groups that hold the rows asked for are read."""
     try:
-        starts = _row_group_starts(path, os.stat(path).st_mtime_ns)
-        pf = pq.ParquetFile(path)
+        md, starts = _footer(path, os.stat(path).st_mtime_ns)
         by_group: dict[int, list[tuple[int, int]]] = defaultdict(list)
         for i, row in items:
             if not 0 <= row < starts[-1]:
                 out[i] = ReadError("bad_locator", f"{path}: row {row} beyond {starts[-1]} rows")
                 continue
             by_group[bisect.bisect_right(starts, row) - 1].append((i, row))
-        for g, rows in sorted(by_group.items()):
-            arr = bytes_array(pf.read_row_group(g, columns=[column]).column(0))
-            for i, row in rows:
-                v = arr[row - starts[g]].as_py()
-                out[i] = v if v is not None else ReadError("missing", f"{path}: row {row} has no image bytes")
+        with pq.ParquetFile(path, metadata=md) as pf:
+            for g, rows in sorted(by_group.items()):
+                arr = bytes_array(pf.read_row_group(g, columns=[column]).column(0))
+                for i, row in rows:
+                    v = arr[row - starts[g]].as_py()
+                    out[i] = v if v is not None else ReadError("missing", f"{path}: row {row} has no image bytes")
     except (OSError, pa.ArrowException, KeyError) as e:
         for i, _ in items:
             if out[i] is None:

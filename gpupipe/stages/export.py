@@ -2,15 +2,17 @@
 
 Reads: ingest, balance and split columns.  Writes (sources are never touched):
 
-    OUT/train/<label>/<name>      kept train rows (all folds), symlinks to the sources (or copies)
+    OUT/train/<label>/<name>      kept train rows (all folds), symlinks to the sources (or copies);
+                                  samples inside tar shards or Parquet files are written out as files
     OUT/test/<label>/<name>       kept test rows
-    OUT/manifest.csv|.parquet     every kept row: sample_id, path (in OUT), source_path, label, set, fold
+    OUT/manifest.csv|.parquet     every kept row: sample_id, path (in OUT), source_path, source_locator,
+                                  label, set, fold
     OUT/folds/fold-K.csv|.parquet fold K: the train rows, subset = train | val
     OUT/surplus.csv|.parquet      surplus rows in the order they come back
 
 ``<name>`` is the source's file name with the sample id added
-(``img_000123-<16 hex>.png``), so equal names from different folders cannot
-collide.  The tree is built beside ``OUT`` and renamed into place, so a
+(``img_000123-<16 hex>.png``; a Parquet row's number with the extension of its
+format), so equal names from different folders cannot collide.  The tree is built beside ``OUT`` and renamed into place, so a
 reader sees the old export or the new one, never a part.
 """
 

@@ -363,14 +363,12 @@ def _class_names(sch: pa.Schema, column: str) -> list[str] | None:
     return [str(n) for n in names] if isinstance(names, list) else None
 
 
-def _byte_lengths(path: Path, column: str) -> list[int | None]:
+def _byte_lengths(pf: pq.ParquetFile, column: str) -> list[int | None]:
     """Each row's image size in bytes (the dedup stage prefers the larger of two
-    equal pictures).  Reads the column one row group at a time: the only full
-    pass over the bytes before the hash stage's."""
+    equal pictures, as it does for files).  Reads the column one row group at a
+    time: a full pass over the bytes before the hash stage's."""
     import pyarrow.compute as pc
 
-    
-    pf = pq.ParquetFile(path)
     out: list[int | None] = []
     for g in range(pf.metadata.num_row_groups):
         out.extend(pc.binary_length(bytes_array(pf.read_row_group(g, columns=[column]).column(0))).to_pylist())
@@ -388,11 +386,12 @@ def _from_parquet_images(root: Path, files: list[Path], image_column: str | None
             if col is None:
                 errors[frel] = "no image-bytes column"
                 continue
-            sch = pq.read_schema(f)
+            pf = pq.ParquetFile(f)
+            sch = pf.schema_arrow
             lab_col = label_column or "label"
-            n = pq.ParquetFile(f).metadata.num_rows
+            n = pf.metadata.num_rows
             if lab_col in sch.names:
-                raw = pq.read_table(f, columns=[lab_col]).column(0)
+                raw = pf.read(columns=[lab_col]).column(0)
                 names = _class_names(sch, lab_col)
                 vals = raw.to_pylist()
                 if names is not None:
@@ -404,11 +403,11 @@ def _from_parquet_images(root: Path, files: list[Path], image_column: str | None
                 raise SourceError(f"{f} has no label column {label_column!r} (columns: {sch.names})")
             else:
                 labels = [None] * n
+            sizes = _byte_lengths(pf, col)
         except (pa.ArrowInvalid, OSError) as e:
             errors[frel] = f"cannot read: {e}"
             continue
         split = _split_of(frel)
-        sizes = _byte_lengths(f, col)
         width = max(9, len(str(n)))
         for r in range(n):
             _append(rows, str(f.absolute()), f"{frel}/{r:0{width}d}", labels[r], split, sizes[r],

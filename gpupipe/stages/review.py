@@ -159,8 +159,11 @@ def queue(frame, ledger: Ledger, *, worst: int, best: int) -> pd.DataFrame:
 def _queue_frame(frame, ledger: Ledger, rows: Rows, pos: np.ndarray, kinds: list[str]) -> pd.DataFrame:
     ids, _ = ledger.host(frame, schema.SAMPLE_ID)
     rel, _ = ledger.host(frame, schema.REL_PATH)
-    out = pd.DataFrame({"queue": kinds, "sample_id": ids[pos], "rel_path": rel[pos], "path": rows.paths[pos],
-                        "label": rows.label[pos]})
+    paths, _ = ledger.host(frame, schema.PATH)
+    locs = (ledger.host(frame, schema.LOCATOR)[0][pos] if schema.LOCATOR in frame.columns
+            else np.full(len(pos), None, object))
+    out = pd.DataFrame({"queue": kinds, "sample_id": ids[pos], "rel_path": rel[pos], "path": paths[pos],
+                        "locator": locs, "label": rows.label[pos]})
     if schema.RANK_LOSS in frame.columns:
         pred, has = ledger.host(frame, schema.RANK_PRED)
         probs, _ = ledger.host(frame, schema.RANK_PROBS)
