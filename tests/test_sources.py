@@ -225,3 +225,21 @@ def test_tar_listing_matches_tarfile(tmp_path):
     (tmp_path / "no.tar").write_bytes(b"<html>" * 200)
     with pytest.raises(tarfile.ReadError):
         list_members(str(tmp_path / "no.tar"))
+
+
+def test_parquet_row_groups_are_read_once_for_shuffled_rows(tmp_path, digits_planted, monkeypatch):
+    from gpupipe.io import sources
+
+    root, _ = digits_planted
+    samples = imagefolder_samples(root)[:600]
+    (f,) = write_parquet_images([(None, lab, n, d) for _, lab, n, d in samples], tmp_path, row_group_size=100)
+    reads = []
+    real = pq.ParquetFile.read_row_group
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group",
+                        lambda self, g, **kw: reads.append(g) or real(self, g, **kw))
+    monkeypatch.setattr(sources, "_ROW_GROUPS", sources._RowGroups(64 << 20))
+    order = np.random.default_rng(0).permutation(600)
+    for batch in np.array_split(order, 20):                 # shuffled batches, as training draws them
+        got = read_many([str(f)] * len(batch), [f"parquet:{r}:image" for r in batch])
+        assert [g for g in got] == [samples[r][3] for r in batch]
+    assert sorted(reads) == list(range(6))                    # each row group read once

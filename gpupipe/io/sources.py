@@ -22,7 +22,8 @@ from __future__ import annotations
 import bisect
 import functools
 import os
-from collections import defaultdict
+import threading
+from collections import OrderedDict, defaultdict
 from typing import Sequence
 
 import pyarrow as pa
@@ -125,6 +126,35 @@ def _footer(path: str, mtime_ns: int) -> tuple[pq.FileMetaData, tuple[int, ...]]
     return md, tuple(starts)
 
 
+class _RowGroups:
+    """Decoded Parquet row groups (one column each), least recently used first
+    out past ``max_bytes``: training draws shuffled rows, one or two from each
+    row group, and would otherwise read a whole group for every row."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.held = max_bytes, 0
+        self._items: OrderedDict[tuple, pa.Array] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple, load) -> pa.Array:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        arr = load()                                # outside the lock: reads run in parallel
+        with self._lock:
+            if key not in self._items and arr.nbytes <= self.max_bytes:
+                self._items[key] = arr
+                self.held += arr.nbytes
+                while self.held > self.max_bytes:
+                    _, old = self._items.popitem(last=False)
+                    self.held -= old.nbytes
+        return arr
+
+
+_ROW_GROUPS = _RowGroups(256 << 20)
+
+
 def bytes_array(col: pa.ChunkedArray) -> pa.Array:
     arr = col.combine_chunks()
     if pa.types.is_struct(arr.type):
@@ -135,7 +165,8 @@ def bytes_array(col: pa.ChunkedArray) -> pa.Array:
 def _read_parquet(path: str, column: str, items: list[tuple[int, int]], out: list) -> None:
     """Rows of one column: only the row groups that hold the rows asked for are read."""
     try:
-        md, starts = _footer(path, os.stat(path).st_mtime_ns)
+        mtime = os.stat(path).st_mtime_ns
+        md, starts = _footer(path, mtime)
         by_group: dict[int, list[tuple[int, int]]] = defaultdict(list)
         for i, row in items:
             if not 0 <= row < starts[-1]:
@@ -144,7 +175,8 @@ def _read_parquet(path: str, column: str, items: list[tuple[int, int]], out: lis
             by_group[bisect.bisect_right(starts, row) - 1].append((i, row))
         with pq.ParquetFile(path, metadata=md) as pf:
             for g, rows in sorted(by_group.items()):
-                arr = bytes_array(pf.read_row_group(g, columns=[column]).column(0))
+                arr = _ROW_GROUPS.get((path, mtime, column, g),
+                                      lambda: bytes_array(pf.read_row_group(g, columns=[column]).column(0)))
                 for i, row in rows:
                     v = arr[row - starts[g]].as_py()
                     out[i] = v if v is not None else ReadError("missing", f"{path}: row {row} has no image bytes")
