@@ -44,7 +44,7 @@ def build(n: int, out: Path, seed: int = 0) -> dict:
     """Write the shards of N mosaics + planted copies; return the ground truth."""
     from PIL import Image
 
-    from gpupipe.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist
+    from gpupipe.datasets import FASHION_MNIST_CLASSES, add_tar_member, load_fashion_mnist
     from gpupipe.transforms import near_copy
 
     truth_file = out / "truth.json"
@@ -82,8 +82,8 @@ def build(n: int, out: Path, seed: int = 0) -> dict:
             blobs = list(pool.map(encode, idx, chunksize=256))
             with tarfile.open(out / f"train-{s // SHARD:06d}.tar", "w") as tf:
                 for i, b in zip(idx, blobs):
-                    _add(tf, f"m{i:08d}.png", b)
-                    _add(tf, f"m{i:08d}.cls", FASHION_MNIST_CLASSES[labels[quads[i][0]]].encode())
+                    add_tar_member(tf, f"m{i:08d}.png", b)
+                    add_tar_member(tf, f"m{i:08d}.cls", FASHION_MNIST_CLASSES[labels[quads[i][0]]].encode())
             done = min(n, s + SHARD)
             if done % 100_000 == 0 or done == n:
                 print(f"  {done:,} mosaics written, {done / (time.perf_counter() - t):,.0f}/s", flush=True)
@@ -97,18 +97,12 @@ def build(n: int, out: Path, seed: int = 0) -> dict:
             extra.append((f"j{i:08d}.jpg", data, i))
     with tarfile.open(out / "train-planted.tar", "w") as tf:
         for name, b, i in extra:
-            _add(tf, name, b)
-            _add(tf, name.split(".")[0] + ".cls", FASHION_MNIST_CLASSES[labels[quads[i][0]]].encode())
+            add_tar_member(tf, name, b)
+            add_tar_member(tf, name.split(".")[0] + ".cls", FASHION_MNIST_CLASSES[labels[quads[i][0]]].encode())
             pairs.append([name, f"m{i:08d}.png"])
     truth = {"n": n, "seed": seed, "planted_pairs": pairs, "files": n + len(extra)}
     truth_file.write_text(json.dumps(truth))
     return truth
-
-
-def _add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tf.addfile(info, io.BytesIO(data))
 
 
 def decode_only(shards: list[str], threads: int, batch: int = 512) -> dict:

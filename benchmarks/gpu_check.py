@@ -329,9 +329,9 @@ def models(c: Check, table, rgb: np.ndarray, small: bool) -> dict:
         x_rep = x_all[va_t.repeat(reps)]
         rows_rep = np.tile(va, reps)
 
-        def batches():
-            for b in range(0, len(x_rep), sbs):
-                yield x_rep[b:b + sbs], rows_rep[b:b + sbs]
+        def batches(x=x_rep, rows=rows_rep):
+            for b in range(0, len(x), sbs):
+                yield x[b:b + sbs], rows[b:b + sbs]
 
         s = score(model, batches(), np.where(y_all < 0, 0, y_all), torch_device=dev)   # warm-up
         torch.cuda.synchronize() if c.gpu else None

@@ -30,7 +30,7 @@ from gpupipe import transforms as _transforms
 __all__ = [
     "COPY_KINDS", "FASHION_MNIST_CLASSES", "FASHION_MNIST_DEBIAN_PACKAGE", "GroundTruth",
     "INVALID_KINDS", "NEAR_KINDS", "PlantedItem", "REENCODE_KINDS", "flip_labels", "load_digits_images",
-    "load_fashion_mnist", "plant_dataset", "imagefolder_samples", "write_webdataset", "write_parquet_images",
+    "load_fashion_mnist", "plant_dataset", "imagefolder_samples", "write_webdataset", "write_parquet_images", "add_tar_member",
 ]
 
 #: Fashion-MNIST label names, folder-safe ("T-shirt/top" -> "tshirt_top"), index = label.
@@ -460,6 +460,26 @@ def imagefolder_samples(root: str | Path) -> list[tuple[str, str | None, str, by
     return out
 
 
+def _by_split(samples, default: str, out_dir: str | Path) -> list[tuple[str, list]]:
+    """(split, [(label, name, bytes), ...]) per split of (split, label, name, bytes)
+    samples, in split order, a split of None named ``default``; makes ``out_dir``."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    by_split: dict[str, list] = {}
+    for split, label, name, data in samples:
+        by_split.setdefault(split or default, []).append((label, name, data))
+    return sorted(by_split.items())
+
+
+def add_tar_member(tf, name: str, data: bytes) -> None:
+    """Add a regular file ``name`` holding ``data`` to the open tarfile ``tf`` (mtime 0)."""
+    import tarfile
+
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0
+    tf.addfile(info, io.BytesIO(data))
+
+
 def write_webdataset(samples, out_dir: str | Path, *, shard_size: int = 1000,
                      label_ext: str = "cls") -> list[Path]:
     """Write (split, label, name, bytes) samples as WebDataset tar shards
@@ -468,15 +488,10 @@ def write_webdataset(samples, out_dir: str | Path, *, shard_size: int = 1000,
     holding the label (skipped when the label is None).  Returns the shards."""
     import tarfile
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    by_split: dict[str, list] = {}
-    for split, label, name, data in samples:
-        by_split.setdefault(split or "data", []).append((label, name, data))
     shards = []
-    for split, items in sorted(by_split.items()):
+    for split, items in _by_split(samples, "data", out_dir):
         for k in range(0, len(items), shard_size):
-            path = out_dir / f"{split}-{k // shard_size:06d}.tar"
+            path = Path(out_dir) / f"{split}-{k // shard_size:06d}.tar"
             with tarfile.open(path, "w") as tf:
                 for label, name, data in items[k:k + shard_size]:
                     stem, _, ext = name.partition(".")
@@ -484,10 +499,7 @@ def write_webdataset(samples, out_dir: str | Path, *, shard_size: int = 1000,
                     if label is not None:
                         members.append((f"{stem}.{label_ext}", str(label).encode()))
                     for member, payload in members:
-                        info = tarfile.TarInfo(member)
-                        info.size = len(payload)
-                        info.mtime = 0
-                        tf.addfile(info, io.BytesIO(payload))
+                        add_tar_member(tf, member, payload)
             shards.append(path)
     return shards
 
@@ -502,13 +514,8 @@ def write_parquet_images(samples, out_dir: str | Path, *, class_names: list[str]
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    by_split: dict[str, list] = {}
-    for split, label, name, data in samples:
-        by_split.setdefault(split or "train", []).append((label, name, data))
     files = []
-    for split, items in sorted(by_split.items()):
+    for split, items in _by_split(samples, "train", out_dir):
         image = pa.StructArray.from_arrays(
             [pa.array([d for _, _, d in items], pa.binary()), pa.array([n for _, n, _ in items], pa.string())],
             names=["bytes", "path"])
@@ -520,7 +527,7 @@ def write_parquet_images(samples, out_dir: str | Path, *, class_names: list[str]
             labels = pa.array([lab for lab, _, _ in items], pa.string())
             meta = None
         table = pa.table({"image": image, "label": labels}).replace_schema_metadata(meta)
-        path = out_dir / f"{split}-00000-of-00001.parquet"
+        path = Path(out_dir) / f"{split}-00000-of-00001.parquet"
         pq.write_table(table, path, row_group_size=row_group_size)
         files.append(path)
     return files

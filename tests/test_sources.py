@@ -5,7 +5,6 @@ flagged rows, never a crash; sources are never written."""
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import tarfile
 
@@ -15,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from gpupipe import schema
-from gpupipe.datasets import imagefolder_samples, write_parquet_images, write_webdataset
+from gpupipe.datasets import add_tar_member, imagefolder_samples, write_parquet_images, write_webdataset
 from gpupipe.io.sources import read_many
 from gpupipe.runner import LEDGER, DedupOptions, run_dedup
 from gpupipe.stages.ingest import NO_IMAGE_MEMBER, SourceError, ingest
@@ -115,12 +114,6 @@ def test_locators_read_the_same_bytes(three_layouts, digits_planted):
         assert [xxhash.xxh3_128_hexdigest(g) if isinstance(g, bytes) else None for g in got] == hashes
 
 
-def _member(tf, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tf.addfile(info, io.BytesIO(data))
-
-
 def test_malformed_shards_are_flagged_not_fatal(tmp_path, digits_planted):
     root, _ = digits_planted
     pngs = sorted(root.rglob("img_*.png"))[:6]
@@ -128,21 +121,21 @@ def test_malformed_shards_are_flagged_not_fatal(tmp_path, digits_planted):
     src = tmp_path / "shards"
     src.mkdir()
     with tarfile.open(src / "a-000.tar", "w") as tf:
-        _member(tf, "ok.png", good[0])
-        _member(tf, "ok.cls", b"3")
-        _member(tf, "nolabel.png", good[1])                      # no label member: a row, label null
-        _member(tf, "odd.xyz", b"\x00\x01 not an image")         # unknown extension: sniffed
-        _member(tf, "odd.cls", b"1")
-        _member(tf, "bad.png", good[2][:8] + b"\x00" * 40 + good[2][48:])   # corrupt image bytes
-        _member(tf, "bad.cls", b"2")
-        _member(tf, "onlylabel.cls", b"4")                       # a key with no image member
-        _member(tf, "j.jpg", good[3])                            # PNG bytes named .jpg; label from JSON
-        _member(tf, "j.json", b'{"label": "7", "other": 1}')
+        add_tar_member(tf, "ok.png", good[0])
+        add_tar_member(tf, "ok.cls", b"3")
+        add_tar_member(tf, "nolabel.png", good[1])                      # no label member: a row, label null
+        add_tar_member(tf, "odd.xyz", b"\x00\x01 not an image")         # unknown extension: sniffed
+        add_tar_member(tf, "odd.cls", b"1")
+        add_tar_member(tf, "bad.png", good[2][:8] + b"\x00" * 40 + good[2][48:])   # corrupt image bytes
+        add_tar_member(tf, "bad.cls", b"2")
+        add_tar_member(tf, "onlylabel.cls", b"4")                       # a key with no image member
+        add_tar_member(tf, "j.jpg", good[3])                            # PNG bytes named .jpg; label from JSON
+        add_tar_member(tf, "j.json", b'{"label": "7", "other": 1}')
     with tarfile.open(src / "b-000.tar", "w") as tf:
-        _member(tf, "first.png", good[4])
-        _member(tf, "first.cls", b"5")
-        _member(tf, "cut.png", good[5])
-        _member(tf, "cut.cls", b"6")
+        add_tar_member(tf, "first.png", good[4])
+        add_tar_member(tf, "first.cls", b"5")
+        add_tar_member(tf, "cut.png", good[5])
+        add_tar_member(tf, "cut.cls", b"6")
     whole = (src / "b-000.tar").read_bytes()
     cut_at = whole.index(good[5]) + len(good[5]) // 2             # mid-way through cut.png's data
     (src / "b-000.tar").write_bytes(whole[:cut_at])
@@ -211,7 +204,7 @@ def test_tar_listing_matches_tarfile(tmp_path):
         p = tmp_path / f"{fmt}.tar"
         with tarfile.open(p, "w", format=fmt) as tf:
             for k, n in enumerate(names):
-                _member(tf, n, bytes([k]) * (100 + 700 * k))
+                add_tar_member(tf, n, bytes([k]) * (100 + 700 * k))
             info = tarfile.TarInfo("adir")
             info.type = tarfile.DIRTYPE
             tf.addfile(info)
