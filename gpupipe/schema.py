@@ -56,11 +56,11 @@ PHASH = "hash_phash"
 SHIFT_KEY = "hash_shift"
 
 HASH = _cols(
-    Column(IMAGE_FORMAT, pa.string(), "format from the file header (png, jpeg, bmp, tiff, webp, gif)"),
+    Column(IMAGE_FORMAT, pa.string(), "format from the file header (png, jpeg, bmp, tiff, webp, gif, heic, heif, avif)"),
     Column(IMAGE_WIDTH, pa.int32(), "width in pixels from the header"),
     Column(IMAGE_HEIGHT, pa.int32(), "height in pixels from the header"),
     Column(IS_INVALID, pa.bool_(), "true when the file is not a usable image", False),
-    Column(INVALID_REASON, pa.string(), "why the file is invalid (see gpupipe.io.sniff), null if valid"),
+    Column(INVALID_REASON, pa.string(), "why the file is invalid (gpupipe.io.sniff; missing, unreadable, undecodable: gpupipe.stages.hashing), null if valid"),
     Column(BYTES_HASH, pa.string(), "xxh3-128 of the file bytes, hex; null for unreadable files"),
     Column(PIXELS_HASH, pa.string(), "128-bit hash of the decoded RGB pixels and shape, hex"),
     Column(PHASH, pa.uint64(), "64-bit DCT perceptual hash of the decoded image"),

@@ -230,7 +230,7 @@ def test_manifest_with_a_missing_file_flags_it(digits_planted, tmp_path):
     t = pq.read_table(tmp_path / "run" / LEDGER).to_pandas()
     assert len(t) == 21
     missing = t[t[schema.REL_PATH].str.endswith("nope.png")].iloc[0]
-    assert missing[schema.IS_INVALID] and missing[schema.INVALID_REASON] == "unreadable"
+    assert missing[schema.IS_INVALID] and missing[schema.INVALID_REASON] == "missing"
     assert t[schema.IS_INVALID].sum() == 1
 
 

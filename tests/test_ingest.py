@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -63,12 +64,24 @@ def test_manifest_csv_and_parquet(tmp_path):
     (lambda p: p / "nope", "does not exist"),
     (lambda p: (p / "empty").mkdir() or p / "empty", "no class folders"),
     (lambda p: (p / "m.csv").write_text("file,label\na,1\n") and p / "m.csv", "no 'path' column"),
-    (lambda p: (p / "m.csv").write_text("path\na.png\na.png\n") and p / "m.csv", "twice"),
+    (lambda p: pq.write_table(pa.table({"path": ["a.png"], "label": [[1, 2]]}), p / "m.parquet")
+     or p / "m.parquet", "cannot be read as text"),
     (lambda p: (p / "m.json").write_text("{}") and p / "m.json", "must be .csv"),
 ])
 def test_bad_sources_give_clear_errors(tmp_path, make, message):
     with pytest.raises(SourceError, match=message):
         ingest(make(tmp_path))
+
+
+def test_manifest_repeated_rows_are_one_sample_and_reported(tmp_path):
+    (tmp_path / "m.csv").write_text("path,label,split\na.png,1,train\nb.png,1,train\na.png,1,train\n"
+                                    "b.png,2,train\nc.png,,\n")
+    res = ingest(tmp_path / "m.csv")
+    t = res.table
+    assert dict(zip(t.column(schema.REL_PATH).to_pylist(), t.column(schema.LABEL).to_pylist())) == {
+        "a.png": "1", "b.png": None, "c.png": None}
+    assert res.source_errors == {"a.png": "listed 2 times (rows 1, 3)",
+                                 "b.png": "listed 2 times (rows 2, 4) with different labels ('1', '2'): no label"}
 
 
 def test_symlink_loops_are_reported_not_followed_and_outside_links_are_followed(tmp_path):
@@ -83,7 +96,9 @@ def test_symlink_loops_are_reported_not_followed_and_outside_links_are_followed(
     (root / "a" / "up").symlink_to(root)                  # a loop: a -> root -> a ...
     (root / "a" / "self").symlink_to(root / "a")
     (root / "b").symlink_to(outside)                      # a class folder that lives elsewhere
+    (root / "a" / "loop.png").symlink_to("loop.png")      # a file link to itself: a row, flagged when read
+    (root / "a" / "gone.png").symlink_to("nowhere.png")   # dangling: the same
     res = ingest(root)
     rels = sorted(res.table.column("rel_path").to_pylist())
-    assert rels == ["a/x.png", "b/y.png"]
+    assert rels == ["a/gone.png", "a/loop.png", "a/x.png", "b/y.png"]
     assert res.source_errors == {"a/up": "symlink loop: not followed", "a/self": "symlink loop: not followed"}

@@ -109,6 +109,27 @@ def test_gif_is_recognised_but_unsupported(digit: Image.Image) -> None:
     assert sniff(_enc(digit, "GIF")) == Sniff("gif", W, H, "unsupported_format")
 
 
+def _ftyp(major: bytes, *compatible: bytes) -> bytes:
+    """An ISO-BMFF file's start: the ftyp box (major brand, minor version, compatible brands), then more."""
+    body = major + b"\0\0\0\0" + b"".join(compatible)
+    return struct.pack(">I", 8 + len(body)) + b"ftyp" + body + b"\0\0\0\x10meta" + b"\0" * 60
+
+
+def test_animated_webp_heic_and_avif_are_recognised_but_unsupported(digit: Image.Image, dali_decode) -> None:  # noqa: ANN001
+    """Only still images are taken (DALI would decode an animated WebP's first
+    frame: a policy, not a limit); HEIC/HEIF and AVIF are known by their ftyp
+    box's brands, and DALI decodes neither."""
+    rgb = digit.convert("RGB")
+    anim = _enc(rgb, "WEBP", save_all=True, append_images=[rgb.transpose(Image.Transpose.ROTATE_180)], duration=50)
+    assert sniff(anim) == Sniff("webp", W, H, "unsupported_format")
+    avif = _enc(rgb, "AVIF")
+    assert sniff(avif) == Sniff("avif", None, None, "unsupported_format") and dali_decode(avif) is None
+    assert sniff(_ftyp(b"heic", b"mif1", b"heic")) == Sniff("heic", None, None, "unsupported_format")
+    assert sniff(_ftyp(b"mif1", b"mif1", b"avif")).format == "avif"
+    assert sniff(_ftyp(b"mif1", b"mif1")).format == "heif"
+    assert sniff(_ftyp(b"isom", b"isom", b"mp42")) == Sniff(None, None, None, "not_an_image")   # an MP4 video
+
+
 def test_planted_invalid_files_get_their_reason(tmp_path) -> None:  # noqa: ANN001
     images, labels = load_digits_images()
     gt = plant_dataset(images[:60], labels[:60], tmp_path, upscale=4, n_corrupt={k: 2 for k in INVALID_KINDS})
@@ -157,7 +178,8 @@ def _fuzz_inputs(files: dict[str, tuple[str, bytes]], seed: int = 0) -> list[byt
     rng = random.Random(seed)
     out = [bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 80))) for _ in range(3000)]
     magics = [b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"GIF89a", b"RIFF\0\0\0\0WEBPVP8 ",
-              b"RIFF\0\0\0\0WEBPVP8L", b"RIFF\0\0\0\0WEBPVP8X", b"II*\0", b"MM\0*", b"II+\0"]
+              b"RIFF\0\0\0\0WEBPVP8L", b"RIFF\0\0\0\0WEBPVP8X", b"II*\0", b"MM\0*", b"II+\0",
+              b"\0\0\0\x18ftyp", b"\xff\xff\xff\xffftypmif1"]
     out += [m + bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 60))) for m in magics for _ in range(300)]
     for _, data in files.values():
         for _ in range(150):  # a few random byte flips in a real file

@@ -20,9 +20,13 @@ Why hand-written ``struct`` parsing rather than a library:
 * The accept set is chosen to match DALI's decoders (``fn.decoders.image``,
   checked against DALI 2.4's CPU decoder in the tests): PNG, JPEG, BMP, TIFF
   and WebP are accepted; GIF is recognised but ``"unsupported_format"``, and
-  so are hierarchical (differential) JPEG, which libjpeg-turbo refuses, and
+  so are hierarchical (differential) JPEG, which libjpeg-turbo refuses,
   extended WebP with the EXIF flag where a chunk of odd size precedes the EXIF
-  chunk (DALI's WebP parser ignores RIFF padding and fails on those).
+  chunk (DALI's WebP parser ignores RIFF padding and fails on those),
+  animated WebP (only still images are taken: DALI would decode the first
+  frame, but GIF cannot be decoded at all), and HEIC/HEIF and AVIF, known by
+  the image brand of their ISO-BMFF ``ftyp`` box (DALI has no decoder for
+  them; another ``ftyp`` brand, e.g. an MP4 video, is ``"not_an_image"``).
 
 What it cannot see: damage inside the compressed payload (e.g. a PNG whose
 IDAT stream is garbage but whose header and IEND are intact) looks decodable
@@ -61,7 +65,7 @@ __all__ = [
 
 EMPTY = "empty"  #: zero bytes
 NOT_AN_IMAGE = "not_an_image"  #: no known magic number
-UNSUPPORTED_FORMAT = "unsupported_format"  #: recognised, but DALI cannot decode it (GIF)
+UNSUPPORTED_FORMAT = "unsupported_format"  #: recognised, not decoded: GIF, animated WebP, HEIC/HEIF, AVIF
 TRUNCATED = "truncated"  #: header cut short, PNG chunks ending before IEND, JPEG without EOI, short payload
 BAD_HEADER = "bad_header"  #: header unparsable, or zero / negative dimensions
 ABSURD_DIMENSIONS = "absurd_dimensions"  #: too many pixels, a side < min_side or > 65535
@@ -78,7 +82,8 @@ Buffer = bytes | bytearray | memoryview
 class Sniff:
     """Result of :func:`sniff`.
 
-    ``format``: ``"png" | "jpeg" | "bmp" | "tiff" | "webp" | "gif"`` or ``None``
+    ``format``: ``"png" | "jpeg" | "bmp" | "tiff" | "webp" | "gif" | "heic" |
+    "heif" | "avif"`` or ``None``
     when no magic number matched.  ``width``/``height``: pixels as declared by
     the header (``None`` when it could not be read).  ``invalid_reason``:
     ``None`` when the file looks decodable, else one of :data:`REASONS`.
@@ -98,6 +103,10 @@ _JPEG_HIERARCHICAL = frozenset({0xC5, 0xC6, 0xC7, 0xCD, 0xCE, 0xCF})
 # LONG8=16, SLONG8=17, IFD8=18); the integer types that sizes and offsets use.
 _TIFF_TYPE_SIZE = (0, 1, 1, 2, 4, 8, 1, 1, 2, 4, 8, 4, 8, 4, 0, 0, 8, 8, 8)
 _TIFF_INT = {3: "H", 4: "I", 16: "Q"}
+# ISO-BMFF (ftyp box) brands of still-image files: AVIF, then HEIC (HEVC-coded HEIF), then other HEIF.
+_FTYP_BRANDS = (("avif", frozenset({b"avif", b"avis"})),
+                ("heic", frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx"})),
+                ("heif", frozenset({b"mif1", b"msf1", b"heif"})))
 _TIFF_ENTRY = {(e, big): struct.Struct(e + ("HHQQ" if big else "HHII")) for e in "<>" for big in (0, 1)}
 
 
@@ -222,6 +231,8 @@ def _webp(data: Buffer) -> Sniff:
         b = bytes(data[24:30])
         w = (b[0] | b[1] << 8 | b[2] << 16) + 1
         h = (b[3] | b[4] << 8 | b[5] << 16) + 1
+        if data[20] & 0x02:  # animation flag: frames in ANMF chunks
+            return Sniff("webp", w, h, UNSUPPORTED_FORMAT)
         if data[20] & 0x08:  # EXIF flag: DALI walks the chunks to EXIF, ignoring RIFF padding
             i = 30
             while True:
@@ -238,6 +249,18 @@ def _webp(data: Buffer) -> Sniff:
     if w == 0 or h == 0:
         return Sniff("webp", w, h, BAD_HEADER)
     return _finish("webp", w, h, riff_size + 8 <= len(data))
+
+
+def _ftyp(data: Buffer) -> Sniff:
+    """An ISO-BMFF file: HEIC/HEIF or AVIF when its ``ftyp`` box (major brand,
+    minor version, compatible brands) names an image brand; never decoded."""
+    (size,) = struct.unpack_from(">I", data, 0)
+    end = min(len(data), max(size, 16))
+    brands = {bytes(data[i:i + 4]) for i in range(8, end - 3, 4) if i != 12}
+    for fmt, known in _FTYP_BRANDS:
+        if brands & known:
+            return Sniff(fmt, None, None, UNSUPPORTED_FORMAT)
+    return Sniff(None, None, None, NOT_AN_IMAGE)
 
 
 def _tiff(data: Buffer) -> Sniff:
@@ -307,6 +330,8 @@ def _sniff(data: Buffer, max_pixels: int, min_side: int) -> Sniff:
         s = _webp(data)
     elif head.startswith((b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")):
         s = _tiff(data)
+    elif head[4:8] == b"ftyp":
+        s = _ftyp(data)
     else:
         return Sniff(None, None, None, NOT_AN_IMAGE)
     w, h, reason = s.width, s.height, s.invalid_reason

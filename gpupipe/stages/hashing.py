@@ -39,7 +39,8 @@ from gpupipe.io.sniff import sniff
 from gpupipe.io.sources import ReadError, read_many
 
 READS = (schema.SAMPLE_ID, schema.PATH, schema.LOCATOR)
-UNREADABLE = "unreadable"
+MISSING = "missing"             # the file is not there (or a link leads nowhere)
+UNREADABLE = "unreadable"       # any other read error: permission, a folder, a link loop, I/O
 UNDECODABLE = "undecodable"
 OUTPUT_SCHEMA = pa.schema([pa.field(schema.SAMPLE_ID, pa.int64(), False), *schema.arrow_schema("hash")])
 
@@ -128,7 +129,7 @@ def hash_partition(
             pending: set[str] = set()
             for i, data in zip(range(start, stop), datas):
                 if isinstance(data, OSError):
-                    out["reason"][i] = data.reason if isinstance(data, ReadError) else UNREADABLE
+                    out["reason"][i] = _read_reason(data)
                     continue
                 counts.read += 1
                 bh = xxhash.xxh3_128_hexdigest(data)
@@ -180,6 +181,12 @@ def hash_partition(
         schema=OUTPUT_SCHEMA,
     )
     return table, counts, thumbs
+
+
+def _read_reason(err: OSError) -> str:
+    if isinstance(err, ReadError):
+        return err.reason
+    return MISSING if isinstance(err, FileNotFoundError) else UNREADABLE
 
 
 def _settle(out, thumbs: np.ndarray, i: int, result) -> None:

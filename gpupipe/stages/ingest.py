@@ -46,7 +46,10 @@ from gpupipe import schema
 from gpupipe.io.sources import bytes_array, missing_locator, parquet_locator, tar_locator
 from gpupipe.io.tarindex import list_members
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
+# Files taken as samples, by extension (case-insensitive).  GIF, HEIC/HEIF and AVIF
+# are listed so that they become rows flagged `unsupported_format`, not skipped unseen.
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif",
+                              ".heic", ".heif", ".avif"})
 SPLIT_NAMES = frozenset({"train", "val", "valid", "validation", "test"})
 _CANON_SPLIT = {"valid": "val", "validation": "val"}
 # A WebDataset sample's image member, by preference; its label members, by preference.
@@ -65,7 +68,7 @@ class IngestResult:
     table: pa.Table
     layout: str                 # "imagefolder" | "imagefolder-splits" | "manifest" | "webdataset" | "parquet"
     skipped_non_images: int     # files (or shard members) ignored for their extension
-    source_errors: dict[str, str] = field(default_factory=dict)   # shard or file -> why it was (partly) unreadable
+    source_errors: dict[str, str] = field(default_factory=dict)   # shard, file, link loop or repeated manifest path -> what happened
 
 
 def sample_id_of(rel_path: str) -> int:
@@ -118,7 +121,8 @@ def _walk(root: Path, loops: list | None = None):
 
     Symbolic links are followed, to folders outside ``root`` too; a link to a
     folder already on the way down (a loop) is not, and its relative path is
-    appended to ``loops``."""
+    appended to ``loops``.  A link that leads to nothing (dangling, or a loop
+    of file links) is yielded with size None: the hash stage flags it."""
     top = os.stat(root)
     stack = [(str(root.absolute()), "", ((top.st_dev, top.st_ino),))]
     while stack:
@@ -131,7 +135,11 @@ def _walk(root: Path, loops: list | None = None):
             if e.name.startswith("."):
                 continue
             r = f"{rel}/{e.name}" if rel else e.name
-            if e.is_dir(follow_symlinks=True):
+            try:
+                is_dir, is_file = e.is_dir(follow_symlinks=True), e.is_file(follow_symlinks=True)
+            except OSError:      # ELOOP: a link in a loop of links
+                is_dir = is_file = False
+            if is_dir:
                 try:
                     st = e.stat(follow_symlinks=True)
                 except OSError:
@@ -142,12 +150,14 @@ def _walk(root: Path, loops: list | None = None):
                         loops.append(r)
                     continue
                 stack.append((e.path, r, above + (node,)))
-            elif e.is_file(follow_symlinks=True):
+            elif is_file:
                 try:
                     size = e.stat(follow_symlinks=True).st_size
                 except OSError:
                     size = None
                 yield e.path, r, size
+            elif e.is_symlink():     # dangling, or a loop: a row, flagged when read
+                yield e.path, r, None
 
 
 def _from_imagefolder(root: Path, walked: list) -> IngestResult:
@@ -190,18 +200,64 @@ def _from_manifest(path: Path) -> IngestResult:
     if "path" not in t.column_names:
         raise SourceError(f"manifest {path} has no 'path' column (columns: {t.column_names})")
     base = path.parent
-    paths = t.column("path").to_pylist()
-    labels = t.column("label").cast(pa.string()).to_pylist() if "label" in t.column_names else [None] * len(paths)
-    splits = t.column("split").cast(pa.string()).to_pylist() if "split" in t.column_names else [None] * len(paths)
+    paths = _text_column(t, "path", path)
+    labels = _text_column(t, "label", path)
+    splits = _text_column(t, "split", path)
     rows = _rows()
+    first: dict[str, int] = {}              # rel -> the first row (0-based) that lists it
+    repeats: dict[str, list[int]] = {}      # rel -> every row listing it, for rels listed more than once
     for i, (p, lab, sp) in enumerate(zip(paths, labels, splits)):
         if not p:
             raise SourceError(f"manifest {path}, row {i + 1}: empty path")
         f = Path(p) if os.path.isabs(p) else base / p
         rel = Path(p).as_posix() if not os.path.isabs(p) else f.as_posix()
-        sp = None if sp in (None, "") else _CANON_SPLIT.get(sp.lower(), sp.lower())
-        _add(rows, f, rel, lab, sp)
-    return IngestResult(_table(rows), "manifest", 0)
+        j = first.setdefault(rel, i)
+        if j != i:
+            repeats.setdefault(rel, [j]).append(i)
+            continue
+        _add(rows, f, rel, lab, _canon_split(sp))
+    repeated = _repeated_rows(rows, repeats, labels, splits)
+    return IngestResult(_table(rows), "manifest", 0, repeated)
+
+
+def _text_column(t: pa.Table, name: str, path: Path) -> list[str | None]:
+    """Column ``name`` of a manifest as text, one entry per row (all None when
+    it is absent).  Numbers become their decimal text (a whole float as an
+    integer: pandas writes an integer column with a gap as float); NaN, null,
+    empty and blank text become None."""
+    import pyarrow.compute as pc
+
+    if name not in t.column_names:
+        return [None] * t.num_rows
+    col = t.column(name)
+    if pa.types.is_floating(col.type):
+        col = pc.if_else(pc.is_nan(col), pa.scalar(None, col.type), col)
+    try:
+        values = col.cast(pa.string()).to_pylist()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise SourceError(f"manifest {path}: column {name!r} of type {col.type} cannot be read as text") from e
+    return [v if v and not v.isspace() else None for v in values]
+
+
+def _canon_split(sp: str | None) -> str | None:
+    return None if sp is None else _CANON_SPLIT.get(sp.lower(), sp.lower())
+
+
+def _repeated_rows(rows, repeats: dict[str, list[int]], labels: list, splits: list) -> dict[str, str]:
+    """A path listed more than once is one sample: its first row's label and
+    split, or none where its rows disagree.  -> rel -> what happened (for
+    ``source_errors``)."""
+    errors: dict[str, str] = {}
+    where = {r: k for k, r in enumerate(rows["rel"])} if repeats else {}
+    for rel, at in repeats.items():
+        msg = f"listed {len(at)} times (rows {', '.join(str(i + 1) for i in at)})"
+        for key, values in (("label", [labels[i] for i in at]), ("split", [_canon_split(splits[i]) for i in at])):
+            seen = list(dict.fromkeys(values))
+            if len(seen) > 1:
+                msg += f" with different {key}s ({', '.join(map(repr, seen))}): no {key}"
+                rows[key][where[rel]] = None
+        errors[rel] = msg
+    return errors
 
 
 def _add(rows, f: Path, rel: str, label, split) -> None:
