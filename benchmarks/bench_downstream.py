@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 import torch
 
 from gpupipe import schema
-from gpupipe.curate import CurateOptions, run_curate
+from gpupipe.runner import CurateOptions, run_curate
 from gpupipe.dali.augment import file_pipeline
 from gpupipe.datasets import flip_labels, load_digits_images, plant_dataset
 from gpupipe.device import resolve_device

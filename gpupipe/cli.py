@@ -169,7 +169,7 @@ def _add_curate_options(p: argparse.ArgumentParser) -> None:
 
 
 def _curate_options(args):
-    from gpupipe.curate import CurateOptions
+    from gpupipe.runner import CurateOptions
     from gpupipe.stages.balance import BalanceConfig
     from gpupipe.stages.export import ExportConfig
     from gpupipe.stages.split import SplitConfig
@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     from gpupipe.dali.decode import DaliMissing
     from gpupipe.stages.ingest import SourceError
 
-    from gpupipe.curate import StaleRun
+    from gpupipe.runner import StaleRun
     from gpupipe.lock import RunLocked
     from gpupipe.loop import PendingReview
 
@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
             print("gpupipe review: " + ", ".join(f"{k} {v}" for k, v in out.items()))
             return 0
         if args.command == "curate":
-            from gpupipe.curate import run_curate
+            from gpupipe.runner import run_curate
 
             res = run_curate(args.src, args.out, _curate_options(args), progress=_progress(args.quiet),
                              log=lambda m: print(m, flush=True))

@@ -56,7 +56,7 @@ def _original_index(truth) -> dict[str, int]:
 
 def run_demo(out: Path, options, progress: Callable | None = None) -> int:
     """Curate the demo dataset into ``out/run``; print found vs planted."""
-    from gpupipe.curate import run_curate
+    from gpupipe.runner import run_curate
 
     data, run = out / "digits", out / "run"
     truth = build_demo_dataset(data, flip_rate=DEMO_FLIP_RATE)

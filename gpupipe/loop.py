@@ -1,10 +1,15 @@
-"""The certify / rank / review loop over a run directory (steps 2 and 3 of the method).
+"""The certify / rank / review loop over a run directory (steps 2 and 3 of the
+method): the rank stage of `gpupipe.runner`.
 
-    RUN_DIR/ledger.parquet     the per-sample table, checkpointed after every round
+    RUN_DIR/ledger.parquet     the per-sample table
     RUN_DIR/rank.json          rounds so far, classes (order of rank_probs), pending review
     RUN_DIR/decisions.parquet  every decision ever applied (append-only history)
     RUN_DIR/review/round-NNN.csv / .png   the queue a person reviews, and its thumbnail sheet
     RUN_DIR/models/round-NNN.pt           the round's auxiliary model (state_dict)
+
+The first three change together: each round (and each applied review) is one
+`RunDir.commit` of all three, so a run killed at any point resumes at the
+last committed round, with no decision counted twice.
 
 A round: train on the certified rows (or out-of-fold), score the rest, queue
 the L worst and K best, decide (person, oracle or automatic policy), apply.
@@ -30,16 +35,13 @@ import torch
 
 from gpupipe import schema
 from gpupipe.device import DeviceRequest, resolve_device
-from gpupipe.lock import run_lock
 from gpupipe.models.train import TrainConfig
-from gpupipe.runner import LEDGER
+from gpupipe.rundir import DECISIONS, LEDGER, RANK_STATE, RunDir
 from gpupipe.scale.executor import make_executor
 from gpupipe.stages import rank as rank_stage
 from gpupipe.stages import review as rv
 from gpupipe.table import Ledger, write_parquet_atomic, write_text_atomic
 
-RANK_STATE = "rank.json"
-DECISIONS = "decisions.parquet"
 REVIEW_DIR = "review"
 MODELS_DIR = "models"
 ReviewMode = Literal["person", "auto", "oracle"]
@@ -102,23 +104,15 @@ def _load(run_dir: Path, ledger: Ledger):
 
 
 def _save(run_dir: Path, ledger: Ledger, frame, state: dict, log: pa.Table | None) -> None:
-    """Checkpoint: decisions log, then ledger, then state (each atomic).  A run
-    killed between them redoes the round from the previous state, so the log
-    rows an automatic decider (seed, oracle, auto) left from this round on are
-    replaced, not duplicated.  A person's decisions are never replaced."""
+    """Commit the round: the ledger, rank.json and the decisions log (with this
+    round's rows appended) as one (`RunDir.commit`; the caller holds the lock)."""
+    run = RunDir(run_dir)
+    files = {LEDGER: lambda p: ledger.write_ledger(frame, p), RANK_STATE: state}
     if log is not None and log.num_rows:
-        import pyarrow.compute as pc
-
-        p = run_dir / DECISIONS
+        p = run / DECISIONS
         old = pq.read_table(p) if p.exists() else rv.LOG_SCHEMA.empty_table()
-        source = log.column("source")[0].as_py()
-        stale = pc.and_(pc.greater_equal(old.column("round"), pc.min(log.column("round"))),
-                        pc.equal(old.column("source"), source))
-        if source == schema.SOURCE_PERSON:
-            stale = pc.equal(old.column("round"), -1)
-        write_parquet_atomic(pa.concat_tables([old.filter(pc.invert(stale)), log]), p)
-    ledger.write_ledger(frame, run_dir / LEDGER)
-    write_text_atomic(json.dumps(state, indent=2, default=str), run_dir / RANK_STATE)
+        files[DECISIONS] = lambda path: write_parquet_atomic(pa.concat_tables([old, log]), path)
+    run.commit(files)
 
 
 def counts(frame, ledger: Ledger) -> dict[str, int]:
@@ -172,7 +166,7 @@ def run_rank(run_dir: str | os.PathLike, options: RankOptions = RankOptions(), *
              log: Callable[[str], None] = lambda s: None, progress: Callable | None = None) -> LoopResult:
     """Run rounds until the loop stops or a person must review (see module doc),
     holding RUN_DIR's lock (`gpupipe.lock`)."""
-    with run_lock(run_dir, create=False, log=log):
+    with RunDir.open(run_dir, create=False, log=log):
         return _run_rank(run_dir, options, log, progress)
 
 
@@ -289,7 +283,7 @@ def _rounds(run_dir: Path, options: RankOptions, cfg, device, ledger: Ledger, fr
             f"{d.source} decided {len(d)} {_tally(d)}")
     if state.get("stopped") != stopped:
         state["stopped"] = stopped
-        write_text_atomic(json.dumps(state, indent=2, default=str), run_dir / RANK_STATE)
+        RunDir(run_dir).commit({RANK_STATE: state})
     return LoopResult(stopped, rounds, counts(frame, ledger))
 
 
@@ -308,7 +302,7 @@ def run_review(run_dir: str | os.PathLike, decisions_csv: str | os.PathLike, *,
                device: DeviceRequest = "auto") -> dict:
     """Apply a person's decisions to the pending round -> the applied tally and counts
     (holding RUN_DIR's lock)."""
-    with run_lock(run_dir, create=False):
+    with RunDir.open(run_dir, create=False):
         return _run_review(run_dir, decisions_csv, device)
 
 

@@ -1,46 +1,83 @@
-"""Runs the stages in order over one ledger and writes the run directory.
+"""The one runner: stage order, column contracts, fingerprints, checkpoints,
+resume, and where each stage's work runs.
 
-The runner knows the order of stages, checks each stage's column contract
-(what it reads is there before; what it adds is there after, with the declared
-dtypes), hands per-partition work to an executor, and writes
-``RUN_DIR/ledger.parquet``, ``RUN_DIR/thumbs.npy`` and ``RUN_DIR/summary.json``
-atomically.  While a run is under way each partition's outputs sit in
-``RUN_DIR/parts/`` (the unit of resume), removed once the ledger is written.
-It knows nothing about hashes.
+``gpupipe curate`` runs every stage in this order over one run directory
+(`gpupipe.rundir` lists its files); ``gpupipe dedup``, ``rank`` and ``review``
+run one of them.
+
+==========  ===================================  ===========================  =====================================
+stage       function (plain, table in/out)       runs where                   checkpoint / resume
+==========  ===================================  ===========================  =====================================
+ingest      `stages.ingest.ingest`               here                         redone (a listing; cheap)
+hash        `stages.hashing.hash_partition`      executor, per partition      parts/hash-K-FP.parquet + thumbs-K-FP
+                                                                              .npy per partition (`hash_partition_to`)
+dedup       `stages.dedup.dedup`                 here (CuPy/numpy)            commit: ledger, thumbs.npy, summary
+rank        `stages.rank.rank` in rounds         executor, one job per fold   commit per round: ledger, rank.json,
+            (`gpupipe.loop`)                     or per 65,536 scored rows    decisions.parquet
+review      `stages.review.apply`                here                         commit: ledger, rank.json, decisions
+balance     `stages.balance.balance`             here                         commit: ledger + curate.json
+split       `stages.split.split`                 here                         commit: ledger + curate.json
+export      `stages.export.export`               here (threads)               export dir swapped in, then curate.json
+report      `gpupipe.report.write`               here                         report.html, then curate.json
+==========  ===================================  ===========================  =====================================
+
+Every stage's columns are declared in `gpupipe.schema` (``schema.STAGES``);
+the runner checks them after the stage.  A stage's fingerprint is the
+previous stage's, its own settings and the gpupipe version (never settings
+that only change speed, like workers or batch sizes); ``curate.json`` keeps
+each stage's fingerprint and the ledger generation (`RunDir.commit`) it left.
+A rerun skips a stage whose fingerprint matches; a ledger changed since by
+another command (a ``gpupipe rank`` or ``review``) makes curate redo the
+stages after rank.  Every write that must go with another goes through one
+`RunDir.commit`, so a run killed at any instruction and run again ends with
+the same ledger, decisions and export as a run never interrupted
+(tests/test_kill.py kills it at seeded write steps).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
-from gpupipe import __version__, schema
+from gpupipe import __version__, report, schema
+from gpupipe import summary as summ
 from gpupipe.device import Device, DeviceRequest, resolve_device
 from gpupipe.hashing.verify import VerifyMode
 from gpupipe.io.rows import NpyRows
-from gpupipe.lock import run_lock
+from gpupipe.loop import RankOptions, run_rank
+from gpupipe.rundir import (CURATE_STATE, DECISIONS, LEDGER, PARTS, RANK_STATE, SUMMARY, THUMBS, Content,
+                            RunDir)
 from gpupipe.scale.executor import make_executor, threads_per_worker
 from gpupipe.stages import dedup as dedup_stage
 from gpupipe.stages import hashing
 from gpupipe.stages import probe as probe_stage
+from gpupipe.stages.balance import BalanceConfig, balance
+from gpupipe.stages.export import ExportConfig, export
 from gpupipe.stages.ingest import ingest
-from gpupipe.table import Ledger, atomic_file, fsync_dir, write_npy_atomic, write_parquet_atomic, write_text_atomic
+from gpupipe.stages.split import SplitConfig, split
+from gpupipe.summary import RunSummary
+from gpupipe.table import Ledger, atomic_file, write_npy_atomic, write_parquet_atomic
 
-LEDGER = "ledger.parquet"
-THUMBS = "thumbs.npy"        # (N, 32, 32, 3) uint8 RGB, aligned with the ledger's rows
-PARTS = "parts"              # per-partition hash outputs while a run is under way (resume)
-SUMMARY = "summary.json"
+__all__ = ["LEDGER", "THUMBS", "PARTS", "SUMMARY", "DedupOptions", "CurateOptions", "RunSummary", "StaleRun",
+           "run_dedup", "run_curate"]
+
+REPORT = "report.html"
+EXPORT = "export"
+# Settings that change how fast a stage runs, never what it writes.
+_SPEED_ONLY = {"device", "workers", "scheduler", "batch_size", "partition_rows", "score_batch", "torch_threads"}
+# Stages after dedup whose record a ledger changed by another command makes stale.
+_AFTER_RANK = ("balance", "split", "export", "report")
 
 
 @dataclass(frozen=True)
@@ -60,25 +97,26 @@ class DedupOptions:
     label_column: str | None = None     # Parquet: label column; WebDataset: label member's extension
 
 
-@dataclass
-class RunSummary:
-    source: str
-    run_dir: str
-    device: str
-    executor: str
-    device_note: str
-    layout: str
-    rows: int
-    seconds: dict[str, float] = field(default_factory=dict)
-    counts: dict[str, Any] = field(default_factory=dict)
-    max_distance: int = 0
-    shift_distance: int = 0
-    verify: dict[str, Any] = field(default_factory=dict)
-    recall: dict[str, Any] = field(default_factory=dict)    # per kind, from the probes
-    versions: dict[str, Any] = field(default_factory=dict)
+class StaleRun(RuntimeError):
+    """RUN_DIR holds a dedup or rank stage made with other settings."""
 
-    def images_per_second(self) -> dict[str, float]:
-        return {k: (self.rows / v if v > 0 else float("inf")) for k, v in self.seconds.items()}
+
+@dataclass(frozen=True)
+class CurateOptions:
+    dedup: DedupOptions = field(default_factory=DedupOptions)
+    rank: RankOptions | None = field(default_factory=lambda: RankOptions(review="auto", mode="oof", max_rounds=3))
+    balance: BalanceConfig = field(default_factory=BalanceConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    export_dir: str | None = None          # None: RUN_DIR/export
+    restart: bool = False                  # redo from dedup when settings changed (drops rank decisions)
+
+
+@dataclass
+class CurateResult:
+    stopped: str                           # "done" or "awaiting review"
+    stages: dict[str, dict]                # per stage: fingerprint, skipped, seconds, stats
+    queue: str | None = None
 
 
 def _check(frame, stage: str, when: str) -> None:
@@ -88,10 +126,6 @@ def _check(frame, stage: str, when: str) -> None:
         raise RuntimeError(f"stage {stage!r} {when}: columns {missing} are missing")
 
 
-def _partitions(table: pa.Table, rows: int) -> list[pa.Table]:
-    return [table.slice(i, rows) for i in range(0, table.num_rows, rows)] or [table]
-
-
 def run_dedup(
     src: str | os.PathLike,
     run_dir: str | os.PathLike,
@@ -99,18 +133,24 @@ def run_dedup(
     *,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> RunSummary:
-    """ingest -> hash (per partition) -> dedup; writes the ledger and summary.
+    """ingest -> hash (per partition) -> dedup; commits the ledger, thumbs.npy
+    and summary.json.  ``progress(stage, done, total)`` is called as
+    partitions finish.  Holds RUN_DIR's lock (`gpupipe.lock`): a second
+    process stops with `RunLocked`.  A run directory that holds rank
+    decisions is refused (they would no longer match the new ledger)."""
+    with RunDir.open(run_dir) as run:
+        if (run / RANK_STATE).exists() or (run / DECISIONS).exists():
+            raise StaleRun(f"{run_dir} holds rank/review decisions; deduplicating again would drop them: "
+                           "use a new --out (or `gpupipe curate --restart`)")
+        summary, files, moves = _dedup(run, src, options, progress)
+        run.commit(files, moves=moves)
+        shutil.rmtree(run / PARTS, ignore_errors=True)      # the ledger and thumbs.npy now hold everything
+        return summary
 
-    ``progress(stage, done, total)`` is called as partitions finish.  Holds
-    RUN_DIR's lock (`gpupipe.lock`): a second process stops with `RunLocked`.
-    """
-    with run_lock(run_dir):
-        return _run_dedup(src, run_dir, options, progress)
 
-
-def _run_dedup(src, run_dir, options: DedupOptions, progress) -> RunSummary:
+def _dedup(run: RunDir, src, options: DedupOptions, progress) -> tuple[RunSummary, dict[str, Content], dict]:
+    """The dedup stages up to their commit: -> (summary, files, moves) for `RunDir.commit`."""
     t_all = time.perf_counter()
-    run_dir = Path(run_dir)
     device: Device = resolve_device(options.device)
     ledger = Ledger(device)
     seconds: dict[str, float] = {}
@@ -121,7 +161,7 @@ def _run_dedup(src, run_dir, options: DedupOptions, progress) -> RunSummary:
     n = ing.table.num_rows
 
     t = time.perf_counter()
-    parts_dir = run_dir / PARTS
+    parts_dir = run / PARTS
     with make_executor(workers=options.workers, scheduler=options.scheduler, gpu=device.is_gpu) as ex:
         # Partitions do not depend on the executor, so a rerun with other workers reuses them.
         per_part = options.partition_rows or max(256, min(16384, -(-n // 8)))
@@ -144,7 +184,7 @@ def _run_dedup(src, run_dir, options: DedupOptions, progress) -> RunSummary:
         ex.map(hash_partition_to, todo, config, str(parts_dir), on_done=on_done)
         executor_name = ex.name
     hashed, counts = _read_parts(parts_dir, parts)
-    thumbs_file = parts_dir / "thumbs-joined.npy"      # renamed to thumbs.npy once the ledger is written
+    thumbs_file = parts_dir / "thumbs-joined.npy"      # moved to thumbs.npy by the commit
     thumbs = _join_thumbs(parts_dir, parts, thumbs_file)
     seconds["hash"] = time.perf_counter() - t
 
@@ -168,31 +208,150 @@ def _run_dedup(src, run_dir, options: DedupOptions, progress) -> RunSummary:
         min_similarity=options.min_similarity, seed=options.seed)
     frame, dstats = dedup_stage.dedup(frame, ledger, cfg, thumbs=thumbs, probes=probes, progress=progress)
     _check(frame, "dedup", "output")
-    seconds["dedup"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    out = ledger.to_arrow(frame).cast(schema.arrow_schema("ingest", "hash", "dedup"))
-    write_parquet_atomic(out, run_dir / LEDGER)
     thumbs.close()
-    os.replace(thumbs_file, run_dir / THUMBS)
-    fsync_dir(run_dir)
-    shutil.rmtree(parts_dir, ignore_errors=True)      # the ledger and thumbs.npy now hold everything
-    seconds["write"] = time.perf_counter() - t
-    seconds["total"] = time.perf_counter() - t_all
+    out = ledger.to_arrow(frame).cast(schema.arrow_schema("ingest", "hash", "dedup"))
+    seconds["dedup"] = time.perf_counter() - t
+    seconds["total"] = time.perf_counter() - t_all      # the commit's write time is not in it
 
     summary = RunSummary(
-        source=str(src) if "{" in str(src) else str(Path(src).absolute()), run_dir=str(run_dir.absolute()),
+        source=str(src) if "{" in str(src) else str(Path(src).absolute()), run_dir=str(run.path.absolute()),
         device=device.kind, device_note=device.note,
         executor=executor_name, layout=ing.layout, rows=n, seconds=seconds,
-        counts={"hash_stage": asdict(counts), "partitions": len(parts), "partitions_resumed": resumed, "dedup_stage": {k: v for k, v in asdict(dstats).items() if k != "probe"},
+        counts={"hash_stage": asdict(counts), "partitions": len(parts), "partitions_resumed": resumed,
+                "dedup_stage": {k: v for k, v in asdict(dstats).items() if k != "probe"},
                 "skipped_non_images": ing.skipped_non_images, "source_errors": ing.source_errors,
-                **_counts(out)},
+                **summ.counts(out)},
         max_distance=cfg.resolved_distance(), shift_distance=cfg.resolved_shift_distance(),
-        verify=cfg.resolved_verify(), recall=_recall_summary(dstats.probe, options.recall_sample),
-        versions=_versions(),
+        verify=cfg.resolved_verify(), recall=summ.recall_summary(dstats.probe, options.recall_sample),
+        versions=summ.versions(),
     )
-    write_text_atomic(json.dumps(asdict(summary), indent=2, default=str), run_dir / SUMMARY)
-    return summary
+    files: dict[str, Content] = {LEDGER: lambda p: write_parquet_atomic(out, p), SUMMARY: asdict(summary)}
+    return summary, files, {THUMBS: thumbs_file}
+
+
+def _fingerprint(previous: str, stage: str, settings) -> str:
+    raw = asdict(settings) if hasattr(settings, "__dataclass_fields__") else dict(settings)
+    kept = {k: v for k, v in raw.items() if k not in _SPEED_ONLY}
+    blob = json.dumps([previous, stage, __version__, kept], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def run_curate(src: str | os.PathLike, run_dir: str | os.PathLike, options: CurateOptions = CurateOptions(), *,
+               progress: Callable | None = None, log: Callable[[str], None] = lambda s: None) -> CurateResult:
+    """Every stage, in order, on RUN_DIR (see the module doc), holding its lock.
+    When a person reviews (``--review person``), it stops at each queue;
+    `gpupipe review` applies the decisions and the next `run_curate` carries on."""
+    with RunDir.open(run_dir, log=log) as run:
+        return _run_curate(run, Path(src), options, progress, log)
+
+
+def _run_curate(run: RunDir, src: Path, options: CurateOptions, progress, log) -> CurateResult:
+    if options.restart:
+        run.clear()
+    state = run.read_json(CURATE_STATE, {"stages": {}, "ledger_generation": 0})
+    done: dict[str, dict] = state["stages"]
+    out: dict[str, dict] = {}
+
+    def record(stage: str, rec: dict, files: dict[str, Content] | None = None, moves=None) -> None:
+        """Commit the stage's record with its outputs; the record names the ledger generation they leave."""
+        files = dict(files or {})
+        writes_ledger = LEDGER in files
+        done[stage] = rec
+        state["ledger_generation"] = run.generation() + 1 if writes_ledger else run.generation(LEDGER)
+        run.commit({**files, CURATE_STATE: state}, moves=moves)
+
+    if done and state["ledger_generation"] != run.generation(LEDGER) and (run / LEDGER).exists():
+        stale = [s for s in ("rank", *_AFTER_RANK) if s in done]
+        for s in stale:
+            done[s].pop("done", None)
+            if s != "rank":
+                del done[s]
+        if stale:
+            log(f"the ledger changed since curate last ran (gpupipe rank / review?): redoing {', '.join(stale)}")
+
+    # dedup (ingest + hash + dedup)
+    fp = _fingerprint(str(src.absolute()), "dedup", options.dedup)
+    if done.get("dedup", {}).get("fingerprint") not in (None, fp):
+        raise StaleRun(f"{run.path} was deduplicated with other settings or another source: use a new "
+                       "--out, or --restart to redo it from the start (this drops its rank decisions)")
+    if "dedup" not in done or not (run / LEDGER).exists():
+        run.clear(keep=(PARTS,))           # what was built on another ledger goes; finished partitions stay
+        done.clear()
+        t = time.perf_counter()
+        summary, files, moves = _dedup(run, src, options.dedup, progress)
+        record("dedup", {"fingerprint": fp, "seconds": round(time.perf_counter() - t, 2),
+                         "stats": {k: summary.counts[k] for k in ("invalid", "kept", "duplicates", "duplicate_groups")}},
+               files, moves)
+        shutil.rmtree(run / PARTS, ignore_errors=True)
+        log(f"dedup: {summary.rows} images, {summary.counts['invalid']} invalid, "
+            f"{summary.counts['duplicates']} duplicates")
+    else:
+        shutil.rmtree(run / PARTS, ignore_errors=True)     # left by a kill just after dedup's commit
+        out["dedup"] = {"skipped": True}
+    prev = fp
+
+    # rank / review rounds (`gpupipe.loop`): each round is its own commit, so this resumes at the last one
+    if options.rank is not None:
+        fp = _fingerprint(prev, "rank", options.rank)
+        rec = done.get("rank", {})
+        if rec.get("fingerprint") not in (None, fp):
+            raise StaleRun(f"{run.path} was ranked with other settings: use a new --out, or --restart "
+                           "(this drops its rank decisions)")
+        if not rec.get("done"):
+            t = time.perf_counter()
+            res = run_rank(run.path, options.rank, log=log, progress=progress)
+            if res.stopped == "awaiting review":
+                return CurateResult("awaiting review", {**done, **out}, res.queue)
+            rank_state = run.read_json(RANK_STATE)
+            record("rank", {"fingerprint": fp, "done": True, "seconds": round(time.perf_counter() - t, 2),
+                            "stats": {"stopped": res.stopped, "rounds": len(rank_state["rounds"]), **res.counts}})
+        else:
+            out["rank"] = {"skipped": True}
+        prev = fp
+
+    ledger = Ledger(resolve_device("cpu"))       # bookkeeping from here on: host pandas
+    frame = ledger.read(run / LEDGER)
+    for stage, cfg, fn in (("balance", options.balance, balance), ("split", options.split, split)):
+        fp = _fingerprint(prev, stage, cfg)
+        if done.get(stage, {}).get("fingerprint") == fp and all(c.name in frame.columns for c in schema.STAGES[stage]):
+            out[stage] = {"skipped": True}
+        else:
+            t = time.perf_counter()
+            frame, stats = fn(frame, ledger, cfg)
+            _check(frame, stage, "output")
+            for later in _AFTER_RANK[_AFTER_RANK.index(stage) + 1:]:
+                done.pop(later, None)
+            record(stage, {"fingerprint": fp, "seconds": round(time.perf_counter() - t, 2), "stats": asdict(stats)},
+                   {LEDGER: lambda p, f=frame: ledger.write_ledger(f, p)})
+            log(f"{stage}: {summ.brief(stage, stats)}")
+        prev = fp
+
+    export_dir = Path(options.export_dir) if options.export_dir else run / EXPORT
+    fp = _fingerprint(prev, "export", {**asdict(options.export), "dir": str(export_dir.absolute())})
+    if done.get("export", {}).get("fingerprint") != fp or not (export_dir / "manifest.parquet").exists():
+        t = time.perf_counter()
+        stats = export(frame, ledger, export_dir, options.export)
+        done.pop("report", None)
+        record("export", {"fingerprint": fp, "seconds": round(time.perf_counter() - t, 2), "stats": asdict(stats)})
+        how = options.export.mode if not stats.written_from_shards else (
+            "written from the shards" if stats.written_from_shards == stats.files
+            else f"{options.export.mode}; {stats.written_from_shards} written from the shards")
+        log(f"export: {stats.files} files ({how}) in {stats.out}")
+    prev = fp
+
+    fp = _fingerprint(prev, "report", {})
+    if done.get("report", {}).get("fingerprint") != fp or not (run / REPORT).exists():
+        t = time.perf_counter()
+        report.write(ledger.to_arrow(frame).to_pandas(), run / REPORT, title=f"gpupipe curate: {src}",
+                     stages=summ.report_counts(run.path, done))
+        record("report", {"fingerprint": fp, "seconds": round(time.perf_counter() - t, 2)})
+        log(f"report: {run / REPORT}")
+    return CurateResult("done", {**done, **out})
+
+
+# --- per-partition checkpoints (hash) -------------------------------------------
+def _partitions(table: pa.Table, rows: int) -> list[pa.Table]:
+    return [table.slice(i, rows) for i in range(0, table.num_rows, rows)] or [table]
 
 
 def _part_fingerprint(part: pa.Table, config: hashing.HashConfig) -> str:
@@ -204,7 +363,9 @@ def _part_fingerprint(part: pa.Table, config: hashing.HashConfig) -> str:
     with pa.ipc.new_stream(sink, part.schema) as writer:
         writer.write_table(part)
     h = xxhash.xxh3_64(memoryview(sink.getvalue()))
-    h.update(repr((__version__, config.max_pixels, config.min_side)).encode())
+    # The device too: nvJPEG and libjpeg-turbo decode a JPEG to slightly other pixels
+    # (README, "CPU and GPU runs"), so a run resumed on another device rehashes.
+    h.update(repr((__version__, config.device, config.max_pixels, config.min_side)).encode())
     return h.hexdigest()
 
 
@@ -245,40 +406,3 @@ def _join_thumbs(parts_dir: Path, parts, out: Path) -> NpyRows:
         for k, p, fp in parts:
             fh.write(np.ascontiguousarray(np.load(parts_dir / _part_name(k, fp, "thumbs", "npy"))).tobytes())
     return NpyRows(out)
-
-
-def _counts(t: pa.Table) -> dict[str, Any]:
-    import pyarrow.compute as pc
-
-    def col(name):
-        return t.column(name)
-
-    kinds = pc.value_counts(col(schema.DEDUP_KIND)).to_pylist()
-    reasons = pc.value_counts(col(schema.INVALID_REASON)).to_pylist()
-    non_unique = pc.and_(pc.greater(col(schema.DEDUP_GROUP_SIZE), 1), col(schema.DEDUP_KEEP))
-    return {
-        "invalid": int(pc.sum(col(schema.IS_INVALID)).as_py() or 0),
-        "invalid_by_reason": {r["values"]: r["counts"] for r in reasons if r["values"] is not None},
-        "kept": int(pc.sum(col(schema.DEDUP_KEEP)).as_py() or 0),
-        "duplicates": int(pc.sum(pc.is_valid(col(schema.DEDUP_DUPLICATE_OF))).as_py() or 0),
-        "duplicate_groups": int(pc.sum(non_unique).as_py() or 0),
-        "duplicates_by_kind": {k["values"]: k["counts"] for k in kinds if k["values"] is not None},
-        "label_conflict_groups": int(pc.sum(pc.and_(col(schema.DEDUP_LABEL_CONFLICT), col(schema.DEDUP_KEEP))).as_py() or 0),
-        "split_leak_groups": int(pc.sum(pc.and_(col(schema.DEDUP_SPLIT_LEAK), col(schema.DEDUP_KEEP))).as_py() or 0),
-    }
-
-
-def _recall_summary(per_kind: dict, sample: int) -> dict[str, Any]:
-    if not per_kind:
-        return {}
-    copies = sum(v["copies"] for v in per_kind.values())
-    found = sum(v["found"] for v in per_kind.values())
-    return {"sample": sample, "copies": copies, "recall": round(found / copies, 4) if copies else None,
-            "false_matches": sum(v["false_matches"] for v in per_kind.values()), "by_kind": per_kind}
-
-
-def _versions() -> dict[str, Any]:
-    from gpupipe.dali.decode import dali_version
-
-    return {"gpupipe": __version__, "python": sys.version.split()[0], "dali": dali_version(),
-            "pyarrow": pa.__version__}

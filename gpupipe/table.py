@@ -163,11 +163,36 @@ def atomic_file(path: str | os.PathLike, mode: str):
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)       # mkstemp makes 0600; outputs are ordinary files
+        crash_point(f"wrote {path.name}")
         os.replace(tmp, path)
         fsync_dir(path.parent)              # the rename itself survives a crash
+        crash_point(f"renamed {path.name}")
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def crash_point(what: str) -> None:
+    """Fault injection for the kill tests (tests/test_kill.py), at every step
+    where a write becomes visible.  With ``GPUPIPE_KILL_AT=n`` in the
+    environment the n-th call in this process kills it with SIGKILL, as a power
+    cut or the OOM killer would; with ``GPUPIPE_CRASH_LOG=FILE`` each call
+    appends its step to FILE (to count the steps of a run).  Neither is set
+    in normal use, and then this costs one dictionary lookup."""
+    if "GPUPIPE_KILL_AT" not in os.environ and "GPUPIPE_CRASH_LOG" not in os.environ:
+        return
+    global _crash_count
+    _crash_count += 1
+    if os.environ.get("GPUPIPE_CRASH_LOG"):
+        with open(os.environ["GPUPIPE_CRASH_LOG"], "a") as fh:
+            fh.write(f"{_crash_count}\t{os.getpid()}\t{what}\n")
+    if os.environ.get("GPUPIPE_KILL_AT") == str(_crash_count):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_crash_count = 0
 
 
 def fsync_dir(directory: str | os.PathLike) -> None:

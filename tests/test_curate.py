@@ -19,7 +19,7 @@ import pytest
 
 from gpupipe import schema
 from gpupipe.cli import main
-from gpupipe.curate import STATE
+from gpupipe.rundir import CURATE_STATE as STATE
 
 QUICK = ["--device", "cpu", "--quiet", "--mode", "oof", "--oof-folds", "3", "--max-rounds", "2",
          "--epochs", "4", "--epoch-samples", "512", "--patience", "2"]

@@ -1,0 +1,93 @@
+"""`gpupipe curate` killed with SIGKILL at 10 seeded moments, run again each
+time: the final ledger, decisions and export equal an uninterrupted run's.
+
+The moments are write steps (`gpupipe.table.crash_point`: just before and
+just after every atomic write becomes visible, and between the renames of a
+commit), found by counting them in an uninterrupted run and drawing one at
+random from each tenth of the run, so every stage is hit, including between
+any two writes of a rank round.  Real images: 420 of scikit-learn's digits
+with planted duplicates, invalid files and 10% label flips.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from gpupipe import schema
+
+QUICK = ["--device", "cpu", "--quiet", "--mode", "oof", "--oof-folds", "3", "--max-rounds", "2",
+         "--epochs", "4", "--epoch-samples", "512", "--image-size", "16", "--patience", "2", "--partition-rows", "256",
+         "--recall-sample", "20"]
+KILLS = 10
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    from gpupipe.datasets import flip_labels, load_digits_images, plant_dataset
+
+    images, labels = load_digits_images()
+    images, labels = images[:420], labels[:420]
+    noisy, _ = flip_labels(labels, rate=0.1, seed=3)
+    root = tmp_path_factory.mktemp("kill") / "digits"
+    plant_dataset(images, noisy, root, class_names=[str(d) for d in range(10)], upscale=4, n_byte_copies=8,
+                  n_cross_class_copies=2, n_reencodes=6, n_near=8, n_corrupt=4, seed=3)
+    return root
+
+
+def _curate(root: Path, run: Path, **env) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "gpupipe.cli", "curate", str(root), "--out", str(run), *QUICK]
+    full = {k: v for k, v in os.environ.items() if not k.startswith("GPUPIPE_")}
+    return subprocess.run(cmd, env={**full, **env}, capture_output=True, text=True, timeout=900)
+
+
+def _outputs(run: Path) -> dict:
+    ledger = pq.read_table(run / "ledger.parquet").to_pandas()
+    decisions = pq.read_table(run / "decisions.parquet").to_pandas().drop(columns=["unix_time"])
+    manifest = pd.read_parquet(run / "export" / "manifest.parquet")
+    files = sorted((str(p.relative_to(run / "export")), os.readlink(p) if p.is_symlink() else p.stat().st_size)
+                   for p in (run / "export").rglob("*") if not p.is_dir())
+    return {"ledger": ledger, "decisions": decisions, "manifest": manifest, "files": files}
+
+
+def test_killed_at_ten_seeded_write_steps_a_rerun_ends_identical(tree, tmp_path):
+    ref = tmp_path / "ref"
+    steps_log = tmp_path / "steps.txt"
+    done = _curate(tree, ref, GPUPIPE_CRASH_LOG=str(steps_log))
+    assert done.returncode == 0, done.stderr[-3000:]
+    steps = [line.split("\t") for line in steps_log.read_text().splitlines()]
+    assert all(pid == steps[0][1] for _, pid, _ in steps), "the run is in-process: one process makes every write"
+    expected = _outputs(ref)
+    # One step drawn from each tenth of the run: every stage gets hit.
+    rng = np.random.default_rng(20261128)
+    edges = np.linspace(0, len(steps), KILLS + 1).astype(int)
+    picks = [int(rng.integers(lo, hi)) + 1 for lo, hi in zip(edges[:-1], edges[1:])]
+    hit = []
+    for i, k in enumerate(picks):
+        run = tmp_path / f"run-{i}"
+        killed = _curate(tree, run, GPUPIPE_KILL_AT=str(k))
+        assert killed.returncode == -signal.SIGKILL, (k, steps[k - 1], killed.stderr[-2000:])
+        again = _curate(tree, run)
+        assert again.returncode == 0, (k, steps[k - 1], again.stderr[-3000:])
+        got = _outputs(run)
+        pd.testing.assert_frame_equal(got["ledger"], expected["ledger"])
+        pd.testing.assert_frame_equal(got["decisions"], expected["decisions"])
+        pd.testing.assert_frame_equal(got["manifest"].drop(columns=["path", "source_path"]),
+                                      expected["manifest"].drop(columns=["path", "source_path"]))
+        assert [f for f, _ in got["files"]] == [f for f, _ in expected["files"]]
+        assert not list(run.glob(".*.tmp")) and not (run / ".commit").exists() and not (run / "parts").exists()
+        hit.append(steps[k - 1][2])
+    # The kills fell in every stage: hashing partitions, dedup's commit, rank rounds, balance/split, export.
+    text = " | ".join(hit)
+    for what in ("thumbs-|hash-", "rank.json", "ledger.parquet", "curate.json"):
+        assert any(w in text for w in what.split("|")), (what, hit)
+    assert len(set(picks)) == KILLS
+    assert {schema.BALANCE_STATUS, schema.SPLIT_SET} <= set(expected["ledger"].columns)
