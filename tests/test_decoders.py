@@ -1,0 +1,86 @@
+"""Device independence: what changes when another decoder decodes a JPEG.
+
+nvJPEG (DALI's ``mixed`` decoder on a GPU) and libjpeg-turbo (``cpu``) may
+give a JPEG's pixels that differ by a level or two: other IDCT and chroma
+upsampling arithmetic.  There is no GPU here, so the other decoder is
+libjpeg-turbo's fast integer IDCT (DALI's ``use_fast_idct``), a real second
+decoder whose pixels differ from the default's in the same way.  A JPEG and
+the PNG of its other-decoder pixels ("its own re-decode on another device")
+must land in one duplicate group; distinct pictures must not.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from gpupipe import schema
+from gpupipe.runner import LEDGER, DedupOptions, run_dedup
+
+N = 120
+
+
+def _fast_idct_decode(blobs: list[bytes]) -> list[np.ndarray]:
+    from nvidia.dali import fn, pipeline_def, types
+
+    @pipeline_def(batch_size=len(blobs), num_threads=2, device_id=None)
+    def pipe():
+        enc = fn.external_source(name="enc", dtype=types.UINT8)
+        return fn.decoders.image(enc, device="cpu", output_type=types.RGB, use_fast_idct=True)
+
+    p = pipe()
+    p.build()
+    p.feed_input("enc", [np.frombuffer(b, np.uint8) for b in blobs])
+    (out,) = p.run()
+    return [np.array(out.at(i)) for i in range(len(blobs))]
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """N colour JPEGs (Fashion-MNIST 2x2 mosaics, tinted, 4:2:0 at quality 85)
+    with, beside each of the first N/2, a PNG of its fast-IDCT decode."""
+    from gpupipe.datasets import load_fashion_mnist
+
+    images, labels = load_fashion_mnist(split="test")
+    rng = np.random.default_rng(5)
+    root = tmp_path_factory.mktemp("decoders") / "src"
+    blobs, names = [], []
+    for i in range(N):
+        idx = rng.choice(len(images), 4, replace=False)
+        tiles = [images[j][..., None] * rng.uniform(0.3, 1.0, 3)[None, None, :] for j in idx]
+        mosaic = np.concatenate([np.concatenate(tiles[:2], 1), np.concatenate(tiles[2:], 1)], 0)
+        buf = io.BytesIO()
+        Image.fromarray(mosaic.clip(0, 255).astype(np.uint8)).save(buf, "JPEG", quality=85, subsampling=2)
+        blobs.append(buf.getvalue())
+        names.append(f"c{labels[idx[0]]}/m{i:03d}")
+    other = _fast_idct_decode(blobs[: N // 2])
+    for i, (blob, name) in enumerate(zip(blobs, names)):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / f"{name}.jpg").write_bytes(blob)
+        if i < N // 2:
+            Image.fromarray(other[i]).save(root / f"{name}_other_decoder.png")
+    return root
+
+
+def test_a_jpeg_and_its_other_decoder_pixels_group_and_nothing_else_does(tree, tmp_path):
+    run_dedup(tree, tmp_path / "run", DedupOptions(device="cpu", recall_sample=0))
+    t = pq.read_table(tmp_path / "run" / LEDGER).to_pandas()
+    assert not t[schema.IS_INVALID].any() and len(t) == N + N // 2
+    stem = t[schema.REL_PATH].str.replace("_other_decoder.png", "", regex=False).str.replace(".jpg", "", regex=False)
+    group = dict(zip(t[schema.REL_PATH], t[schema.DEDUP_GROUP]))
+    pairs = [(f"{s}.jpg", f"{s}_other_decoder.png") for s in sorted(set(stem)) if f"{s}_other_decoder.png" in group]
+    assert len(pairs) == N // 2
+    # Every pair is one group (recall 1.0), and every group is one source picture (precision 1.0).
+    assert all(group[a] == group[b] for a, b in pairs)
+    assert t.groupby(schema.DEDUP_GROUP)[schema.REL_PATH].apply(lambda s: stem[s.index].nunique()).max() == 1
+    # The two decoders really differ: most pairs' exact pixel hashes do, so the
+    # exact-pixel stage cannot be what groups them; the near stage does.
+    ph = dict(zip(t[schema.REL_PATH], t[schema.PIXELS_HASH]))
+    differ = sum(ph[a] != ph[b] for a, b in pairs)
+    assert differ >= 0.9 * len(pairs), differ
+    kind = dict(zip(t[schema.REL_PATH], t[schema.DEDUP_KIND]))
+    assert {k for a, b in pairs if ph[a] != ph[b] for k in (kind[a], kind[b])} == {"near", "representative"}
