@@ -349,6 +349,11 @@ def models(c: Check, table, rgb: np.ndarray, small: bool) -> dict:
                         model(x_rep[b:b + sbs])
                 torch.cuda.synchronize() if c.gpu else None
                 t_fwd = time.perf_counter() - t0
+        torch.cuda.synchronize() if c.gpu else None
+        t0 = time.perf_counter()
+        score(model, batches(), np.where(y_all < 0, 0, y_all), torch_device=dev, embed=True)
+        torch.cuda.synchronize() if c.gpu else None
+        m["score_with_embedding_images_per_s"] = round(len(x_rep) / (time.perf_counter() - t0))
         m["val_accuracy"] = round(float((s.pred[: len(va)] == y_all[va]).mean()), 4)
         m["score_images_per_s"] = round(len(x_rep) / t_score)
         m["bare_forward_images_per_s"] = round(len(x_rep) / t_fwd)
@@ -356,6 +361,30 @@ def models(c: Check, table, rgb: np.ndarray, small: bool) -> dict:
         r[name] = m
         del model, opt, x_rep
     return r
+
+
+def outlier_knn(c: Check, small: bool) -> dict:
+    """The outlier score's k-th-neighbour search (models.outlier.kth_distance):
+    N random unit vectors (128-d, the small CNN's embedding) against the
+    capped reference, on the device."""
+    import torch
+
+    from gpupipe.models.outlier import K, REF_MAX, kth_distance
+
+    dev = "cuda:0" if c.gpu else "cpu"
+    out: dict = {"ref_rows": REF_MAX, "k": K, "dim": 128}
+    for n in ((20_000,) if small else (100_000, 1_000_000)):
+        g = torch.Generator(device=dev).manual_seed(0)
+        q = torch.nn.functional.normalize(torch.randn(n, 128, device=dev, generator=g), dim=1)
+        r = torch.nn.functional.normalize(torch.randn(REF_MAX, 128, device=dev, generator=g), dim=1)
+        kth_distance(q[:4096], r, K)                     # warm-up
+        torch.cuda.synchronize() if c.gpu else None
+        t0 = time.perf_counter()
+        kth_distance(q, r, K)
+        torch.cuda.synchronize() if c.gpu else None
+        dt = time.perf_counter() - t0
+        out[f"n{n}"] = {"seconds": round(dt, 3), "queries_per_s": round(n / dt)}
+    return out
 
 
 def main() -> int:
@@ -385,6 +414,7 @@ def main() -> int:
         "models": lambda: models(c, table, rgb, small),
         "dedup": lambda: dedup_gpu(c, table, rgb),
         "neighbours": lambda: neighbours(c, small),
+        "outlier": lambda: outlier_knn(c, small),
     }
     for name, fn in sections.items():
         if args.only is None or name in args.only:

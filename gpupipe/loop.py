@@ -251,7 +251,7 @@ def _rounds(run_dir: Path, options: RankOptions, cfg, device, ledger: Ledger, fr
                  "score_images_per_second": round(stats.score_images_per_second, 1)}
         state["classes"] = stats.classes
         if options.review == "person":
-            q = rv.queue(frame, ledger, worst=options.worst, best=options.best)
+            q = rv.queue(frame, ledger, worst=options.worst, best=options.best, policy=options.policy)
             if left is not None:
                 q = q.iloc[:left]
             csv = _write_queue(run_dir, q, r)
@@ -263,7 +263,7 @@ def _rounds(run_dir: Path, options: RankOptions, cfg, device, ledger: Ledger, fr
             log(f"round {r}: scored {stats.scored}; review {len(q)} samples in {csv}, then run gpupipe review")
             return LoopResult("awaiting review", rounds, counts(frame, ledger), str(csv))
         if options.review == "oracle":
-            q = rv.queue(frame, ledger, worst=options.worst, best=options.best)
+            q = rv.queue(frame, ledger, worst=options.worst, best=options.best, policy=options.policy)
             if left is not None:
                 q = q.iloc[:left]
             d = rv.oracle_decisions(q, truth, frame, round_no=r)

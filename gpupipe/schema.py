@@ -106,6 +106,7 @@ RANK_PROB_GIVEN = "rank_prob_given"
 RANK_MARGIN = "rank_margin"
 RANK_PROBS = "rank_probs"
 RANK_OOF = "rank_oof"
+RANK_OUTLIER = "rank_outlier_score"
 RANK_FLAG = "is_mislabeled_issue"
 
 RANK = _cols(
@@ -116,6 +117,8 @@ RANK = _cols(
     Column(RANK_MARGIN, pa.float32(), "prob of the current label minus the largest other, -1..1 (<0: model disagrees)"),
     Column(RANK_PROBS, pa.list_(pa.float32()), "softmax over the classes listed in rank.json, in that order"),
     Column(RANK_OOF, pa.bool_(), "true when the score is out-of-fold (the row was not trained on)"),
+    Column(RANK_OUTLIER, pa.float32(), "robust z-score of the distance to the model's training images in its "
+           "embedding (models.outlier): ~0 typical, >= 4 far from every class"),
     Column(RANK_FLAG, pa.bool_(), "likely mislabeled: among the highest-loss rows, as many as cleanlab finds (models.score.flag_label_issues)", False),
 )
 

@@ -26,6 +26,10 @@ class Scores:
     margin: float32 (N,) prob_given minus the largest other probability, -1..1
         (negative: the model prefers another label).
     probs: float32 (N, K) softmax probabilities.
+    embedding: float32 (N, D) the input of the model's last linear layer, when
+        asked for (``score(embed=True)``); else None.
+    outlier: float32 (N,) `gpupipe.models.outlier` score, when the caller
+        computed it; else None.
     """
 
     rows: np.ndarray
@@ -34,6 +38,8 @@ class Scores:
     prob_given: np.ndarray
     margin: np.ndarray
     probs: np.ndarray
+    embedding: np.ndarray | None = None
+    outlier: np.ndarray | None = None
 
 
 def per_sample(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -52,49 +58,73 @@ def per_sample(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Te
     }
 
 
-FLUSH_BATCHES = 64   # batches of results kept on the device before one copy to the host
+FLUSH_BATCHES = 64   # batches of logits kept on the device before one pass of result kernels and one copy
+
+
+def last_linear(model: torch.nn.Module) -> torch.nn.Linear | None:
+    """The model's last ``nn.Linear`` (its classifier head), or None."""
+    found = None
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear):
+            found = m
+    return found
 
 
 @torch.inference_mode()
 def score(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, np.ndarray]], labels: np.ndarray,
-          *, torch_device: str) -> Scores:
+          *, torch_device: str, embed: bool = False) -> Scores:
     """Score one epoch of ``(x (B, C, S, S), rows (B,))`` batches; ``labels[row]`` is each row's class.
 
-    Results come back in the order the batches gave them.
+    ``embed``: also return each row's embedding, the input of the model's last
+    linear layer (None where the model has none).  Results come back in the
+    order the batches gave them.
     """
     model.eval().to(torch_device)
     cuda = torch_device.startswith("cuda")
     labels_t = torch.tensor(np.asarray(labels, np.int64), device=torch_device)
-    parts: dict[str, list] = {k: [] for k in ("rows", "loss", "pred", "prob_given", "margin", "probs")}
-    pending: dict[str, list] = {k: [] for k in parts if k != "rows"}
+    names = ("rows", "loss", "pred", "prob_given", "margin", "probs", "embedding")
+    parts: dict[str, list] = {k: [] for k in names}
+    logits_q: list[torch.Tensor] = []
+    rows_q: list[np.ndarray] = []
+    captured: list[torch.Tensor] = []
+    head = last_linear(model) if embed else None
+    hook = head.register_forward_hook(lambda m, inp, out: captured.append(inp[0])) if head is not None else None
 
     def flush() -> None:
-        # One device->host copy per column every FLUSH_BATCHES batches, not six
-        # synchronising copies per batch: that cost 44% of a small CNN's
-        # throughput on an H200 (benchmarks/gpu_check.py).
-        for k, v in pending.items():
-            if v:
-                parts[k].append(torch.cat(v).cpu().numpy())
-                v.clear()
-
-    for b, (x, rows) in enumerate(batches):
-        x = x.to(torch_device, non_blocking=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-            logits = model(x)
-        out = per_sample(logits, labels_t[torch.as_tensor(rows, device=torch_device)])
-        parts["rows"].append(np.asarray(rows, np.int64))
+        # The result kernels and the device->host copies once per FLUSH_BATCHES
+        # batches, over their logits together: per batch, their fixed cost was
+        # as large as a small CNN's forward on an H200 (benchmarks/gpu_check.py).
+        if not logits_q:
+            return
+        rows = np.concatenate(rows_q)
+        out = per_sample(torch.cat(logits_q), labels_t[torch.as_tensor(rows, device=torch_device)])
+        parts["rows"].append(rows)
         for k, v in out.items():
-            pending[k].append(v)
-        if (b + 1) % FLUSH_BATCHES == 0:
-            flush()
-    flush()
+            parts[k].append(v.cpu().numpy())
+        if captured:
+            parts["embedding"].append(torch.cat(captured).float().cpu().numpy())
+        logits_q.clear(), rows_q.clear(), captured.clear()
+
+    try:
+        for b, (x, rows) in enumerate(batches):
+            x = x.to(torch_device, non_blocking=True)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                logits_q.append(model(x))
+            rows_q.append(np.asarray(rows, np.int64))
+            if (b + 1) % FLUSH_BATCHES == 0:
+                flush()
+        flush()
+    finally:
+        if hook is not None:
+            hook.remove()
     if not parts["rows"]:
         return Scores(np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64),
-                      np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros((0, 0), np.float32))
-    cat = {k: np.concatenate(v) for k, v in parts.items()}
+                      np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros((0, 0), np.float32),
+                      np.zeros((0, 0), np.float32) if head is not None else None)
+    cat = {k: np.concatenate(v) for k, v in parts.items() if v}
     return Scores(cat["rows"], cat["loss"].astype(np.float32), cat["pred"].astype(np.int64),
                   cat["prob_given"].astype(np.float32), cat["margin"].astype(np.float32),
-                  cat["probs"].astype(np.float32))
+                  cat["probs"].astype(np.float32), cat.get("embedding"))
 
 
 def flag_label_issues(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:

@@ -28,6 +28,7 @@ import numpy as np
 from gpupipe import schema
 from gpupipe.dali.augment import AugmentConfig, file_pipeline
 from gpupipe.device import Device
+from gpupipe.models import outlier
 from gpupipe.models.score import Scores, score, flag_label_issues
 from gpupipe.models.train import TrainConfig, train
 from gpupipe.table import Ledger
@@ -148,6 +149,8 @@ class Job:
     val_refs: list | None = None
     state: dict | None = None          # a trained model's state_dict (scoring-only jobs)
     torch_threads: int | None = None
+    ref_rows: np.ndarray | None = None  # the outlier score's reference: rows the model trained on (capped)
+    ref_refs: list | None = None
 
 
 @dataclass
@@ -188,7 +191,14 @@ def run_job(job: Job) -> JobResult:
         batch = job.score_batch or (4096 if device.is_gpu else 1024)
         epochs = file_pipeline(device, job.score_refs, job.score_rows, size=job.config.image_size,
                                channels=job.channels, batch_size=batch)
-        out.scores = score(model, epochs, job.y, torch_device=device.torch_device)
+        out.scores = score(model, epochs, job.y, torch_device=device.torch_device, embed=job.ref_refs is not None)
+        if job.ref_refs is not None and out.scores.embedding is not None:
+            ref = score(model, file_pipeline(device, job.ref_refs, job.ref_rows, size=job.config.image_size,
+                                             channels=job.channels, batch_size=batch),
+                        job.y, torch_device=device.torch_device, embed=True)
+            out.scores.outlier = outlier.knn_distances(out.scores.embedding, ref.embedding,
+                                                       device=device.torch_device)   # scaled by rank()
+        out.scores.embedding = None        # (N, D): not worth shipping back from a worker
         out.seconds_score = time.perf_counter() - t
         return out
     finally:
@@ -266,9 +276,10 @@ def rank(frame, ledger: Ledger, device: Device, cfg: RankConfig, *, round_no: in
         todo = np.flatnonzero(rows.eligible & ~rows.certified)
         t = time.perf_counter()
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        ref = outlier.reference_rows(tr, seed)
         jobs = [Job(device.kind, tcfg, k, channels, seed, rows.y, todo[i:i + cfg.score_partition],
                     list(rows.paths[todo[i:i + cfg.score_partition]]), cfg.score_batch, state=state,
-                    torch_threads=threads)
+                    torch_threads=threads, ref_rows=ref, ref_refs=list(rows.paths[ref]))
                 for i in range(0, len(todo), cfg.score_partition)]
         parts += [r.scores for r in mapped(jobs, f"round {round_no}: score jobs")]
         t_score += time.perf_counter() - t
@@ -284,9 +295,11 @@ def rank(frame, ledger: Ledger, device: Device, cfg: RankConfig, *, round_no: in
             rest = elig[fold != f]
             is_val = _stratified_folds(rows.y[rest], 10, rng) == 0
             tr, va, sc = rest[~is_val], rest[is_val], elig[fold == f]
+            ref = outlier.reference_rows(tr, seed + f)
             jobs.append(Job(device.kind, tcfg, k, channels, seed + f, rows.y, sc, list(rows.paths[sc]),
                             cfg.score_batch, train_rows=tr, train_refs=list(rows.paths[tr]), val_rows=va,
-                            val_refs=list(rows.paths[va]), torch_threads=threads))
+                            val_refs=list(rows.paths[va]), torch_threads=threads, ref_rows=ref,
+                            ref_refs=list(rows.paths[ref])))
             trained, validated = trained + len(tr), validated + len(va)
         for res in mapped(jobs, f"round {round_no}: folds"):           # one fold per worker
             t_train += res.seconds_train
@@ -298,6 +311,13 @@ def rank(frame, ledger: Ledger, device: Device, cfg: RankConfig, *, round_no: in
     else:
         raise ValueError(f"mode must be 'certified' or 'oof', not {cfg.mode!r}")
 
+    # Outlier scores: the distances' robust z-scores among the rows the same model scored
+    # (each fold's model in oof mode, the one model's parts in certified mode).
+    groups = [[p] for p in parts] if oof else [parts]
+    for g in groups:
+        if all(p.outlier is not None for p in g):
+            for p, scaled in zip(g, outlier.robust_z([p.outlier for p in g])):
+                p.outlier = scaled
     frame = _merge(frame, ledger, rows, parts, k, round_no=round_no, oof=oof)
     stats = RankStats(cfg.mode, rows.classes, channels, sum(len(p.rows) for p in parts), trained, validated,
                       float(np.mean(val_acc)) if val_acc else None, epochs, t_train, t_score)
@@ -307,7 +327,7 @@ def rank(frame, ledger: Ledger, device: Device, cfg: RankConfig, *, round_no: in
 def _merge(frame, ledger: Ledger, rows: Rows, parts: list[Scores], k: int, *, round_no: int, oof: bool):
     """Write this round's scores into the RANK columns (other rows keep theirs)."""
     n = len(rows.y)
-    have = schema.RANK_ROUND in frame.columns
+    have = all(c.name in frame.columns for c in schema.RANK)     # older ledgers lack rank_outlier_score
     cols: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for c in schema.RANK:
         if have:
@@ -321,6 +341,7 @@ def _merge(frame, ledger: Ledger, rows: Rows, parts: list[Scores], k: int, *, ro
             schema.RANK_MARGIN: (np.zeros(n, np.float32), np.zeros(n, bool)),
             schema.RANK_PROBS: (np.full((n, k), np.nan, np.float32), np.zeros(n, bool)),
             schema.RANK_OOF: (np.zeros(n, bool), np.zeros(n, bool)),
+            schema.RANK_OUTLIER: (np.full(n, np.nan, np.float32), np.zeros(n, bool)),
             schema.RANK_FLAG: (np.zeros(n, bool), np.ones(n, bool)),
         }
     classes = np.asarray(rows.classes, dtype=object)
@@ -332,6 +353,9 @@ def _merge(frame, ledger: Ledger, rows: Rows, parts: list[Scores], k: int, *, ro
                              (schema.RANK_OOF, oof)):
             cols[name][0][r] = values
             cols[name][1][r] = True
+        has_outlier = s.outlier is not None and len(r) > 0 and not np.isnan(s.outlier).all()
+        cols[schema.RANK_OUTLIER][0][r] = s.outlier if has_outlier else np.nan
+        cols[schema.RANK_OUTLIER][1][r] = has_outlier
     # Flags over every row holding probabilities, against its current label.
     probs, has = cols[schema.RANK_PROBS]
     use = has & rows.eligible

@@ -140,23 +140,62 @@ def seed_set(rows: Rows, *, size: int, val: int, seed: int) -> tuple[np.ndarray,
     return positions, holdout
 
 
-def queue(frame, ledger: Ledger, *, worst: int, best: int) -> pd.DataFrame:
-    """The review queue: the ``worst`` highest-loss and ``best`` lowest-loss rows
-    among the eligible, scored, not yet certified ones.  Columns: queue
-    (worst|best), sample_id, rel_path, path, label, suggested_label, loss,
-    prob_given, prob_suggested, margin, decision (blank), new_label (the
-    suggestion, used if the decision is ``relabel``)."""
+def suspicion(loss: np.ndarray, outlier: np.ndarray, *, outlier_from: float = 4.0) -> np.ndarray:
+    """The review order.  ``loss`` (N,) of each row's current label and
+    ``outlier`` (N,) `rank_outlier_score` (NaN where none) -> float (N,) in
+    0..1, higher = reviewed first: the row's percentile among the given rows
+    by loss, or by outlier score where that is at least ``outlier_from`` and
+    higher.  A mislabeled image is caught by its loss, an image of no class
+    by its outlier score (its loss can be middling).  Below ``outlier_from``
+    (the automatic policy's ``remove_outlier``) the outlier score is left
+    out: on a set without such images its top percentiles would only push
+    ordinary rows into the queue."""
+
+    def percentile(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, np.float64)
+        ok = ~np.isnan(x)
+        out = np.zeros(len(x))
+        out[ok] = (np.argsort(np.argsort(x[ok], kind="stable"), kind="stable") + 1) / max(1, ok.sum())
+        return out
+
+    far = np.nan_to_num(np.asarray(outlier, np.float64), nan=0.0) >= outlier_from
+    return np.maximum(percentile(loss), np.where(far, percentile(outlier), 0.0))
+
+
+def queue(frame, ledger: Ledger, *, worst: int, best: int, policy: "AutoPolicy | None" = None) -> pd.DataFrame:
+    """The review queue: the ``worst`` most and ``best`` least suspicious rows
+    (`suspicion`: loss of the current label and outlier score) among the
+    eligible, scored, not yet certified ones.  Columns: queue (worst|best),
+    sample_id, rel_path, path, label, suggested_label, loss, prob_given,
+    prob_suggested, margin, outlier_score, suggested_action (remove: an image
+    of no class, as the automatic policy's ``remove_outlier`` rule decides;
+    relabel: the model prefers another class; confirm), decision (blank),
+    new_label (the suggestion, used if the decision is ``relabel``).
+    ``policy``: whose ``remove_outlier`` and ``accept_prob`` apply (default: `AutoPolicy`'s)."""
+    policy = policy or AutoPolicy()
+    far_from = np.inf if policy.remove_outlier is None else policy.remove_outlier
     rows = rows_of(frame, ledger)
     loss, scored = ledger.host(frame, schema.RANK_LOSS)
     open_ = np.flatnonzero(rows.eligible & ~rows.certified & scored)
-    order = open_[np.argsort(-loss[open_], kind="stable")]
+    order = open_[np.argsort(-suspicion(loss[open_], _outlier(frame, ledger)[open_], outlier_from=far_from),
+                             kind="stable")]
     w = order[:worst]
     b = order[::-1][:best]
     b = b[~np.isin(b, w)]
-    return _queue_frame(frame, ledger, rows, np.concatenate([w, b]), ["worst"] * len(w) + ["best"] * len(b))
+    return _queue_frame(frame, ledger, rows, np.concatenate([w, b]), ["worst"] * len(w) + ["best"] * len(b),
+                        policy)
 
 
-def _queue_frame(frame, ledger: Ledger, rows: Rows, pos: np.ndarray, kinds: list[str]) -> pd.DataFrame:
+def _outlier(frame, ledger: Ledger) -> np.ndarray:
+    """float (N,) `rank_outlier_score`, NaN where none (or an older ledger without it)."""
+    if schema.RANK_OUTLIER not in frame.columns:
+        return np.full(len(frame), np.nan)
+    score, has = ledger.host(frame, schema.RANK_OUTLIER)
+    return np.where(has, score.astype(np.float64), np.nan)
+
+
+def _queue_frame(frame, ledger: Ledger, rows: Rows, pos: np.ndarray, kinds: list[str],
+                 policy: "AutoPolicy | None" = None) -> pd.DataFrame:
     ids, _ = ledger.host(frame, schema.SAMPLE_ID)
     rel, _ = ledger.host(frame, schema.REL_PATH)
     paths, _ = ledger.host(frame, schema.PATH)
@@ -170,11 +209,19 @@ def _queue_frame(frame, ledger: Ledger, rows: Rows, pos: np.ndarray, kinds: list
         loss, _ = ledger.host(frame, schema.RANK_LOSS)
         pg, _ = ledger.host(frame, schema.RANK_PROB_GIVEN)
         margin, _ = ledger.host(frame, schema.RANK_MARGIN)
+        outlier = _outlier(frame, ledger)[pos]
         out["suggested_label"] = np.where(has[pos], pred[pos], None)
         out["loss"] = np.where(has[pos], loss[pos], np.nan)
         out["prob_given"] = np.where(has[pos], pg[pos], np.nan)
         out["prob_suggested"] = np.where(has[pos], np.nanmax(probs[pos], axis=1) if probs.size else np.nan, np.nan)
         out["margin"] = np.where(has[pos], margin[pos], np.nan)
+        out["outlier_score"] = outlier
+        policy = policy or AutoPolicy()
+        agree = out["suggested_label"].to_numpy(object) == rows.label[pos]
+        confident = agree & (out["prob_given"].to_numpy() >= policy.accept_prob)
+        far = np.nan_to_num(outlier, nan=-np.inf) >= (np.inf if policy.remove_outlier is None
+                                                      else policy.remove_outlier)
+        out["suggested_action"] = np.where(far & ~confident, "remove", np.where(agree, "confirm", "relabel"))
     out["decision"] = ""
     out["new_label"] = out["suggested_label"] if "suggested_label" in out else None
     return out
@@ -196,6 +243,9 @@ class AutoPolicy:
         class with at least this probability.
     remove_prob: remove a row (as unusable) when its label's probability is at
         most this and it was not relabeled.
+    remove_outlier: remove a row (as an image of no class) when its
+        `rank_outlier_score` is at least this, unless the model confirms its
+        label (accept_prob); such a row is never relabeled.  None: off.
     max_accept / max_change: caps per round (lowest loss accepted first,
         highest loss changed first); None = no cap.
 
@@ -210,6 +260,7 @@ class AutoPolicy:
     accept_prob: float = 0.9
     relabel_prob: float = 0.9
     remove_prob: float = 0.01
+    remove_outlier: float | None = 4.0
     max_accept: int | None = None
     max_change: int | None = None
 
@@ -223,9 +274,14 @@ def auto_decisions(frame, ledger: Ledger, policy: AutoPolicy, *, round_no: int) 
     open_ = rows.eligible & ~rows.certified & scored
     top = np.where(scored, np.nan_to_num(probs, nan=0.0).max(axis=1, initial=0.0), 0.0)
     agree = pred == rows.label
-    accept = np.flatnonzero(open_ & agree & (pg >= policy.accept_prob))
-    relabel = np.flatnonzero(open_ & ~agree & (top >= policy.relabel_prob))
-    remove = np.flatnonzero(open_ & ~agree & (top < policy.relabel_prob) & (pg <= policy.remove_prob))
+    confirm = open_ & agree & (pg >= policy.accept_prob)
+    far = np.zeros(len(open_), bool)
+    if policy.remove_outlier is not None and schema.RANK_OUTLIER in frame.columns:
+        score, has = ledger.host(frame, schema.RANK_OUTLIER)
+        far = open_ & has & (np.nan_to_num(score, nan=0.0) >= policy.remove_outlier) & ~confirm
+    accept = np.flatnonzero(confirm)
+    relabel = np.flatnonzero(open_ & ~agree & ~far & (top >= policy.relabel_prob))
+    remove = np.flatnonzero(far | (open_ & ~agree & (top < policy.relabel_prob) & (pg <= policy.remove_prob)))
     accept = accept[np.argsort(loss[accept], kind="stable")][:policy.max_accept]
     change = np.concatenate([relabel, remove])
     change = change[np.argsort(-loss[change], kind="stable")][:policy.max_change]
