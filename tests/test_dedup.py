@@ -275,3 +275,32 @@ def test_bytes_after_the_end_marker_keep_an_image_valid(tmp_path):
     for clean, extra in (("0/a.png", "0/a_trailer.png"), ("1/b.jpg", "1/b_motion.jpg")):
         assert t.at[clean, schema.PIXELS_HASH] == t.at[extra, schema.PIXELS_HASH]
         assert t.at[clean, schema.DEDUP_GROUP] == t.at[extra, schema.DEDUP_GROUP]
+
+
+def test_the_decoders_own_messages_are_caught_not_printed(tmp_path, capfd):
+    """libpng prints "libpng error: ..." on stderr for a PNG whose compressed
+    data is garbage; the run's stderr stays gpupipe's own, and the file is a
+    row flagged undecodable."""
+    import io
+
+    from PIL import Image
+
+    from gpupipe.datasets import load_digits_images
+
+    images, _ = load_digits_images()
+    (tmp_path / "src" / "a").mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(images[i]).save(tmp_path / "src" / "a" / f"ok_{i}.png")
+    buf = io.BytesIO()
+    Image.fromarray(images[5]).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    at = data.index(b"IDAT") + 4
+    data[at:at + 8] = b"\x00garbage"            # the zlib stream's header: "incorrect header check"
+    (tmp_path / "src" / "a" / "bad.png").write_bytes(bytes(data))
+    capfd.readouterr()
+    run_dedup(tmp_path / "src", tmp_path / "run", DedupOptions(device="cpu", recall_sample=0))
+    err = capfd.readouterr().err
+    assert "libpng" not in err, err
+    t = pq.read_table(tmp_path / "run" / LEDGER).to_pandas().set_index(schema.REL_PATH)
+    assert t.loc["a/bad.png", schema.INVALID_REASON] == "undecodable"
+    assert not t.drop(index="a/bad.png")[schema.IS_INVALID].any()

@@ -11,13 +11,24 @@ with its own batch: DALI then invalidates the pipeline, so `Decoder` rebuilds
 it and bisects that batch to tell the bad file(s) from the good ones.  Files
 are screened by `gpupipe.io.sniff` first, so this slow path is rare, and
 bisection keeps it short.
+
+What the C decoders print on a bad file (libpng's ``libpng error: IDAT:
+incorrect header check``, libjpeg's ``Corrupt JPEG data: ...``) goes to the
+process's stderr, below Python; `quiet_decoders` catches it while a batch
+decodes: a failing file's message joins its error, and the run's output is
+gpupipe's own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import sys
+import tempfile
+import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -132,14 +143,15 @@ class Decoder:
         """Decode ``encoded[positions]``; on failure bisect to find the bad
         files: O(k log n) pipeline runs for k bad files among n."""
         try:
-            rgb, thumb, gray = self._run([encoded[i] for i in positions])
+            with quiet_decoders() as said:
+                rgb, thumb, gray = self._run([encoded[i] for i in positions])
             parts.append(self._collect(rgb, thumb, gray, positions))
             return
         except RuntimeError as err:
             # One bad file fails the whole batch and invalidates the pipeline.
             self._pipe = self._build()
             if len(positions) == 1:
-                errors[int(positions[0])] = _short(err)
+                errors[int(positions[0])] = _short(err) + (f" ({said[-1]})" if said else "")
                 return
         half = len(positions) // 2
         self._decode_range(encoded, positions[:half], parts, errors)
@@ -176,6 +188,46 @@ def _regroup(groups: list[tuple[np.ndarray, Any]], xp) -> list[tuple[np.ndarray,
         imgs = parts[0][1] if len(parts) == 1 else xp.concatenate([i for _, i in parts])
         out.append((pos, imgs))
     return out
+
+
+_NOISE = re.compile(r"^\s*(libpng|libjpeg|libtiff|libwebp|nvjpeg|\[?nvimgcodec|corrupt jpeg|premature end of jpeg|"
+                    r"invalid sos|bogus|warning: )", re.I)
+_capturing = threading.Lock()
+
+
+@contextlib.contextmanager
+def quiet_decoders() -> Iterator[list[str]]:
+    """Catch what C libraries write to file descriptor 2 in the ``with`` block
+    and yield the list that receives the decoders' lines (libpng, libjpeg,
+    libtiff, nvJPEG, nvImageCodec); any other line caught (another thread's
+    log, a progress bar) is written back to stderr afterwards.  One capture
+    at a time per process: a second thread's block runs uncaptured."""
+    said: list[str] = []
+    if not _capturing.acquire(blocking=False):
+        yield said
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with tempfile.TemporaryFile() as tmp:
+            os.dup2(tmp.fileno(), 2)
+            try:
+                yield said
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                os.close(saved)
+                tmp.seek(0)
+                other = []
+                for line in tmp.read().decode("utf-8", "replace").splitlines():
+                    if _NOISE.match(line):
+                        said.append(line.strip())
+                    else:
+                        other.append(line)
+                if other:
+                    os.write(2, ("\n".join(other) + "\n").encode())
+    finally:
+        _capturing.release()
 
 
 def _short(err: Exception) -> str:
