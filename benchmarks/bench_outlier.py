@@ -122,6 +122,51 @@ def tally(run: Path, planted: dict, threshold: float | None) -> dict:
             "clean_damaged": sum(act.get(r) in ("remove", "relabel") for r in c)}
 
 
+def cost(run: Path, rows: int = 10_000) -> dict:
+    """CPU seconds the outlier score adds per ``rows`` scored rows, on this run's
+    images: capturing embeddings in the scoring pass, the forward over a
+    model's reference rows (``rows`` of them: oof's folds each have ~2/3 of
+    the set, capped at REF_MAX), and the k-NN search against that reference.
+    An untrained small CNN: time does not depend on its weights."""
+    import torch
+
+    from gpupipe.dali.augment import file_pipeline
+    from gpupipe.device import resolve_device
+    from gpupipe.models import nets
+    from gpupipe.models.outlier import K, REF_MAX, knn_distances
+    from gpupipe.models.score import score
+    from gpupipe.stages.rank import rows_of
+    from gpupipe.table import Ledger
+
+    dev = resolve_device("cpu")
+    ledger = Ledger(dev)
+    frame = ledger.read(run / LEDGER)
+    r = rows_of(frame, ledger)
+    pos = np.flatnonzero(r.eligible)[:rows]
+    model = nets.build(nets.resolve_model("small-cnn"), len(r.classes), 1, seed=0)
+    y = np.where(r.y < 0, 0, r.y)
+
+    def timed(embed: bool):
+        t = time.perf_counter()
+        s = score(model, file_pipeline(dev, list(r.paths[pos]), pos, size=32, channels=1, batch_size=1024), y,
+                  torch_device="cpu", embed=embed)
+        return time.perf_counter() - t, s
+
+    timed(False)                                   # warm-up (DALI pipeline, torch)
+    plain, _ = timed(False)
+    with_emb, s = timed(True)
+    ref = s.embedding[: min(REF_MAX, len(pos))]
+    t = time.perf_counter()
+    knn_distances(s.embedding, ref, k=K)
+    knn = time.perf_counter() - t
+    scale = 10_000 / len(pos)
+    return {"rows": len(pos), "threads": torch.get_num_threads(),
+            "score_seconds_per_10k": round(plain * scale, 2),
+            "embedding_capture_seconds_per_10k": round((with_emb - plain) * scale, 2),
+            "reference_forward_seconds_per_10k_reference_rows": round(with_emb * scale, 2),
+            "knn_seconds_per_10k_vs_reference": round(knn * scale, 2), "reference_rows": len(ref)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dataset", choices=("digits", "fashion"), default="digits")
@@ -133,7 +178,13 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", default=".bench")
+    ap.add_argument("--cost-only", action="store_true", help="only the CPU cost, on an existing run of this dataset")
     args = ap.parse_args()
+    if args.cost_only:
+        c = cost(Path(args.data) / f"outlier-{args.dataset}-{args.noise}" / "run")
+        print(json.dumps(c, indent=2))
+        (Path(args.data) / f"outlier-cost-{args.dataset}.json").write_text(json.dumps(c, indent=2))
+        return 0
     base = Path(args.data) / f"outlier-{args.dataset}-{args.noise}"
     if base.exists():
         shutil.rmtree(base)

@@ -85,9 +85,41 @@ def test_killed_at_ten_seeded_write_steps_a_rerun_ends_identical(tree, tmp_path)
         assert [f for f, _ in got["files"]] == [f for f, _ in expected["files"]]
         assert not list(run.glob(".*.tmp")) and not (run / ".commit").exists() and not (run / "parts").exists()
         hit.append(steps[k - 1][2])
+    print("killed at:", "; ".join(f"step {k} of {len(steps)} ({w})" for k, w in zip(picks, hit)))
     # The kills fell in every stage: hashing partitions, dedup's commit, rank rounds, balance/split, export.
     text = " | ".join(hit)
     for what in ("thumbs-|hash-", "rank.json", "ledger.parquet", "curate.json"):
         assert any(w in text for w in what.split("|")), (what, hit)
     assert len(set(picks)) == KILLS
     assert {schema.BALANCE_STATUS, schema.SPLIT_SET} <= set(expected["ledger"].columns)
+
+
+def test_two_curates_on_one_run_dir_and_a_killed_ones_lock_taken_over(tree, tmp_path):
+    """The second curate stops with a message naming the first; after a kill -9
+    of the first, a new curate takes the lock over and finishes."""
+    import json
+    import time
+
+    run = tmp_path / "run"
+    slow = [*QUICK, "--epochs", "200", "--patience", "200"]             # runs for minutes (the last flag wins)
+    cmd = [sys.executable, "-m", "gpupipe.cli", "curate", str(tree), "--out", str(run), *slow]
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        lock = run / ".gpupipe.lock"
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            info = json.loads(lock.read_text() or "{}") if lock.exists() else {}
+            if info.get("pid") == first.pid:
+                break
+            time.sleep(0.1)
+        second = _curate(tree, run)
+        assert first.poll() is None, "the first curate ended before the second started"
+        assert second.returncode == 2
+        assert f"in use by another gpupipe process: pid {first.pid}" in second.stderr
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    third = _curate(tree, run)
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert f"took over the lock of {run} left by pid {first.pid}" in third.stdout
+    assert (run / "export" / "manifest.parquet").exists()
