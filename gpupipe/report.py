@@ -131,18 +131,26 @@ def build(ledger: pd.DataFrame, *, title: str, stages: dict[str, dict], groups: 
 
     parts.append("<h2>Most suspicious samples</h2>")
     if schema.RANK_LOSS in d.columns and d[schema.RANK_LOSS].notna().any():
-        s = d[d[schema.RANK_LOSS].notna()].sort_values(schema.RANK_LOSS, ascending=False, kind="stable").head(suspicious)
+        from gpupipe.stages.review import suspicion
+
+        scored = d[d[schema.RANK_LOSS].notna()]
+        outlier = (scored[schema.RANK_OUTLIER].to_numpy(float) if schema.RANK_OUTLIER in scored.columns
+                   else np.full(len(scored), np.nan))
+        order = np.argsort(-suspicion(scored[schema.RANK_LOSS].to_numpy(float), outlier), kind="stable")
+        s = scored.iloc[order[:suspicious]]
         cells = []
         for _, r in s.iterrows():
             status = r.get(schema.REVIEW_STATUS)
             final = r.get(schema.REVIEW_LABEL)
             cap = (f"{html.escape(str(r[schema.LABEL]))} → {html.escape(str(r[schema.RANK_PRED]))}<br>"
                    f"loss {r[schema.RANK_LOSS]:.2f}"
+                   + (f", outlier {r[schema.RANK_OUTLIER]:.1f}" if pd.notna(r.get(schema.RANK_OUTLIER)) else "")
                    + (f"<br>{status}" + (f": {html.escape(str(final))}" if status == schema.STATUS_RELABELED else "")
                       if isinstance(status, str) else ""))
             cells.append(_img(r[schema.PATH], cap, _locator(r)))
         parts.append(f'<div class="grid">{"".join(cells)}</div><p class="muted">given → suggested label, '
-                     f'highest loss first; then the review decision</p>')
+                     f'in the review order (loss, or outlier score where that is 4 or more); then the '
+                     f'review decision</p>')
         parts.append("<h2>Loss distribution</h2>")
         scored = d[d[schema.RANK_LOSS].notna()]
         parts.append(_histogram(scored[schema.RANK_LOSS].to_numpy(float),
