@@ -129,3 +129,23 @@ def test_a_rerun_with_other_partitions_does_not_reuse_the_wrong_ones(digits_plan
     s = run_dedup(root, tmp_path, DedupOptions(device="cpu", partition_rows=250))
     assert s.counts["partitions_resumed"] == 0
     assert pq.read_table(tmp_path / LEDGER).equals(ledger)
+
+
+def test_partitions_hashed_in_two_threads_at_once_equal_one_at_a_time(digits_planted):
+    """A Dask worker may run several partitions at once in threads: each thread
+    gets its own DALI decoder, and the hashes are those of one at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gpupipe.runner import _partitions
+    from gpupipe.stages import hashing
+    from gpupipe.stages.ingest import ingest
+
+    root, _ = digits_planted
+    table = ingest(root).table.select(list(hashing.READS))
+    cfg = hashing.HashConfig(device="cpu", batch_size=64)
+    parts = _partitions(table, 200)[:4]
+    alone = [hashing.hash_partition(p, cfg) for p in parts]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda p: hashing.hash_partition(p, cfg), parts))
+    for (t1, _, th1), (t2, _, th2) in zip(alone, together):
+        assert t1.equals(t2) and (th1 == th2).all()

@@ -19,7 +19,7 @@ Reads: sample_id, path, ingest_locator.  Adds: `schema.HASH`.
 
 from __future__ import annotations
 
-import functools
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -74,13 +74,21 @@ class HashCounts:
         return HashCounts(*(a + b for a, b in zip(vars(self).values(), vars(other).values())))
 
 
-@functools.lru_cache(maxsize=4)
+_local = threading.local()
+
+
 def _decoder(config: HashConfig):
-    """One DALI decoder per process and configuration (built on first use)."""
+    """One DALI decoder per thread and configuration, built on first use and
+    kept: a DALI pipeline is fed and run by one caller at a time, and a Dask
+    worker may run several partitions at once in threads (one per process
+    was not safe then)."""
     from gpupipe.dali.decode import Decoder
 
-    device = resolve_device(config.device)
-    return Decoder(device, batch_size=config.batch_size, num_threads=config.dali_threads).setup()
+    cache = _local.__dict__.setdefault("decoders", {})
+    if config not in cache:
+        device = resolve_device(config.device)
+        cache[config] = Decoder(device, batch_size=config.batch_size, num_threads=config.dali_threads).setup()
+    return cache[config]
 
 
 def _submit_reads(pool: ThreadPoolExecutor, paths: list[str], locators: list, n_tasks: int) -> list:
