@@ -177,6 +177,7 @@ def main() -> int:
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tta", type=int, default=0, help="test-time augmentations averaged into the scores")
     ap.add_argument("--data", default=".bench")
     ap.add_argument("--cost-only", action="store_true", help="only the CPU cost, on an existing run of this dataset")
     args = ap.parse_args()
@@ -185,7 +186,8 @@ def main() -> int:
         print(json.dumps(c, indent=2))
         (Path(args.data) / f"outlier-cost-{args.dataset}.json").write_text(json.dumps(c, indent=2))
         return 0
-    base = Path(args.data) / f"outlier-{args.dataset}-{args.noise}"
+    name = f"outlier-{args.dataset}-{args.noise}" + (f"-tta{args.tta}" if args.tta else "")
+    base = Path(args.data) / name
     if base.exists():
         shutil.rmtree(base)
     base.mkdir(parents=True)
@@ -194,7 +196,7 @@ def main() -> int:
     run_dedup(base / "tree", base / "run", DedupOptions(device="cpu", recall_sample=0))
     t_dedup = time.perf_counter() - t0
     t0 = time.perf_counter()
-    run_rank(base / "run", RankOptions(device="cpu", review="person", worst=10, best=10, mode="oof", folds=args.folds, max_rounds=1,
+    run_rank(base / "run", RankOptions(device="cpu", review="person", worst=10, best=10, mode="oof", folds=args.folds, max_rounds=1, tta=args.tta,
                                        seed=args.seed, train=TrainConfig(max_epochs=args.epochs)))
     t_rank = time.perf_counter() - t0
     state = json.loads((base / "run" / "rank.json").read_text())
@@ -226,7 +228,7 @@ def main() -> int:
            "ap_all_errors": ap_all,
            "policy": policy, "machine": f"{platform.node()} {platform.machine()}",
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    (Path(args.data) / f"outlier-{args.dataset}-{args.noise}.json").write_text(json.dumps(out, indent=2))
+    (Path(args.data) / f"{name}.json").write_text(json.dumps(out, indent=2))
     print(f"## {args.dataset}: {out['scored']} scored rows, {out['outliers_scored']} planted outliers, "
           f"{out['flips_scored']} flips; rank {out['seconds_rank']} s, val acc {out['val_accuracy']:.3f}\n")
     print("| score | outlier AP | " + " | ".join(KINDS) + " | flip AP (outliers left out) | AP of all errors |")

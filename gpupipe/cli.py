@@ -76,6 +76,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--torch-threads", type=int, default=None, metavar="N",
                    help="CPU threads per training/scoring job (default: torch's in-process, cores/workers on "
                         "Dask); fix it for bitwise-equal scores across executors")
+    g.add_argument("--tta", type=int, default=0, metavar="N",
+                   help="average each score over N seeded test-time augmentations too (small rotations, shifts, "
+                        "contrast; each costs one more scoring pass) (default: 0)")
     _add_augment_options(p)
 
 
@@ -133,6 +136,8 @@ def _rank_options(args):
     for name in ("image_size", "epochs", "epoch_samples", "train_batch", "seed_size", "max_rounds", "oof_folds"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.tta < 0:
+        raise ValueError("--tta must be at least 0")
     if args.image_size < 8:
         raise ValueError("--image-size must be at least 8")
     for name in ("accept_prob", "relabel_prob", "remove_prob"):
@@ -150,7 +155,7 @@ def _rank_options(args):
                           remove_prob=args.remove_prob,
                           remove_outlier=None if args.remove_outlier < 0 else args.remove_outlier),
         train=train, channels=args.channels, score_batch=args.score_batch, seed=args.seed,
-        workers=args.workers, scheduler=args.scheduler, torch_threads=args.torch_threads)
+        workers=args.workers, scheduler=args.scheduler, torch_threads=args.torch_threads, tta=args.tta)
 
 
 def _add_curate_options(p: argparse.ArgumentParser) -> None:

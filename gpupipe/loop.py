@@ -77,6 +77,7 @@ class RankOptions:
     workers: int | None = None       # a local Dask cluster of N processes runs the folds / scoring jobs
     scheduler: str | None = None     # or an existing Dask cluster
     torch_threads: int | None = None
+    tta: int = 0                     # test-time augmentations averaged into each score (stages.rank.TTA)
 
 
 @dataclass
@@ -184,7 +185,7 @@ def _run_rank(run_dir, options: RankOptions, log: Callable[[str], None], progres
     truth = rv.load_oracle(options.oracle) if options.oracle else None
     cfg = rank_stage.RankConfig(mode=options.mode, folds=options.folds, train=options.train,
                                 channels=options.channels, score_batch=options.score_batch,
-                                torch_threads=options.torch_threads)
+                                torch_threads=options.torch_threads, tta=options.tta)
     with make_executor(workers=options.workers, scheduler=options.scheduler, gpu=device.is_gpu) as executor:
         return _rounds(run_dir, options, cfg, device, ledger, frame, state, truth, executor, log, progress)
 

@@ -143,3 +143,31 @@ def test_colour_images_of_mixed_sizes_and_three_classes(tmp_path):
     assert all(len(p) == 3 for p in kept[schema.RANK_PROBS])
     assert (kept[schema.RANK_PRED] == kept[schema.LABEL]).mean() > 0.8      # it learned the digits
     assert {p: p.read_bytes() for p in (tmp_path / "src").rglob("*.png")} == before   # sources untouched
+
+
+def test_test_time_augmentation_is_seeded_and_averages_probabilities(digits_noisy):
+    """run_job with tta=2: the same scores twice (seeded), different from the
+    plain pass's, and loss / prediction / margin consistent with the averaged
+    probabilities."""
+    from dataclasses import replace
+
+    from gpupipe.models import nets
+    from gpupipe.stages.rank import Job, run_job
+    from gpupipe.stages.ingest import ingest
+
+    t = ingest(digits_noisy["root"]).table
+    t = t.take(np.linspace(0, t.num_rows - 1, 96).astype(int))          # every class
+    paths = np.array(t.column(schema.PATH).to_pylist(), object)
+    classes = sorted(set(t.column(schema.LABEL).to_pylist()))
+    y = np.array([classes.index(c) for c in t.column(schema.LABEL).to_pylist()])
+    model = nets.build(nets.resolve_model("small-cnn"), len(classes), 1, seed=0)
+    rows = np.arange(len(y))
+    job = Job("cpu", TrainConfig(), len(classes), 1, 5, y, rows, list(paths), 32,
+              state={k: v.detach() for k, v in model.state_dict().items()}, torch_threads=1, tta=2)
+    a, b = run_job(job).scores, run_job(job).scores
+    plain = run_job(replace(job, tta=0)).scores
+    np.testing.assert_array_equal(a.probs, b.probs)
+    assert np.abs(a.probs - plain.probs).max() > 1e-4, np.abs(a.probs - plain.probs).max()
+    np.testing.assert_allclose(a.probs.sum(axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose(a.loss, -np.log(a.probs[np.arange(len(y)), y[a.rows]]), rtol=1e-5)
+    assert (a.pred == a.probs.argmax(axis=1)).all() and (a.rows == plain.rows).all()

@@ -27,6 +27,7 @@ import numpy as np
 
 from gpupipe import schema
 from gpupipe.dali.augment import AugmentConfig, file_pipeline
+from gpupipe.dali.strokes import StrokeSpec
 from gpupipe.device import Device
 from gpupipe.models import outlier
 from gpupipe.models.score import Scores, score, flag_label_issues
@@ -45,6 +46,7 @@ class RankConfig:
     score_batch: int | None = None   # None: 1024 on CPU, 4096 on GPU
     score_partition: int = 65536     # rows scored per job (certified mode): the unit spread over workers
     torch_threads: int | None = None  # CPU threads per job (None: torch's default in-process, cores/workers on Dask)
+    tta: int = 0                     # test-time augmentations averaged with the plain pass (seeded; 0: off)
 
 
 @dataclass
@@ -151,6 +153,7 @@ class Job:
     torch_threads: int | None = None
     ref_rows: np.ndarray | None = None  # the outlier score's reference: rows the model trained on (capped)
     ref_refs: list | None = None
+    tta: int = 0
 
 
 @dataclass
@@ -198,11 +201,42 @@ def run_job(job: Job) -> JobResult:
                         job.y, torch_device=device.torch_device, embed=True)
             out.scores.outlier = outlier.knn_distances(out.scores.embedding, ref.embedding,
                                                        device=device.torch_device)   # scaled by rank()
+        if job.tta:
+            out.scores = _with_tta(model, job, device, batch, out.scores)
         out.scores.embedding = None        # (N, D): not worth shipping back from a worker
         out.seconds_score = time.perf_counter() - t
         return out
     finally:
         torch.set_num_threads(threads)
+
+
+#: Test-time augmentations: small moves of the training set's kinds, no strokes
+#: (a spot can hide what tells two classes apart).
+TTA = AugmentConfig(rotation=0.02, contrast=0.1, translation=0.05,
+                    strokes=StrokeSpec(black_spots=0, white_spots=0, dashed_lines=0))
+
+
+def _with_tta(model, job: Job, device, batch: int, plain: Scores) -> Scores:
+    """``plain``'s scores with the probabilities averaged over it and
+    ``job.tta`` seeded augmentations of each image (`TTA`, seeds job.seed+1..);
+    loss, prediction, probability of the label and margin recomputed from the
+    average.  The embedding and outlier score stay the plain pass's."""
+    order = np.argsort(plain.rows, kind="stable")
+    total = plain.probs.astype(np.float64)
+    for t in range(1, job.tta + 1):
+        s = score(model, file_pipeline(device, job.score_refs, job.score_rows, size=job.config.image_size,
+                                       channels=job.channels, batch_size=batch, augment=TTA, seed=job.seed + t),
+                  job.y, torch_device=device.torch_device)
+        at = order[np.searchsorted(plain.rows[order], s.rows)]
+        total[at] += s.probs
+    p = total / (job.tta + 1)
+    n = len(p)
+    y = job.y[plain.rows]
+    given = p[np.arange(n), y]
+    other = np.where(np.arange(p.shape[1])[None, :] == y[:, None], -1.0, p).max(axis=1, initial=-1.0)
+    return Scores(plain.rows, (-np.log(np.clip(given, 1e-12, None))).astype(np.float32), p.argmax(axis=1),
+                  given.astype(np.float32), (given - other).astype(np.float32), p.astype(np.float32),
+                  plain.embedding, plain.outlier)
 
 
 def _torch_threads(cfg: RankConfig, executor) -> int | None:
@@ -279,7 +313,7 @@ def rank(frame, ledger: Ledger, device: Device, cfg: RankConfig, *, round_no: in
         ref = outlier.reference_rows(tr, seed)
         jobs = [Job(device.kind, tcfg, k, channels, seed, rows.y, todo[i:i + cfg.score_partition],
                     list(rows.paths[todo[i:i + cfg.score_partition]]), cfg.score_batch, state=state,
-                    torch_threads=threads, ref_rows=ref, ref_refs=list(rows.paths[ref]))
+                    torch_threads=threads, ref_rows=ref, ref_refs=list(rows.paths[ref]), tta=cfg.tta)
                 for i in range(0, len(todo), cfg.score_partition)]
         parts += [r.scores for r in mapped(jobs, f"round {round_no}: score jobs")]
         t_score += time.perf_counter() - t
@@ -299,7 +333,7 @@ def rank(frame, ledger: Ledger, device: Device, cfg: RankConfig, *, round_no: in
             jobs.append(Job(device.kind, tcfg, k, channels, seed + f, rows.y, sc, list(rows.paths[sc]),
                             cfg.score_batch, train_rows=tr, train_refs=list(rows.paths[tr]), val_rows=va,
                             val_refs=list(rows.paths[va]), torch_threads=threads, ref_rows=ref,
-                            ref_refs=list(rows.paths[ref])))
+                            ref_refs=list(rows.paths[ref]), tta=cfg.tta))
             trained, validated = trained + len(tr), validated + len(va)
         for res in mapped(jobs, f"round {round_no}: folds"):           # one fold per worker
             t_train += res.seconds_train
