@@ -46,7 +46,7 @@ from gpupipe.datasets import FASHION_MNIST_CLASSES, flip_labels, load_digits_ima
 from gpupipe.loop import RankOptions, run_rank
 from gpupipe.models.train import TrainConfig
 from gpupipe.runner import LEDGER, DedupOptions, run_dedup
-from gpupipe.stages.review import AutoPolicy, suspicion
+from gpupipe.stages.review import suspicion
 
 KINDS = ("other", "blank", "noise", "crop")
 THRESHOLDS = (2.0, 3.0, 3.5, 4.0, 5.0, 6.0)      # robust z-scores (models/outlier.py)
@@ -97,7 +97,7 @@ def tally(run: Path, planted: dict, threshold: float | None) -> dict:
     on the ranked ledger: what it fixes, removes, leaves and damages."""
     from gpupipe.device import resolve_device
     from gpupipe.stages.rank import rows_of
-    from gpupipe.stages.review import auto_decisions, ensure_columns
+    from gpupipe.stages.review import AutoPolicy, auto_decisions, ensure_columns
     from gpupipe.table import Ledger
 
     ledger = Ledger(resolve_device("cpu"))
@@ -206,7 +206,7 @@ def main() -> int:
     is_out = kind.notna().to_numpy()
     is_flip = t[schema.REL_PATH].isin(set(planted["flipped"])).to_numpy()
     loss, score = t[schema.RANK_LOSS].to_numpy(float), t[schema.RANK_OUTLIER].to_numpy(float)
-    order = suspicion(loss, score, outlier_from=AutoPolicy().remove_outlier)
+    order = suspicion(loss, score)
     probs = np.stack(t[schema.RANK_PROBS].to_numpy())
     classes = state["classes"]
     y = t[schema.REVIEW_LABEL].fillna(t[schema.LABEL]).map({c: i for i, c in enumerate(classes)}).to_numpy()

@@ -153,7 +153,7 @@ def _rank_options(args):
         worst=args.worst, best=args.best, max_rounds=args.max_rounds, review_budget=args.review_budget,
         policy=AutoPolicy(accept_prob=args.accept_prob, relabel_prob=args.relabel_prob,
                           remove_prob=args.remove_prob,
-                          remove_outlier=None if args.remove_outlier < 0 else args.remove_outlier),
+                          remove_outlier=args.remove_outlier),
         train=train, channels=args.channels, score_batch=args.score_batch, seed=args.seed,
         workers=args.workers, scheduler=args.scheduler, torch_threads=args.torch_threads, tta=args.tta)
 
@@ -232,10 +232,10 @@ def _add_rank_options(p: argparse.ArgumentParser, *, folds_flag: str, review_def
                    help="auto: relabel to the model's top class when it has at least this (default: 0.9)")
     p.add_argument("--remove-prob", type=float, default=0.01,
                    help="auto: remove when the label's probability is at most this (default: 0.01)")
-    p.add_argument("--remove-outlier", type=float, default=4.0,
-                   help="auto: remove as an image of no class when rank_outlier_score (a robust z-score) is at "
-                        "least this, unless the model confirms the label; also where such rows enter the review "
-                        "order; -1: off (default: 4)")
+    p.add_argument("--remove-outlier", type=float, default=None, metavar="Z",
+                   help="auto: also remove as an image of no class a row whose rank_outlier_score (a robust "
+                        "z-score) is at least Z, unless the model confirms its label; 4 is the measured value "
+                        "(default: off: over several automatic rounds it removes clean rows too)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
     _add_train_options(p)
 

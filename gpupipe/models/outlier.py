@@ -15,8 +15,8 @@ however spread the embedding is:
 
     ~0    as typical as the rows scored
     >= 4  far from every class: blank or cropped scans, scribbles, images of
-          another dataset (the automatic policy's default ``remove_outlier``,
-          chosen on digits and judged on Fashion-MNIST: benchmarks/RESULTS.md §10)
+          another dataset (`stages.review.FAR`, chosen on digits and judged
+          on Fashion-MNIST: benchmarks/RESULTS.md §10)
 
 The loss of the given label cannot see these: a blank image's loss is
 middling whatever its label.  Brute force in chunks of queries on the
