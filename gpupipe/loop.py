@@ -22,7 +22,6 @@ spent, or an automatic round decides nothing.
 from __future__ import annotations
 
 import io
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,8 +88,7 @@ class LoopResult:
 
 
 def _state(run_dir: Path) -> dict:
-    p = run_dir / RANK_STATE
-    return json.loads(p.read_text()) if p.exists() else {"rounds": [], "pending": None, "reviewed": 0}
+    return RunDir(run_dir).read_json(RANK_STATE, {"rounds": [], "pending": None, "reviewed": 0})
 
 
 def _load(run_dir: Path, ledger: Ledger):

@@ -94,8 +94,8 @@ class RunDir:
         journal = self.path / JOURNAL
         shutil.rmtree(journal, ignore_errors=True)
         journal.mkdir(parents=True)
-        gen = self.generation() + 1
         state = self.read_json(RUN_STATE, {"generation": 0, "files": {}})
+        gen = state["generation"] + 1
         names = [*files, *(moves or {})]
         state = {"generation": gen, "files": {**state["files"], **{n: gen for n in names}}}
         missing = [str(src) for src in (moves or {}).values() if not Path(src).exists()]

@@ -30,7 +30,7 @@ from gpupipe.dali.augment import AugmentConfig, file_pipeline
 from gpupipe.dali.strokes import StrokeSpec
 from gpupipe.device import Device
 from gpupipe.models import outlier
-from gpupipe.models.score import Scores, score, flag_label_issues
+from gpupipe.models.score import Scores, flag_label_issues, per_sample, score
 from gpupipe.models.train import TrainConfig, train
 from gpupipe.table import Ledger
 
@@ -229,14 +229,15 @@ def _with_tta(model, job: Job, device, batch: int, plain: Scores) -> Scores:
                   job.y, torch_device=device.torch_device)
         at = order[np.searchsorted(plain.rows[order], s.rows)]
         total[at] += s.probs
-    p = total / (job.tta + 1)
-    n = len(p)
-    y = job.y[plain.rows]
-    given = p[np.arange(n), y]
-    other = np.where(np.arange(p.shape[1])[None, :] == y[:, None], -1.0, p).max(axis=1, initial=-1.0)
-    return Scores(plain.rows, (-np.log(np.clip(given, 1e-12, None))).astype(np.float32), p.argmax(axis=1),
-                  given.astype(np.float32), (given - other).astype(np.float32), p.astype(np.float32),
-                  plain.embedding, plain.outlier)
+    import torch
+
+    # The averaged probabilities as logits (log p), through the one definition
+    # of loss, prediction, probability of the label and margin (`per_sample`).
+    logp = torch.from_numpy(np.log(np.clip(total / (job.tta + 1), 1e-12, None)))
+    out = {k: v.numpy() for k, v in per_sample(logp, torch.from_numpy(job.y[plain.rows])).items()}
+    return Scores(plain.rows, out["loss"].astype(np.float32), out["pred"].astype(np.int64),
+                  out["prob_given"].astype(np.float32), out["margin"].astype(np.float32),
+                  out["probs"].astype(np.float32), plain.embedding, plain.outlier)
 
 
 def _torch_threads(cfg: RankConfig, executor) -> int | None:
