@@ -10,7 +10,7 @@ EXTRAS ?= cpu,dev
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 STAMP := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: install demo test test-gpu bench data clean
+.PHONY: install demo test test-gpu bench data clean screenshots
 
 install: $(STAMP) data
 
@@ -41,6 +41,10 @@ test: install
 # On a GPU node (with EXTRAS=cuda12,dev or cuda13,dev): only the gpu-marked tests.
 test-gpu: install
 	$(BIN)/python -m pytest -q -m gpu
+
+# The README's pictures of the review page, as the browser test takes them.
+screenshots: install
+	GPUPIPE_SCREENSHOTS=docs $(BIN)/python -m pytest -q tests/test_review_page.py -k "keyboard or group"
 
 bench: install
 	$(BIN)/python -m pip install -q -r benchmarks/requirements.txt

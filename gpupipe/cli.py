@@ -3,7 +3,7 @@
     gpupipe dedup SRC --out RUN_DIR [--device auto|cpu|gpu] [--max-distance D]
                       [--workers N | --scheduler ADDRESS]
     gpupipe rank RUN_DIR [--mode certified|oof] [--review person|auto|oracle] ...
-    gpupipe review RUN_DIR DECISIONS.csv
+    gpupipe review RUN_DIR DECISIONS.csv | --serve [--port N]
     gpupipe augment RUN_DIR --out GRID.png
     gpupipe curate SRC --out RUN_DIR    all of it: dedup, rank, balance, split, export, report
     gpupipe demo [--out DIR]        the embedded default dataset, found vs planted
@@ -261,10 +261,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--scheduler", default=None, metavar="ADDRESS", help="run them on an existing Dask cluster")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_rank_options(r, folds_flag="--folds", review_default="person")
-    v = sub.add_parser("review", help="apply a person's decisions (confirm / relabel / remove) to the ledger")
+    v = sub.add_parser("review", help="apply a person's decisions (confirm / relabel / remove) to the ledger, "
+                                      "or review in the browser (--serve)")
     v.add_argument("run_dir")
-    v.add_argument("decisions", help="CSV: decision (confirm|relabel|remove, blank = skip), sample_id or "
-                                     "rel_path, new_label for relabel; the review/round-NNN.csv queue, filled in")
+    v.add_argument("decisions", nargs="?", help="CSV: decision (confirm|relabel|remove, blank = skip), sample_id "
+                   "or rel_path, new_label for relabel; the review/round-NNN.csv queue, filled in")
+    v.add_argument("--serve", action="store_true", help="serve the queue and the duplicate groups as a local web "
+                   "page reviewed with the keyboard; prints its URL (with a token)")
+    v.add_argument("--port", type=int, default=0, help="port for --serve (default: a free one)")
+    v.add_argument("--host", default="127.0.0.1", help="address for --serve (default 127.0.0.1; another "
+                   "address needs --allow-remote)")
+    v.add_argument("--allow-remote", action="store_true", help="let --serve bind an address that is not loopback")
     a = sub.add_parser("augment", help="write a PNG grid of augmented samples: what the model trains on")
     a.add_argument("run_dir")
     a.add_argument("--out", required=True, help="PNG file to write")
@@ -381,6 +388,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"gpupipe rank: {res.stopped}; " + ", ".join(f"{k} {v}" for k, v in res.counts.items()))
             return 0
         if args.command == "review":
+            if args.serve == bool(args.decisions):
+                raise ValueError("gpupipe review: give either DECISIONS.csv or --serve")
+            if args.serve:
+                from gpupipe.serve import serve
+
+                serve(args.run_dir, host=args.host, port=args.port, allow_remote=args.allow_remote,
+                      log=lambda m: print(m, flush=True))
+                return 0
             from gpupipe.loop import run_review
 
             out = run_review(args.run_dir, args.decisions)
@@ -392,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
             res = run_curate(args.src, args.out, _curate_options(args), progress=_progress(args.quiet),
                              log=lambda m: print(m, flush=True))
             if res.stopped == "awaiting review":
-                print(f"gpupipe curate: review {res.queue}, apply it with `gpupipe review {args.out} FILE`, "
+                print(f"gpupipe curate: review {res.queue} and apply it with `gpupipe review {args.out} FILE`, "
+                      f"or review in the browser with `gpupipe review {args.out} --serve`; "
                       f"then run this command again")
             else:
                 print(f"gpupipe curate: done; {Path(args.out) / 'report.html'}")

@@ -35,10 +35,11 @@ import torch
 from gpupipe import schema
 from gpupipe.device import DeviceRequest, resolve_device
 from gpupipe.models.train import TrainConfig
-from gpupipe.rundir import DECISIONS, LEDGER, RANK_STATE, RunDir
+from gpupipe.rundir import DECISIONS, GROUP_DECISIONS, LEDGER, RANK_STATE, RunDir
 from gpupipe.scale.executor import make_executor
 from gpupipe.stages import rank as rank_stage
 from gpupipe.stages import review as rv
+from gpupipe.stages.dedup import GROUP_LOG_SCHEMA, apply_group_decisions
 from gpupipe.table import Ledger, write_parquet_atomic, write_text_atomic
 
 REVIEW_DIR = "review"
@@ -91,7 +92,7 @@ def _state(run_dir: Path) -> dict:
     return RunDir(run_dir).read_json(RANK_STATE, {"rounds": [], "pending": None, "reviewed": 0})
 
 
-def _load(run_dir: Path, ledger: Ledger):
+def _load(run_dir: Path, ledger: Ledger, *, review_columns: bool = True):
     path = run_dir / LEDGER
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run `gpupipe dedup SRC --out {run_dir}` first")
@@ -99,18 +100,23 @@ def _load(run_dir: Path, ledger: Ledger):
     missing = [n for n in schema.names("ingest", "hash", "dedup") if n not in frame.columns]
     if missing:
         raise ValueError(f"{path} lacks columns {missing}: was it written by gpupipe dedup?")
-    return rv.ensure_columns(frame, ledger)
+    return rv.ensure_columns(frame, ledger) if review_columns else frame
 
 
-def _save(run_dir: Path, ledger: Ledger, frame, state: dict, log: pa.Table | None) -> None:
+def _save(run_dir: Path, ledger: Ledger, frame, state: dict | None, log: pa.Table | None,
+          group_log: pa.Table | None = None) -> None:
     """Commit the round: the ledger, rank.json and the decisions log (with this
-    round's rows appended) as one (`RunDir.commit`; the caller holds the lock)."""
+    round's rows appended; and the group decisions' log with ``group_log``'s)
+    as one (`RunDir.commit`; the caller holds the lock)."""
     run = RunDir(run_dir)
-    files = {LEDGER: lambda p: ledger.write_ledger(frame, p), RANK_STATE: state}
-    if log is not None and log.num_rows:
-        p = run / DECISIONS
-        old = pq.read_table(p) if p.exists() else rv.LOG_SCHEMA.empty_table()
-        files[DECISIONS] = lambda path: write_parquet_atomic(pa.concat_tables([old, log]), path)
+    files: dict = {LEDGER: lambda p: ledger.write_ledger(frame, p)}
+    if state is not None:
+        files[RANK_STATE] = state
+    for name, new, empty in ((DECISIONS, log, rv.LOG_SCHEMA), (GROUP_DECISIONS, group_log, GROUP_LOG_SCHEMA)):
+        if new is not None and new.num_rows:
+            p = run / name
+            old = pq.read_table(p) if p.exists() else empty.empty_table()
+            files[name] = lambda path, t=pa.concat_tables([old, new.cast(empty)]): write_parquet_atomic(t, path)
     run.commit(files)
 
 
@@ -209,7 +215,8 @@ def _rounds(run_dir: Path, options: RankOptions, cfg, device, ledger: Ledger, fr
                 ids, _ = ledger.host(frame, schema.SAMPLE_ID)
                 state.update(pending=0, queue=str(csv), seed_holdout=ids[pos[hold]].tolist())
                 _save(run_dir, ledger, frame, state, None)
-                log(f"round 0: certify the {len(pos)} seed samples in {csv}, then run gpupipe review")
+                log(f"round 0: certify the {len(pos)} seed samples in {csv}, then run `gpupipe review "
+                    f"{run_dir} FILE`; or in the browser: `gpupipe review {run_dir} --serve`")
                 return LoopResult("awaiting review", rounds, counts(frame, ledger), str(csv))
             if options.review == "oracle" and not options.trust_seed:
                 d = rv.oracle_decisions(rv.seed_queue(frame, ledger, pos), truth, frame, round_no=0)
@@ -259,7 +266,8 @@ def _rounds(run_dir: Path, options: RankOptions, cfg, device, ledger: Ledger, fr
             state.update(pending=r, queue=str(csv), stopped=None)
             rounds.append(entry)
             _save(run_dir, ledger, frame, state, None)
-            log(f"round {r}: scored {stats.scored}; review {len(q)} samples in {csv}, then run gpupipe review")
+            log(f"round {r}: scored {stats.scored}; review {len(q)} samples in {csv}, then run `gpupipe review "
+                f"{run_dir} FILE`; or in the browser: `gpupipe review {run_dir} --serve`")
             return LoopResult("awaiting review", rounds, counts(frame, ledger), str(csv))
         if options.review == "oracle":
             q = rv.queue(frame, ledger, worst=options.worst, best=options.best, policy=options.policy)
@@ -297,20 +305,31 @@ def _save_model(path: Path, model: torch.nn.Module) -> None:
         torch.save(model.state_dict(), fh)
 
 
-def run_review(run_dir: str | os.PathLike, decisions_csv: str | os.PathLike, *,
-               device: DeviceRequest = "auto") -> dict:
+def run_review(run_dir: str | os.PathLike, decisions_csv: str | os.PathLike | None, *,
+               groups: pa.Table | None = None, device: DeviceRequest = "auto") -> dict:
     """Apply a person's decisions to the pending round -> the applied tally and counts
-    (holding RUN_DIR's lock)."""
+    (holding RUN_DIR's lock).  ``groups``: corrections of the duplicate groups
+    (`GROUP_LOG_SCHEMA` rows, in the order made), applied first, in the same
+    commit.  ``decisions_csv`` None: only the group corrections (a pending
+    queue stays pending)."""
     with RunDir.open(run_dir, create=False):
-        return _run_review(run_dir, decisions_csv, device)
+        return _run_review(run_dir, decisions_csv, groups, device)
 
 
-def _run_review(run_dir, decisions_csv, device: DeviceRequest) -> dict:
+def _run_review(run_dir, decisions_csv, groups: pa.Table | None, device: DeviceRequest) -> dict:
     run_dir = Path(run_dir)
     ledger = Ledger(resolve_device(device))
-    frame = _load(run_dir, ledger)
+    frame = _load(run_dir, ledger, review_columns=decisions_csv is not None)
     state = _state(run_dir)
+    out: dict = {}
+    if groups is not None and groups.num_rows:
+        frame, g = apply_group_decisions(frame, ledger, groups)
+        out["groups_applied"] = g["applied"]
     round_no = state["pending"] if state["pending"] is not None else len(state["rounds"])
+    if decisions_csv is None:
+        if out:
+            _save(run_dir, ledger, frame, state if (run_dir / RANK_STATE).exists() else None, None, groups)
+        return {**out, "applied": 0, **counts(rv.ensure_columns(frame, ledger), ledger)}
     d = rv.read_decisions_csv(decisions_csv, frame, ledger, round_no=round_no)
     if state["pending"] == 0 and state.get("seed_holdout"):   # keep the seed set's stratified holdout
         ids, _ = ledger.host(frame, schema.SAMPLE_ID)
@@ -318,8 +337,8 @@ def _run_review(run_dir, decisions_csv, device: DeviceRequest) -> dict:
     frame, entries = rv.apply(frame, ledger, d)
     state["reviewed"] += len(d)
     state.update(pending=None, queue=None, stopped=None)
-    _save(run_dir, ledger, frame, state, entries)
-    return {"round": round_no, "applied": len(d), **_tally(d), **counts(frame, ledger)}
+    _save(run_dir, ledger, frame, state, entries, groups)
+    return {"round": round_no, **out, "applied": len(d), **_tally(d), **counts(frame, ledger)}
 
 
 def write_augment_grid(run_dir: str | os.PathLike, out: str | os.PathLike, *, augment, image_size: int = 32,

@@ -5,6 +5,8 @@ suspicious samples with given and suggested labels, the loss distribution,
 class balance before and after, split and fold sizes.  A small script sets
 ``data-images-loaded`` / ``data-images-total`` on ``<body>`` once the page
 has loaded, so a headless browser can check that every image decoded.
+Served by ``gpupipe review --serve`` (at ``/report``), every image links to
+the review page at that sample (`gpupipe.serve`).
 """
 
 from __future__ import annotations
@@ -37,11 +39,22 @@ window.addEventListener('load', function () {
   var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
   document.body.setAttribute('data-images-loaded', String(ok));
   document.body.setAttribute('data-images-total', String(imgs.length));
+  // Served by `gpupipe review --serve` (at /report): each image opens the review page at that item.
+  if (location.protocol.indexOf('http') === 0 && location.pathname === '/report') {
+    document.querySelectorAll('figure[data-review]').forEach(function (f) {
+      if (!f.dataset.review) return;
+      var a = document.createElement('a');
+      a.href = '/#' + f.dataset.review;
+      a.title = 'open in the review page';
+      f.parentNode.insertBefore(a, f);
+      a.appendChild(f);
+    });
+  }
 });
 """
 
 
-def _img(path: str, caption: str, locator: str | None = None) -> str:
+def _img(path: str, caption: str, locator: str | None = None, link: str = "") -> str:
     from PIL import Image
 
     from gpupipe.io.sources import read_one
@@ -58,10 +71,11 @@ def _img(path: str, caption: str, locator: str | None = None) -> str:
             buf = io.BytesIO()
             im.save(buf, format="PNG")
     except Exception:
-        return f'<figure><div class="muted">unreadable</div>{html.escape(caption)}</figure>'
+        return (f'<figure data-review="{html.escape(link)}"><div class="muted">unreadable</div>'
+                f'{html.escape(caption)}</figure>')
     data = base64.b64encode(buf.getvalue()).decode()
-    return (f'<figure><img src="data:image/png;base64,{data}" width="{im.width}" height="{im.height}" '
-            f'alt="{html.escape(caption)}"><figcaption>{caption}</figcaption></figure>')
+    return (f'<figure data-review="{html.escape(link)}"><img src="data:image/png;base64,{data}" width="{im.width}" '
+            f'height="{im.height}" alt="{html.escape(caption)}"><figcaption>{caption}</figcaption></figure>')
 
 
 def _table(df: pd.DataFrame) -> str:
@@ -125,7 +139,7 @@ def build(ledger: pd.DataFrame, *, title: str, stages: dict[str, dict], groups: 
     for g in order.index[:groups]:
         members = multi[multi[schema.DEDUP_GROUP] == g].sort_values(schema.DEDUP_KEEP, ascending=False, kind="stable")
         cells = [_img(r[schema.PATH], f"{html.escape(str(r[schema.LABEL]))} · {r[schema.DEDUP_KIND]}{_similarity(r)}",
-                      _locator(r))
+                      _locator(r), f"sample={r[schema.SAMPLE_ID]}")
                  for _, r in members.head(8).iterrows()]
         parts.append(f'<div class="row">{"".join(cells)}<span class="muted">{len(members)} images</span></div>')
 
@@ -147,7 +161,7 @@ def build(ledger: pd.DataFrame, *, title: str, stages: dict[str, dict], groups: 
                    + (f", outlier {r[schema.RANK_OUTLIER]:.1f}" if pd.notna(r.get(schema.RANK_OUTLIER)) else "")
                    + (f"<br>{status}" + (f": {html.escape(str(final))}" if status == schema.STATUS_RELABELED else "")
                       if isinstance(status, str) else ""))
-            cells.append(_img(r[schema.PATH], cap, _locator(r)))
+            cells.append(_img(r[schema.PATH], cap, _locator(r), f"sample={r[schema.SAMPLE_ID]}"))
         parts.append(f'<div class="grid">{"".join(cells)}</div><p class="muted">given → suggested label, '
                      f'in the review order (loss, or outlier score where that is 4 or more); then the '
                      f'review decision</p>')

@@ -5,6 +5,7 @@
     RUN_DIR/summary.json        what dedup found and how fast
     RUN_DIR/rank.json           rank rounds so far, classes (order of rank_probs), pending review
     RUN_DIR/decisions.parquet   every decision ever applied (append-only history)
+    RUN_DIR/group_decisions.parquet  a person's corrections of the duplicate groups (split / keep)
     RUN_DIR/curate.json         `gpupipe curate`'s record of each stage (fingerprint, ledger generation)
     RUN_DIR/run.json            the commit generation, and the generation that last wrote each file
     RUN_DIR/parts/              per-partition outputs while a stage is under way (the unit of resume)
@@ -40,6 +41,7 @@ THUMBS = "thumbs.npy"
 SUMMARY = "summary.json"
 RANK_STATE = "rank.json"
 DECISIONS = "decisions.parquet"
+GROUP_DECISIONS = "group_decisions.parquet"
 CURATE_STATE = "curate.json"
 RUN_STATE = "run.json"
 PARTS = "parts"
@@ -142,7 +144,8 @@ class RunDir:
 
     def clear(self, keep: tuple[str, ...] = ()) -> None:
         """Forget everything earlier runs left (decisions included), under the lock."""
-        for name in (LEDGER, SUMMARY, THUMBS, RANK_STATE, DECISIONS, CURATE_STATE, RUN_STATE, "report.html"):
+        for name in (LEDGER, SUMMARY, THUMBS, RANK_STATE, DECISIONS, GROUP_DECISIONS, CURATE_STATE, RUN_STATE,
+                     "report.html"):
             if name not in keep:
                 (self.path / name).unlink(missing_ok=True)
         for name in ("review", "models", "export", PARTS):

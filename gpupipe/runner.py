@@ -56,8 +56,8 @@ from gpupipe.device import Device, DeviceRequest, resolve_device
 from gpupipe.hashing.verify import VerifyMode
 from gpupipe.io.rows import NpyRows
 from gpupipe.loop import RankOptions, run_rank
-from gpupipe.rundir import (CURATE_STATE, DECISIONS, LEDGER, PARTS, RANK_STATE, SUMMARY, THUMBS, Content,
-                            RunDir)
+from gpupipe.rundir import (CURATE_STATE, DECISIONS, GROUP_DECISIONS, LEDGER, PARTS, RANK_STATE, SUMMARY, THUMBS,
+                            Content, RunDir)
 from gpupipe.scale.executor import make_executor, threads_per_worker
 from gpupipe.stages import dedup as dedup_stage
 from gpupipe.stages import hashing
@@ -207,6 +207,9 @@ def _dedup(run: RunDir, src, options: DedupOptions, progress) -> tuple[RunSummar
         max_distance=options.max_distance, shift_distance=options.shift_distance, verify=options.verify,
         min_similarity=options.min_similarity, seed=options.seed)
     frame, dstats = dedup_stage.dedup(frame, ledger, cfg, thumbs=thumbs, probes=probes, progress=progress)
+    # A person's corrections of earlier groups (gpupipe review --serve) hold over a new grouping.
+    group_log = pq.read_table(run / GROUP_DECISIONS) if (run / GROUP_DECISIONS).exists() else None
+    frame, group_decisions = dedup_stage.apply_group_decisions(frame, ledger, group_log)
     _check(frame, "dedup", "output")
     thumbs.close()
     out = ledger.to_arrow(frame).cast(schema.arrow_schema("ingest", "hash", "dedup"))
@@ -219,7 +222,8 @@ def _dedup(run: RunDir, src, options: DedupOptions, progress) -> tuple[RunSummar
         executor=executor_name, layout=ing.layout, rows=n, seconds=seconds,
         counts={"hash_stage": asdict(counts), "partitions": len(parts), "partitions_resumed": resumed,
                 "dedup_stage": {k: v for k, v in asdict(dstats).items() if k != "probe"},
-                "skipped_non_images": ing.skipped_non_images, "source_errors": ing.source_errors,
+                "group_decisions": group_decisions, "skipped_non_images": ing.skipped_non_images,
+                "source_errors": ing.source_errors,
                 **summ.counts(out)},
         max_distance=cfg.resolved_distance(), shift_distance=cfg.resolved_shift_distance(),
         verify=cfg.resolved_verify(), recall=summ.recall_summary(dstats.probe, options.recall_sample),

@@ -34,6 +34,8 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -409,3 +411,110 @@ def _spans(comp, codes, valid, xp):
     out = xp.zeros(n, dtype=bool)
     out[valid] = distinct[comp[valid]] > 1
     return out
+
+
+# ----------------------------------------------------------------------------- a person's group decisions
+GROUP_ACTIONS = ("split", "keep")
+
+GROUP_LOG_SCHEMA = pa.schema([
+    ("sample_id", pa.int64()), ("rel_path", pa.string()), ("action", pa.string()),
+    ("group_before", pa.int64()), ("source", pa.string()), ("unix_time", pa.float64()),
+])
+
+
+def apply_group_decisions(frame, ledger: Ledger, log: pa.Table | None):
+    """A person's corrections of the groups, applied over the dedup columns
+    (``group_decisions.parquet``, in the order they were made):
+
+    * ``split``: the row was wrongly merged; it leaves its group and stands
+      alone (unique, kept).  Its old group keeps its other members (a new
+      representative if it was the kept one).
+    * ``keep``: the row becomes its group's kept representative.
+
+    Decisions are keyed by sample_id, so they hold across a new dedup run
+    (`gpupipe.runner` applies them after every dedup): a split row stays out of
+    whatever group the hashes put it in; a kept row leads whatever group it is
+    in.  Rows no longer in the ledger or now invalid are ignored.  Only the
+    groups a decision touches are recomputed (host numpy: decisions are few).
+    Returns (frame, {"applied": n, "ignored": m})."""
+    if log is None or log.num_rows == 0:
+        return frame, {"applied": 0, "ignored": 0}
+    ids, _ = ledger.host(frame, schema.SAMPLE_ID)
+    group, valid = ledger.host(frame, schema.DEDUP_GROUP)
+    pos = pd.Index(ids).get_indexer(np.asarray(log.column("sample_id").to_numpy(), np.int64))
+    actions = log.column("action").to_pylist()
+    comp = np.full(len(ids), -1, np.int64)            # group codes 0..G-1; split rows get G, G+1, ...
+    codes, uniq = pd.factorize(group[valid])
+    comp[valid] = codes
+    forced: dict[int, int] = {}
+    touched: set[int] = set()
+    fresh = len(uniq)
+    applied = 0
+    for p, action in zip(pos, actions):
+        if p < 0 or not valid[p] or action not in GROUP_ACTIONS:
+            continue
+        applied += 1
+        touched.add(int(comp[p]))
+        if action == "split":
+            if forced.get(int(comp[p])) == p:
+                del forced[int(comp[p])]
+            comp[p] = fresh
+            fresh += 1
+        else:
+            forced[int(comp[p])] = int(p)
+        touched.add(int(comp[p]))
+    ignored = log.num_rows - applied
+    if not touched:
+        return frame, {"applied": 0, "ignored": ignored}
+    rank, _ = _representative_rank(frame, ledger)
+    rank = ledger.device.to_host(rank)
+    cols = {c: list(ledger.host(frame, c)) for c in (
+        schema.DEDUP_GROUP, schema.DEDUP_DUPLICATE_OF, schema.DEDUP_KIND, schema.DEDUP_DISTANCE,
+        schema.DEDUP_SIMILARITY, schema.DEDUP_GROUP_SIZE, schema.DEDUP_KEEP, schema.DEDUP_LABEL_CONFLICT,
+        schema.DEDUP_SPLIT_LEAK)}
+    byte, _ = ledger.host(frame, schema.BYTES_HASH)
+    pix, _ = ledger.host(frame, schema.PIXELS_HASH)
+    ph, _ = ledger.host(frame, schema.PHASH)
+    label, _ = ledger.host(frame, schema.LABEL)
+    split, _ = ledger.host(frame, schema.SPLIT)
+    old_rep = np.where(cols[schema.DEDUP_GROUP][1], cols[schema.DEDUP_GROUP][0], 0)
+    for key in touched:
+        members = np.flatnonzero(valid & (comp == key))
+        if len(members) == 0:
+            continue
+        rep = forced.get(key)
+        if rep is None or rep not in members:
+            rep = int(members[np.argmin(rank[members])])
+        n = len(members)
+        others = members[members != rep]
+
+        def put(name, where, value, ok=True):
+            cols[name][0][where] = value
+            cols[name][1][where] = ok
+
+        put(schema.DEDUP_GROUP, members, ids[rep])
+        put(schema.DEDUP_GROUP_SIZE, members, n)
+        put(schema.DEDUP_KEEP, members, False)
+        put(schema.DEDUP_KEEP, rep, True)
+        put(schema.DEDUP_DUPLICATE_OF, rep, 0, False)
+        put(schema.DEDUP_DUPLICATE_OF, others, ids[rep])
+        put(schema.DEDUP_KIND, rep, schema.KIND_UNIQUE if n == 1 else schema.KIND_REPRESENTATIVE)
+        put(schema.DEDUP_DISTANCE, rep, 0)
+        put(schema.DEDUP_SIMILARITY, rep, 0.0, False)
+        if len(others):
+            twin = np.where(byte[others] == byte[rep], schema.KIND_BYTES,
+                            np.where(pix[others] == pix[rep], schema.KIND_PIXELS, schema.KIND_NEAR))
+            put(schema.DEDUP_KIND, others, twin.astype(object))
+            put(schema.DEDUP_DISTANCE, others,
+                np.array([bin(int(h) ^ int(ph[rep])).count("1") for h in ph[others]], np.int16))
+            # A near row's similarity was measured against the old representative; unknown after a change.
+            same_rep = old_rep[others] == ids[rep]
+            sim = cols[schema.DEDUP_SIMILARITY][0]
+            put(schema.DEDUP_SIMILARITY, others,
+                np.where(twin == schema.KIND_NEAR, np.where(same_rep, sim[others], np.nan), 1.0).astype(np.float32),
+                (twin != schema.KIND_NEAR) | same_rep)
+        for name, values in ((schema.DEDUP_LABEL_CONFLICT, label), (schema.DEDUP_SPLIT_LEAK, split)):
+            distinct = {v for v in values[members] if v is not None}
+            put(name, members, len(distinct) > 1)
+    return ledger.assign(frame, {name: (v, m) for name, (v, m) in cols.items()}), \
+        {"applied": applied, "ignored": ignored}
