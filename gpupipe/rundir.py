@@ -143,7 +143,9 @@ class RunDir:
         shutil.rmtree(journal, ignore_errors=True)
 
     def clear(self, keep: tuple[str, ...] = ()) -> None:
-        """Forget everything earlier runs left (decisions included), under the lock."""
+        """Forget everything earlier runs left (decisions included), under the lock.
+        A person's group corrections go only when not in ``keep``: they are
+        keyed by sample_id and hold over a new dedup of the same source."""
         for name in (LEDGER, SUMMARY, THUMBS, RANK_STATE, DECISIONS, GROUP_DECISIONS, CURATE_STATE, RUN_STATE,
                      "report.html"):
             if name not in keep:

@@ -279,7 +279,8 @@ def _run_curate(run: RunDir, src: Path, options: CurateOptions, progress, log) -
         raise StaleRun(f"{run.path} was deduplicated with other settings or another source: use a new "
                        "--out, or --restart to redo it from the start (this drops its rank decisions)")
     if "dedup" not in done or not (run / LEDGER).exists():
-        run.clear(keep=(PARTS,))           # what was built on another ledger goes; finished partitions stay
+        # What was built on another ledger goes; finished partitions and a person's group corrections stay.
+        run.clear(keep=(PARTS, GROUP_DECISIONS))
         done.clear()
         t = time.perf_counter()
         summary, files, moves = _dedup(run, src, options.dedup, progress)

@@ -99,6 +99,7 @@ class ReviewSession:
     # --- what is under review ------------------------------------------------
     def reload(self) -> None:
         with self.lock:
+            self.generation = self.run.generation()
             self.state = self.run.read_json(RANK_STATE, {"rounds": [], "pending": None})
             table = pq.read_table(self.run / LEDGER, columns=[c for c in _LEDGER_COLUMNS
                                                               if c in pq.read_schema(self.run / LEDGER).names])
@@ -171,10 +172,20 @@ class ReviewSession:
                     groups.append({**item, "t": e["t"]})
         return labels, groups
 
+    def _stale(self) -> bool:
+        """Has another command committed to the run directory since the page loaded?"""
+        return self.run.generation() != self.generation
+
+    def _refuse_if_stale(self) -> None:
+        if self._stale():
+            raise ReviewError("the run directory changed since the page loaded (a rank round or another "
+                              "review); reload the page", 409)
+
     def decide(self, items: list[dict]) -> dict:
         """Label decisions on queued rows: [{sample_id, decision, new_label}];
         decision "" clears.  Checked as the CSV's are, before anything is saved."""
         with self.lock:
+            self._refuse_if_stale()
             if self.round is None:
                 raise ReviewError("no queue is pending: nothing to decide (run gpupipe rank)", 409)
             clean = []
@@ -197,6 +208,7 @@ class ReviewSession:
     def group(self, sample_id, action: str) -> dict:
         """A group correction: ``split`` the row out of its group, or ``keep`` it as the kept row."""
         with self.lock:
+            self._refuse_if_stale()
             sid = _int(sample_id)
             pos = self.by_id.get_indexer([sid])[0]
             if pos < 0:
@@ -227,6 +239,8 @@ class ReviewSession:
     # --- what the page loads -------------------------------------------------
     def payload(self) -> dict:
         with self.lock:
+            if self._stale():
+                self.reload()
             return {"run_dir": str(self.run.path.absolute()), "classes": self.classes,
                     "queue": self._queue_items(), "groups": self._groups(), **self.progress()}
 
@@ -292,12 +306,7 @@ class ReviewSession:
         from gpupipe.loop import run_review
 
         with self.lock:
-            state = self.run.read_json(RANK_STATE, {"pending": None})
-            if state.get("pending") != self.round or (self.round is not None and
-                                                      state.get("queue") != self.queue_named):
-                self.reload()
-                raise ReviewError("the run directory changed since the page loaded (another review or rank "
-                                  "round); reload the page", 409)
+            self._refuse_if_stale()
             labels, groups = self._replay()
             csv = None
             if self.round is not None and labels:

@@ -132,6 +132,11 @@ def test_keyboard_review_persists_and_equals_the_csv_route(queued, browser, tmp_
         page.reload()                                                    # saved as made
         page.wait_for_selector("body[data-ready='1']")
         assert page.evaluate("document.body.dataset.decided") == "4"
+        serving.stop()                                                   # and a new server has them
+        serving = Serving(run)
+        page.goto(serving.url)
+        page.wait_for_selector("body[data-ready='1']")
+        assert page.evaluate("document.body.dataset.decided") == "4"
         for sid, (decision, new) in expect.items():
             assert page.get_attribute(f"#s-{sid}", "data-decision") == decision
         assert page.evaluate("document.body.dataset.current") == worst["sample_id"][4]   # first undecided
