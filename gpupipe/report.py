@@ -55,21 +55,12 @@ window.addEventListener('load', function () {
 
 
 def _img(path: str, caption: str, locator: str | None = None, link: str = "") -> str:
-    from PIL import Image
-
-    from gpupipe.io.sources import read_one
+    from gpupipe.sheets import scaled_image
 
     try:
-        data = read_one(path, locator)
-        if isinstance(data, OSError):
-            raise data
-        with Image.open(io.BytesIO(data)) as im:
-            im = im.convert("RGB")
-            scale = THUMB / max(im.size)
-            im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
-                           Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.LANCZOS)
-            buf = io.BytesIO()
-            im.save(buf, format="PNG")
+        im = scaled_image(path, locator, THUMB)
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
     except Exception:
         return (f'<figure data-review="{html.escape(link)}"><div class="muted">unreadable</div>'
                 f'{html.escape(caption)}</figure>')

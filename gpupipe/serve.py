@@ -370,26 +370,15 @@ def _member(r: dict) -> dict:
 
 @functools.lru_cache(maxsize=4096)
 def _png(path: str, locator: str | None, size: int | None) -> bytes:
-    """The image as PNG, its longer side scaled to ``size`` (nearest-neighbour
-    when enlarging, so small images stay sharp); None: as stored."""
-    from PIL import Image
+    """The image as PNG, its longer side scaled to ``size``; None: as stored."""
+    from gpupipe.sheets import scaled_image
 
-    from gpupipe.io.sources import read_one
-
-    data = read_one(path, locator)
-    if isinstance(data, OSError):
-        raise ReviewError(f"cannot read {path}: {data}", 404)
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im = im.convert("RGB")
-            if size:
-                s = size / max(im.size)
-                im = im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))),
-                               Image.Resampling.NEAREST if s >= 1 else Image.Resampling.LANCZOS)
-            buf = io.BytesIO()
-            im.save(buf, format="PNG")
-    except Exception as e:        # an undecodable file: the page shows a placeholder
-        raise ReviewError(f"cannot decode {path}: {e}", 404) from None
+        im = scaled_image(path, locator, size)
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+    except Exception as e:        # unreadable or undecodable: the page shows a broken image, the reason here
+        raise ReviewError(f"cannot show {path}: {e}", 404) from None
     return buf.getvalue()
 
 

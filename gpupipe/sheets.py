@@ -28,6 +28,27 @@ def _save_png(image, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def scaled_image(path: str, locator: str | None, size: int | None):
+    """The image as RGB (Pillow), its longer side scaled to ``size``
+    (nearest-neighbour when enlarging, so small images stay sharp); None: as
+    stored.  Raises on an unreadable or undecodable file.  The report and the
+    review page show images through it."""
+    from PIL import Image
+
+    from gpupipe.io.sources import read_one
+
+    data = read_one(path, locator)
+    if isinstance(data, OSError):
+        raise data
+    with Image.open(io.BytesIO(data)) as im:
+        im = im.convert("RGB")
+    if size:
+        s = size / max(im.size)
+        im = im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))),
+                       Image.Resampling.NEAREST if s >= 1 else Image.Resampling.LANCZOS)
+    return im
+
+
 def _thumb(path: str, locator: str | None = None):
     from PIL import Image
 
