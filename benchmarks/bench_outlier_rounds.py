@@ -45,7 +45,7 @@ from gpupipe.loop import RankOptions, run_rank  # noqa: E402
 from gpupipe.models.train import TrainConfig  # noqa: E402
 from gpupipe.runner import LEDGER, DedupOptions, run_dedup  # noqa: E402
 
-THRESHOLDS = (4.0, 6.0, 8.0)
+THRESHOLDS = (4.0, 5.0, 6.0, 8.0)
 
 
 def simulate(scores: list[np.ndarray], open_before: list[np.ndarray], threshold: float, times: int) -> np.ndarray:
@@ -63,21 +63,8 @@ def simulate(scores: list[np.ndarray], open_before: list[np.ndarray], threshold:
     return removed
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--dataset", choices=("digits", "fashion"), default="digits")
-    ap.add_argument("--n", type=int, default=10000)
-    ap.add_argument("--outliers", type=float, default=0.03)
-    ap.add_argument("--rate", type=float, default=0.1)
-    ap.add_argument("--noise", choices=("symmetric", "pair"), default="symmetric")
-    ap.add_argument("--folds", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--data", default=".bench")
-    args = ap.parse_args()
-    name = f"outlier-rounds-{args.dataset}-{args.noise}-{args.outliers}"
-    base = Path(args.data) / name
+def run_rounds(args, base: Path):
+    """Build, deduplicate and run the rounds; save what the rules need (rounds.npz)."""
     if base.exists():
         shutil.rmtree(base)
     base.mkdir(parents=True)
@@ -88,7 +75,6 @@ def main() -> int:
                 train=TrainConfig(max_epochs=args.epochs))
     t0 = time.perf_counter()
     scores, open_before, rel = [], [], None
-    status_before = None
     for r in range(1, args.rounds + 1):
         before = pq.read_table(run / LEDGER).to_pandas()
         status_before = (before[schema.REVIEW_STATUS].isna().to_numpy() if schema.REVIEW_STATUS in before
@@ -104,10 +90,37 @@ def main() -> int:
     seconds = time.perf_counter() - t0
     final = pq.read_table(run / LEDGER).to_pandas()
     by_policy = (final[schema.REVIEW_STATUS] == schema.STATUS_REMOVED).to_numpy()
-    np.savez(base / "rounds.npz", scores=np.stack(scores), open_before=np.stack(open_before), rel=rel,
-             by_policy=by_policy)
     is_out = np.isin(rel, list(planted["outliers"]))
     is_flip = np.isin(rel, planted["flipped"])
+    np.savez(base / "rounds.npz", scores=np.stack(scores), open_before=np.stack(open_before), rel=rel,
+             by_policy=by_policy, is_out=is_out, is_flip=is_flip, seconds=seconds)
+    return scores, open_before, rel, by_policy, is_out, is_flip, seconds
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dataset", choices=("digits", "fashion"), default="digits")
+    ap.add_argument("--n", type=int, default=10000)
+    ap.add_argument("--outliers", type=float, default=0.03)
+    ap.add_argument("--rate", type=float, default=0.1)
+    ap.add_argument("--noise", choices=("symmetric", "pair"), default="symmetric")
+    ap.add_argument("--folds", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data", default=".bench")
+    ap.add_argument("--reuse", action="store_true", help="only the rules, over the scores an earlier run saved")
+    args = ap.parse_args()
+    name = f"outlier-rounds-{args.dataset}-{args.noise}-{args.outliers}"
+    base = Path(args.data) / name
+    if args.reuse:
+        saved = np.load(base / "rounds.npz", allow_pickle=True)
+        scores, open_before, rel, by_policy = (list(saved["scores"]), list(saved["open_before"]), saved["rel"],
+                                               saved["by_policy"])
+        is_out, is_flip = saved["is_out"], saved["is_flip"]
+        seconds = float(saved["seconds"])
+    else:
+        scores, open_before, rel, by_policy, is_out, is_flip, seconds = run_rounds(args, base)
     clean = ~is_out & ~is_flip
     ever = np.zeros(len(rel), bool)
     for s in scores:

@@ -232,12 +232,21 @@ def _add_rank_options(p: argparse.ArgumentParser, *, folds_flag: str, review_def
                    help="auto: relabel to the model's top class when it has at least this (default: 0.9)")
     p.add_argument("--remove-prob", type=float, default=0.01,
                    help="auto: remove when the label's probability is at most this (default: 0.01)")
-    p.add_argument("--remove-outlier", type=float, default=None, metavar="Z",
+    p.add_argument("--remove-outlier", type=_off_or_float, default=6.0, metavar="Z|off",
                    help="auto: also remove as an image of no class a row whose rank_outlier_score (a robust "
-                        "z-score) is at least Z, unless the model confirms its label; 4 is the measured value "
-                        "(default: off: over several automatic rounds it removes clean rows too)")
+                        "z-score) is at least Z, unless the model confirms its label (default: 6; 4, the value "
+                        "the review order uses, removes clean rows too over several rounds)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
     _add_train_options(p)
+
+
+def _off_or_float(v: str) -> float | None:
+    if v.strip().lower() in ("off", "none"):
+        return None
+    try:
+        return float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'off', got {v!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
