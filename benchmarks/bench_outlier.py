@@ -167,18 +167,36 @@ def cost(run: Path, rows: int = 10_000) -> dict:
             "knn_seconds_per_10k_vs_reference": round(knn * scale, 2), "reference_rows": len(ref)}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_data_args(ap: argparse.ArgumentParser, *, outliers: float | None = 0.03) -> None:
+    """The planted data (`build`) and the out-of-fold rounds' settings, shared by
+    bench_outlier.py, bench_outlier_rounds.py and bench_rounds.py (``outliers``
+    None: no --outliers option; the caller sets it)."""
     ap.add_argument("--dataset", choices=("digits", "fashion"), default="digits")
     ap.add_argument("--n", type=int, default=10000)
-    ap.add_argument("--outliers", type=float, default=0.03)
+    if outliers is not None:
+        ap.add_argument("--outliers", type=float, default=outliers)
     ap.add_argument("--rate", type=float, default=0.1)
     ap.add_argument("--noise", choices=("symmetric", "pair"), default="symmetric")
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--tta", type=int, default=0, help="test-time augmentations averaged into the scores")
     ap.add_argument("--data", default=".bench")
+
+
+def prepare(args, base: Path) -> tuple[dict, Path]:
+    """A fresh ``base``: the planted tree (`build`) deduplicated -> (planted, run dir)."""
+    if base.exists():
+        shutil.rmtree(base)
+    base.mkdir(parents=True)
+    planted = build(args, base / "tree")
+    run_dedup(base / "tree", base / "run", DedupOptions(device="cpu", recall_sample=0))
+    return planted, base / "run"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_data_args(ap)
+    ap.add_argument("--tta", type=int, default=0, help="test-time augmentations averaged into the scores")
     ap.add_argument("--cost-only", action="store_true", help="only the CPU cost, on an existing run of this dataset")
     args = ap.parse_args()
     if args.cost_only:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -38,12 +37,12 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_outlier import build  # noqa: E402
+from bench_outlier import add_data_args, prepare  # noqa: E402
 
 from gpupipe import schema  # noqa: E402
 from gpupipe.loop import RankOptions, run_rank  # noqa: E402
 from gpupipe.models.train import TrainConfig  # noqa: E402
-from gpupipe.runner import LEDGER, DedupOptions, run_dedup  # noqa: E402
+from gpupipe.runner import LEDGER  # noqa: E402
 
 THRESHOLDS = (4.0, 5.0, 6.0, 8.0)
 
@@ -65,12 +64,7 @@ def simulate(scores: list[np.ndarray], open_before: list[np.ndarray], threshold:
 
 def run_rounds(args, base: Path):
     """Build, deduplicate and run the rounds; save what the rules need (rounds.npz)."""
-    if base.exists():
-        shutil.rmtree(base)
-    base.mkdir(parents=True)
-    planted = build(args, base / "tree")
-    run = base / "run"
-    run_dedup(base / "tree", run, DedupOptions(device="cpu", recall_sample=0))
+    planted, run = prepare(args, base)
     opts = dict(device="cpu", review="auto", mode="oof", folds=args.folds, seed=args.seed,
                 train=TrainConfig(max_epochs=args.epochs))
     t0 = time.perf_counter()
@@ -99,16 +93,8 @@ def run_rounds(args, base: Path):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--dataset", choices=("digits", "fashion"), default="digits")
-    ap.add_argument("--n", type=int, default=10000)
-    ap.add_argument("--outliers", type=float, default=0.03)
-    ap.add_argument("--rate", type=float, default=0.1)
-    ap.add_argument("--noise", choices=("symmetric", "pair"), default="symmetric")
-    ap.add_argument("--folds", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=10)
+    add_data_args(ap)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--data", default=".bench")
     ap.add_argument("--reuse", action="store_true", help="only the rules, over the scores an earlier run saved")
     args = ap.parse_args()
     name = f"outlier-rounds-{args.dataset}-{args.noise}-{args.outliers}"

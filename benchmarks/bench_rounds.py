@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -33,13 +32,13 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_outlier import average_precision, build  # noqa: E402
+from bench_outlier import add_data_args, average_precision, prepare  # noqa: E402
 
 from gpupipe import schema  # noqa: E402
 from gpupipe.loop import RankOptions, run_rank  # noqa: E402
 from gpupipe.models.score import flag_label_issues  # noqa: E402
 from gpupipe.models.train import TrainConfig  # noqa: E402
-from gpupipe.runner import LEDGER, DedupOptions, run_dedup  # noqa: E402
+from gpupipe.runner import LEDGER  # noqa: E402
 from gpupipe.stages.review import AutoPolicy  # noqa: E402
 
 
@@ -70,23 +69,11 @@ def measure(probs: np.ndarray, given: np.ndarray, true: np.ndarray, classes: lis
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--dataset", choices=("digits", "fashion"), default="digits")
-    ap.add_argument("--n", type=int, default=10000)
-    ap.add_argument("--rate", type=float, default=0.1)
-    ap.add_argument("--noise", choices=("symmetric", "pair"), default="symmetric")
-    ap.add_argument("--folds", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--data", default=".bench")
+    add_data_args(ap, outliers=None)
     args = ap.parse_args()
     args.outliers = 0.0
     base = Path(args.data) / f"rounds-{args.dataset}-{args.noise}"
-    if base.exists():
-        shutil.rmtree(base)
-    base.mkdir(parents=True)
-    planted = build(args, base / "tree")
-    run = base / "run"
-    run_dedup(base / "tree", run, DedupOptions(device="cpu", recall_sample=0))
+    planted, run = prepare(args, base)
     t0 = time.perf_counter()
     opts = dict(device="cpu", review="auto", mode="oof", folds=args.folds, seed=args.seed,
                 train=TrainConfig(max_epochs=args.epochs))
