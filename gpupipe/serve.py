@@ -101,8 +101,8 @@ class ReviewSession:
         with self.lock:
             self.generation = self.run.generation()
             self.state = self.run.read_json(RANK_STATE, {"rounds": [], "pending": None})
-            table = pq.read_table(self.run / LEDGER, columns=[c for c in _LEDGER_COLUMNS
-                                                              if c in pq.read_schema(self.run / LEDGER).names])
+            present = set(pq.read_schema(self.run / LEDGER).names)
+            table = pq.read_table(self.run / LEDGER, columns=[c for c in _LEDGER_COLUMNS if c in present])
             # Nullable integers stay integers (sample ids are 64-bit: a float would round them).
             self.ledger = table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int32Dtype(),
                                                         pa.bool_(): pd.BooleanDtype()}.get)
@@ -338,7 +338,7 @@ class ReviewSession:
             archive = self.run / f"review/draft-applied-{int(time.time() * 1000)}.jsonl"
             os.replace(self.run / DRAFT, archive)
             self.reload()
-            return {**{k: v for k, v in out.items()}, "decisions_csv": None if csv is None else str(csv)}
+            return {**out, "decisions_csv": None if csv is None else str(csv)}
 
 
 def _natural(s) -> tuple:
