@@ -31,8 +31,8 @@ def _save_png(image, path: str | os.PathLike) -> Path:
 def scaled_image(path: str, locator: str | None, size: int | None):
     """The image as RGB (Pillow), its longer side scaled to ``size``
     (nearest-neighbour when enlarging, so small images stay sharp); None: as
-    stored.  Raises on an unreadable or undecodable file.  The report and the
-    review page show images through it."""
+    stored.  Raises on an unreadable or undecodable file.  The review sheets,
+    the report and the review page show images through it."""
     from PIL import Image
 
     from gpupipe.io.sources import read_one
@@ -52,19 +52,8 @@ def scaled_image(path: str, locator: str | None, size: int | None):
 def _thumb(path: str, locator: str | None = None):
     from PIL import Image
 
-    from gpupipe.io.sources import read_one
-
     try:
-        data = read_one(path, locator if isinstance(locator, str) else None)
-        if isinstance(data, OSError):
-            raise data
-        with Image.open(io.BytesIO(data)) as im:
-            im = im.convert("RGB")
-            im.thumbnail((CELL, CELL), Image.Resampling.NEAREST if max(im.size) < CELL else Image.Resampling.LANCZOS)
-            if max(im.size) < CELL:
-                s = CELL / max(im.size)
-                im = im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))), Image.Resampling.NEAREST)
-            return im
+        return scaled_image(path, locator if isinstance(locator, str) else None, CELL)
     except Exception:      # an unreadable file gets a blank cell, not a failed sheet
         return Image.new("RGB", (CELL, CELL), (255, 0, 255))
 
