@@ -364,23 +364,25 @@ def models(c: Check, table, rgb: np.ndarray, small: bool) -> dict:
 
 
 def outlier_knn(c: Check, small: bool) -> dict:
-    """The outlier score's k-th-neighbour search (models.outlier.kth_distance):
-    N random unit vectors (128-d, the small CNN's embedding) against the
-    capped reference, on the device."""
+    """The outlier score's search (models.outlier.knn_distances: the k-th
+    neighbour within each of 10 classes): N random unit vectors (240-d, the
+    small CNN's four blocks) against the capped reference, on the device."""
     import torch
 
-    from gpupipe.models.outlier import K, REF_MAX, kth_distance
+    from gpupipe.models.outlier import K, REF_MAX, knn_distances
 
     dev = "cuda:0" if c.gpu else "cpu"
-    out: dict = {"ref_rows": REF_MAX, "k": K, "dim": 128}
+    dim = 240
+    out: dict = {"ref_rows": REF_MAX, "k": K, "dim": dim, "classes": 10}
+    labels = np.arange(REF_MAX) % 10
     for n in ((20_000,) if small else (100_000, 1_000_000)):
         g = torch.Generator(device=dev).manual_seed(0)
-        q = torch.nn.functional.normalize(torch.randn(n, 128, device=dev, generator=g), dim=1)
-        r = torch.nn.functional.normalize(torch.randn(REF_MAX, 128, device=dev, generator=g), dim=1)
-        kth_distance(q[:4096], r, K)                     # warm-up
+        q = torch.nn.functional.normalize(torch.randn(n, dim, device=dev, generator=g), dim=1)
+        r = torch.nn.functional.normalize(torch.randn(REF_MAX, dim, device=dev, generator=g), dim=1)
+        knn_distances(q[:4096], r, labels, device=dev)      # warm-up
         torch.cuda.synchronize() if c.gpu else None
         t0 = time.perf_counter()
-        kth_distance(q, r, K)
+        knn_distances(q, r, labels, device=dev)
         torch.cuda.synchronize() if c.gpu else None
         dt = time.perf_counter() - t0
         out[f"n{n}"] = {"seconds": round(dt, 3), "queries_per_s": round(n / dt)}

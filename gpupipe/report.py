@@ -136,7 +136,7 @@ def build(ledger: pd.DataFrame, *, title: str, stages: dict[str, dict], groups: 
 
     parts.append("<h2>Most suspicious samples</h2>")
     if schema.RANK_LOSS in d.columns and d[schema.RANK_LOSS].notna().any():
-        from gpupipe.stages.review import suspicion
+        from gpupipe.stages.review import FAR, suspicion
 
         scored = d[d[schema.RANK_LOSS].notna()]
         outlier = (scored[schema.RANK_OUTLIER].to_numpy(float) if schema.RANK_OUTLIER in scored.columns
@@ -154,7 +154,7 @@ def build(ledger: pd.DataFrame, *, title: str, stages: dict[str, dict], groups: 
                       if isinstance(status, str) else ""))
             cells.append(_img(r[schema.PATH], cap, _locator(r), f"sample={r[schema.SAMPLE_ID]}"))
         parts.append(f'<div class="grid">{"".join(cells)}</div><p class="muted">given → suggested label, '
-                     f'in the review order (loss, or outlier score where that is 4 or more); then the '
+                     f'in the review order (loss, or outlier score where that is {FAR:g} or more); then the '
                      f'review decision</p>')
         parts.append("<h2>Loss distribution</h2>")
         scored = d[d[schema.RANK_LOSS].notna()]

@@ -117,9 +117,9 @@ RANK = _cols(
     Column(RANK_MARGIN, pa.float32(), "prob of the current label minus the largest other, -1..1 (<0: model disagrees)"),
     Column(RANK_PROBS, pa.list_(pa.float32()), "softmax over the classes listed in rank.json, in that order"),
     Column(RANK_OOF, pa.bool_(), "true when the score is out-of-fold (the row was not trained on)"),
-    Column(RANK_OUTLIER, pa.float32(), "robust z-score of the distance to the model's training images in its "
-           "embedding (models.outlier): ~0 typical, >= 4 far from every class"),
-    Column(RANK_FLAG, pa.bool_(), "likely mislabeled: among the highest-loss rows, as many as cleanlab finds (models.score.flag_label_issues)", False),
+    Column(RANK_OUTLIER, pa.float32(), "robust z-score of the distance to the model's training images of the "
+           "nearest class, in its features (models.outlier): ~0 typical, >= 5 far from every class (models.outlier.FAR)"),
+    Column(RANK_FLAG, pa.bool_(), "likely mislabeled: among the highest-loss rows, as many as cleanlab finds (models.score.flag_label_issues); never a row whose outlier score is >= models.outlier.FAR", False),
 )
 
 # --- review: decisions on each row (latest; the full history is decisions.parquet) ---

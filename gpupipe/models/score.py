@@ -26,7 +26,7 @@ class Scores:
     margin: float32 (N,) prob_given minus the largest other probability, -1..1
         (negative: the model prefers another label).
     probs: float32 (N, K) softmax probabilities.
-    embedding: float32 (N, D) the input of the model's last linear layer, when
+    embedding: float32 (N, D) the outlier score's features (`feature_taps`), when
         asked for (``score(embed=True)``); else None.
     outlier: float32 (N,) `gpupipe.models.outlier` score, when the caller
         computed it; else None.
@@ -70,13 +70,34 @@ def last_linear(model: torch.nn.Module) -> torch.nn.Linear | None:
     return found
 
 
+POOLS = (torch.nn.MaxPool2d, torch.nn.AvgPool2d, torch.nn.AdaptiveAvgPool2d, torch.nn.AdaptiveMaxPool2d)
+
+
+def feature_taps(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Where the outlier score's features are read: the input of every pooling
+    layer (the activations at each resolution, just before they are pooled:
+    small-cnn's four blocks, resnet50-layer1's stem and residual stage), or,
+    in a model without one, its last linear layer.
+
+    Each tap's input is averaged over its height and width and L2-normalised,
+    and the taps are concatenated, so every resolution weighs the same.  Only
+    the last tap (the classifier's input) was used at first: the earlier
+    blocks see what the classes share (strokes, texture, contrast), and a
+    blank scan or random noise lies far from all of it whatever the labels
+    (outlier AP on digits 0.90 -> 0.99, Fashion-MNIST 0.67 -> 0.77 with one
+    global k-NN; benchmarks/RESULTS.md §15)."""
+    taps = [m for m in model.modules() if isinstance(m, POOLS)]
+    head = last_linear(model)
+    return taps or ([head] if head is not None else [])
+
+
 @torch.inference_mode()
 def score(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, np.ndarray]], labels: np.ndarray,
           *, torch_device: str, embed: bool = False) -> Scores:
     """Score one epoch of ``(x (B, C, S, S), rows (B,))`` batches; ``labels[row]`` is each row's class.
 
-    ``embed``: also return each row's embedding, the input of the model's last
-    linear layer (None where the model has none).  Results come back in the
+    ``embed``: also return each row's features for the outlier score
+    (`feature_taps`; None where the model has no tap).  Results come back in the
     order the batches gave them.
     """
     model.eval().to(torch_device)
@@ -87,8 +108,14 @@ def score(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, np.ndarr
     logits_q: list[torch.Tensor] = []
     rows_q: list[np.ndarray] = []
     captured: list[torch.Tensor] = []
-    head = last_linear(model) if embed else None
-    hook = head.register_forward_hook(lambda m, inp, out: captured.append(inp[0])) if head is not None else None
+    tapped: list[torch.Tensor] = []          # this batch's tap features, in the order the taps ran
+
+    def tap(_m, inp, _out) -> None:
+        x = inp[0].float()
+        tapped.append(F.normalize(x.mean(dim=(2, 3)) if x.dim() == 4 else x.flatten(1), dim=1))
+
+    taps = feature_taps(model) if embed else []
+    hooks = [t.register_forward_hook(tap) for t in taps]
 
     def flush() -> None:
         # The result kernels and the device->host copies once per FLUSH_BATCHES
@@ -110,17 +137,20 @@ def score(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, np.ndarr
             x = x.to(torch_device, non_blocking=True)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
                 logits_q.append(model(x))
+            if tapped:
+                captured.append(torch.cat(tapped, dim=1))
+                tapped.clear()
             rows_q.append(np.asarray(rows, np.int64))
             if (b + 1) % FLUSH_BATCHES == 0:
                 flush()
         flush()
     finally:
-        if hook is not None:
-            hook.remove()
+        for h in hooks:
+            h.remove()
     if not parts["rows"]:
         return Scores(np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64),
                       np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros((0, 0), np.float32),
-                      np.zeros((0, 0), np.float32) if head is not None else None)
+                      np.zeros((0, 0), np.float32) if taps else None)
     cat = {k: np.concatenate(v) for k, v in parts.items() if v}
     return Scores(cat["rows"], cat["loss"].astype(np.float32), cat["pred"].astype(np.int64),
                   cat["prob_given"].astype(np.float32), cat["margin"].astype(np.float32),
