@@ -44,7 +44,7 @@ from gpupipe.loop import RankOptions, run_rank  # noqa: E402
 from gpupipe.models.train import TrainConfig  # noqa: E402
 from gpupipe.runner import LEDGER  # noqa: E402
 
-THRESHOLDS = (4.0, 5.0, 6.0, 8.0)
+THRESHOLDS = (4.0, 5.0, 6.0, 7.0, 8.0, 10.0)
 
 
 def simulate(scores: list[np.ndarray], open_before: list[np.ndarray], threshold: float, times: int) -> np.ndarray:
@@ -65,8 +65,11 @@ def simulate(scores: list[np.ndarray], open_before: list[np.ndarray], threshold:
 def run_rounds(args, base: Path):
     """Build, deduplicate and run the rounds; save what the rules need (rounds.npz)."""
     planted, run = prepare(args, base)
+    from gpupipe.stages.review import AutoPolicy
+
+    # The loop with the outlier rule off (each rule is replayed over its scores below).
     opts = dict(device="cpu", review="auto", mode="oof", folds=args.folds, seed=args.seed,
-                train=TrainConfig(max_epochs=args.epochs))
+                train=TrainConfig(max_epochs=args.epochs), policy=AutoPolicy(remove_outlier=None))
     t0 = time.perf_counter()
     scores, open_before, rel = [], [], None
     for r in range(1, args.rounds + 1):
