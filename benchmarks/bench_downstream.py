@@ -1,8 +1,10 @@
 """Downstream accuracy: does curation help a fixed model?  (issue 4's measure of the mission)
 
-    python benchmarks/bench_downstream.py [--seeds 0 1 2] [--flip-rate 0.15] [--epochs 40]
+    python benchmarks/bench_downstream.py [--dataset digits|fashion] [--n 2500] [--seeds 0 1 2]
+        [--flip-rate 0.15] [--epochs 40]
 
-Per seed: real digits, a clean stratified test set (20%) held out first; the
+Per seed: real images (scikit-learn's 1,797 digits upscaled to 32x32, or the
+first ``--n`` Fashion-MNIST training images, 28x28), a clean stratified test set (20%) held out first; the
 rest written as an ImageFolder with planted defects: label flips
 (``--flip-rate``), byte copies and near duplicates, invalid files.  The same
 fixed model (the competition's ResNet-50-to-layer1, Adam 1e-4, plain images,
@@ -35,7 +37,7 @@ import torch
 from gpupipe import schema
 from gpupipe.runner import CurateOptions, run_curate
 from gpupipe.dali.augment import file_pipeline
-from gpupipe.datasets import flip_labels, load_digits_images, plant_dataset
+from gpupipe.datasets import flip_labels, load_digits_images, load_fashion_mnist, plant_dataset
 from gpupipe.device import resolve_device
 from gpupipe.loop import RankOptions
 from gpupipe.models.score import score
@@ -44,7 +46,7 @@ from gpupipe.runner import DedupOptions
 from gpupipe.stages.balance import BalanceConfig
 from gpupipe.stages.split import SplitConfig
 
-PLANT = dict(upscale=4, n_byte_copies=60, n_near={"jpeg_q75": 20, "brightness_+10": 20, "resize_90": 20},
+PLANT = dict(n_byte_copies=60, n_near={"jpeg_q75": 20, "brightness_+10": 20, "resize_90": 20},
              n_corrupt={"truncated": 2, "empty": 2, "not_an_image": 2})
 
 
@@ -59,7 +61,11 @@ def fit_and_test(dev, files, labels, test_files, test_labels, *, epochs: int, se
 
 
 def one_seed(seed: int, args, work: Path, dev) -> dict:
-    images, labels = load_digits_images()
+    if args.dataset == "digits":
+        (images, labels), upscale = load_digits_images(), 4
+    else:
+        images, labels = load_fashion_mnist(split="train")
+        images, labels, upscale = images[:args.n], labels[:args.n], 1
     rng = np.random.default_rng(seed)
     test = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:int(round(0.2 * (labels == c).sum()))]
                            for c in range(10)])
@@ -67,12 +73,14 @@ def one_seed(seed: int, args, work: Path, dev) -> dict:
     root = work / f"seed{seed}"
     shutil.rmtree(root, ignore_errors=True)
     names = [str(k) for k in range(10)]
-    plant_dataset(images[test], labels[test], root / "test", class_names=names, upscale=4, seed=seed)
+    plant_dataset(images[test], labels[test], root / "test", class_names=names, upscale=upscale, seed=seed)
     test_files = sorted(str(p) for p in (root / "test").rglob("*.png"))
     test_y = [int(Path(p).parent.name) for p in test_files]
     noisy, flipped = flip_labels(labels[train_idx], rate=args.flip_rate, seed=seed)
-    truth = plant_dataset(images[train_idx], noisy, root / "raw", class_names=names, seed=seed, **PLANT)
-    plant_dataset(images[train_idx], labels[train_idx], root / "clean", class_names=names, upscale=4, seed=seed)
+    truth = plant_dataset(images[train_idx], noisy, root / "raw", class_names=names, seed=seed, upscale=upscale,
+                          **PLANT)
+    plant_dataset(images[train_idx], labels[train_idx], root / "clean", class_names=names, upscale=upscale,
+                  seed=seed)
 
     from gpupipe.io.sniff import sniff
 
@@ -113,20 +121,23 @@ def one_seed(seed: int, args, work: Path, dev) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--dataset", choices=("digits", "fashion"), default="digits")
+    ap.add_argument("--n", type=int, default=2500, help="fashion: the first N training images")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--flip-rate", type=float, default=0.15)
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
-    ap.add_argument("--data", default=".bench/downstream")
+    ap.add_argument("--data", default=None, help="default: .bench/downstream[-fashion]")
     args = ap.parse_args()
     dev = resolve_device(args.device)
-    work = Path(args.data)
+    work = Path(args.data or (".bench/downstream" + ("" if args.dataset == "digits" else "-fashion")))
     runs = [one_seed(s, args, work, dev) for s in args.seeds]
     acc = {k: np.array([r["accuracy"][k] for r in runs]) for k in ("raw", "curated", "clean")}
     rec = np.array([r["gap_recovered"] for r in runs if r["gap_recovered"] is not None], float)
     gap_of_means = (acc["curated"].mean() - acc["raw"].mean()) / (acc["clean"].mean() - acc["raw"].mean())
     lines = [f"machine: {platform.node()}, {torch.get_num_threads()} torch threads, device {dev.torch_device}; "
-             f"seeds {args.seeds}, flip rate {args.flip_rate}, {args.epochs} epochs, resnet50-layer1", "",
+             f"{args.dataset}" + (f" (first {args.n})" if args.dataset == "fashion" else "")
+             + f"; seeds {args.seeds}, flip rate {args.flip_rate}, {args.epochs} epochs, resnet50-layer1", "",
              "| data | accuracy mean | min | max | per seed |", "|---|---|---|---|---|"]
     for k, v in acc.items():
         lines.append(f"| {k} | {v.mean():.4f} | {v.min():.4f} | {v.max():.4f} | {', '.join(f'{x:.4f}' for x in v)} |")
