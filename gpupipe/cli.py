@@ -232,9 +232,9 @@ def _add_rank_options(p: argparse.ArgumentParser, *, folds_flag: str, review_def
                    help="auto: relabel to the model's top class when it has at least this (default: 0.9)")
     p.add_argument("--remove-prob", type=float, default=0.01,
                    help="auto: remove when the label's probability is at most this (default: 0.01)")
-    p.add_argument("--remove-outlier", type=_off_or_float, default=7.0, metavar="Z|off",
+    p.add_argument("--remove-outlier", type=_off_or_float, default=8.0, metavar="Z|off",
                    help="auto: also remove as an image of no class a row whose rank_outlier_score (a robust "
-                        "z-score) is at least Z, unless the model confirms its label (default: 7; 5, the value "
+                        "z-score) is at least Z, unless the model confirms its label (default: 8; 5, the value "
                         "the review order uses, removes clean rows too over several rounds)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
     _add_train_options(p)
