@@ -52,7 +52,7 @@ from gpupipe.runner import LEDGER, DedupOptions, run_dedup
 from gpupipe.stages.review import suspicion
 
 KINDS = ("other", "blank", "noise", "crop")
-THRESHOLDS = (2.0, 3.0, 3.5, 4.0, 5.0, 6.0)      # robust z-scores (models/outlier.py)
+THRESHOLDS = (2.0, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 8.0)      # robust z-scores (models/outlier.py)
 
 
 def average_precision(score: np.ndarray, positive: np.ndarray) -> float:
@@ -227,7 +227,10 @@ def main() -> int:
     base = Path(args.data) / name
     if args.reuse:
         planted = planted_of(args, base)
-        before = json.loads((Path(args.data) / f"{name}.json").read_text())     # the run's own times
+        saved = Path(args.data) / f"{name}.json"
+        if not (base / "run" / LEDGER).exists() or not saved.exists():
+            sys.exit(f"--reuse: no earlier run in {base} (run without --reuse first)")
+        before = json.loads(saved.read_text())     # the run's own times
         t_dedup, t_rank = before["seconds_dedup"], before["seconds_rank"]
     else:
         if base.exists():

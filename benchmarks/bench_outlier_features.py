@@ -1,6 +1,6 @@
 """Which features and which distance rank images of no class best, and cleanlab's
 Datalab beside gpupipe on the same out-of-fold models (issue 12, items 2 and
-the Datalab comparison).
+the Datalab comparison).  Small-cnn only (its blocks are read at its ReLUs).
 
     python benchmarks/bench_outlier_features.py --dataset digits|fashion [--noise symmetric|pair]
         [--reuse]
@@ -10,8 +10,9 @@ trains the out-of-fold round's fold models the way ``rank --mode oof`` does
 (same folds, seeds and settings) and keeps, for each fold model, every
 scored row's and every reference row's
 
-* ``emb``: the input of the last linear layer (what gpupipe's score uses),
-* ``blocks``: the global average of each ReLU's output (one per conv block),
+* ``emb``: the input of the last linear layer (what gpupipe's score used before §15),
+* ``blocks``: the global average of each ReLU's output (one per conv block of
+  small-cnn: what `score.feature_taps` reads, the input of each pooling layer),
 * ``logits``;
 
 saved in ``.bench/outlier-features-<dataset>-<noise>.npz`` (``--reuse``:
@@ -19,12 +20,13 @@ evaluate a saved file).  Then, per fold model (scores put on one scale by the
 robust z-score among the rows it scored, as rank does), the average precision
 of the planted outliers for:
 
-* ``knn emb``: k-th nearest reference distance in ``emb`` (gpupipe's score today),
-* ``knn blocks``: the same in all blocks' averages, each block L2-normalised, concatenated,
-* ``knn blocks max-z``: per block, the k-NN z-score; the largest,
-* ``mahalanobis emb``: the smallest class-conditional Mahalanobis distance (tied covariance),
-* ``energy``: minus the log-sum-exp of the logits,
-* ``datalab outlier``: cleanlab's Datalab ``outlier`` issue score from ``emb`` of
+* the k-th nearest reference distance in ``emb`` or in all blocks' averages
+  (each block L2-normalised, side by side), over the whole reference or
+  within each class (the smallest over the classes; gpupipe's score since
+  §15: every block, within classes, k = `outlier.K`), and each block alone,
+* the smallest class-conditional Mahalanobis distance (tied covariance),
+* energy (minus the log-sum-exp of the logits) and the max logit,
+* cleanlab's Datalab ``outlier`` issue score from ``emb`` or the blocks of
   the rows a fold model scored (its own k-NN among them), per fold.
 
 And the label flags F1 of gpupipe's rule against Datalab's ``label`` issues
@@ -161,7 +163,7 @@ def scores_per_fold(z: dict, folds: int) -> tuple[np.ndarray, dict]:
         put("emb, global, k=50 (gpupipe before)", knn(s, r, 50))
         put("blocks, global, k=50", knn(sb, rb, 50))
         put("emb, within classes, k=20", knn(s, r, 20, y_ref))
-        for k in (5, 10, 20, 30):
+        for k in sorted({5, 10, 20, 30, K}):
             put(GPUPIPE if k == K else f"blocks, within classes, k={k}", knn(sb, rb, k, y_ref))
         for j in range(nblocks):
             put(f"block {j} alone, within classes, k={K}",

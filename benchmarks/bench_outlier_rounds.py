@@ -1,7 +1,8 @@
 """The outlier-removal rule over several automatic rounds: which rule removes
 the images of no class and leaves clean rows alone?  (Issue 12, item 4: the
-rule `--remove-outlier` is off by default because, over the demo's three
-rounds, each round's new model put another tail of clean digits past 4.)
+rule `--remove-outlier` was first off by default because, over the demo's
+three rounds, each round's new model put another tail of clean digits past
+4; this benchmark chose its default, RESULTS.md §14-15.)
 
 Real images with planted label flips and planted images of no class
 (`bench_outlier.build`; ``--outliers 0`` for a set without them, like the

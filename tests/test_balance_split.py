@@ -77,6 +77,35 @@ def test_balance_keeps_the_most_trustworthy_first_and_caps(frame):
     assert (b.loc[b[schema.BALANCE_STATUS] == schema.BAL_SURPLUS, schema.BALANCE_REASON] == "over_cap").all()
 
 
+def test_balance_excludes_open_rows_far_from_every_class(frame):
+    """A row the review left open whose outlier score is >= FAR is excluded as
+    suspect, like a flagged one (the flags leave such rows out); a decided one
+    and a row without a score are not."""
+    from gpupipe.models.outlier import FAR
+
+    d = _pd(frame)
+    n = len(d)
+    usable = np.flatnonzero(d[schema.DEDUP_KEEP].to_numpy() & ~d[schema.IS_INVALID].to_numpy())
+    far_open, far_certified, no_score, near = usable[:5], usable[5:8], usable[8:12], usable[12:]
+    score = np.zeros(n, np.float32)
+    score[far_open] = FAR
+    score[far_certified] = FAR + 3
+    score[no_score] = np.nan
+    status = np.full(n, None, object)
+    status[far_certified] = schema.STATUS_CERTIFIED
+    f = L.assign(frame, {
+        schema.REVIEW_STATUS: (status, status != None),  # noqa: E711
+        schema.REVIEW_LABEL: (d[schema.LABEL].to_numpy(object), status != None),  # noqa: E711
+        schema.REVIEW_SOURCE: (np.full(n, "person", object), status != None),  # noqa: E711
+        schema.RANK_LOSS: (np.full(n, 0.1, np.float32), None),
+        schema.RANK_FLAG: (np.zeros(n, bool), None),
+        schema.RANK_OUTLIER: (score, ~np.isin(np.arange(n), no_score)),
+    })
+    b = _pd(balance(f, L, BalanceConfig(per_class="none"))[0])
+    assert (b.loc[far_open, schema.BALANCE_REASON] == "suspect").all()
+    assert (b.loc[np.concatenate([far_certified, no_score, near]), schema.BALANCE_STATUS] == schema.BAL_KEPT).all()
+
+
 def test_splits_are_stratified_group_whole_and_seeded(frame):
     bal, _ = balance(frame, L, BalanceConfig(per_class="none"))
     out, stats = split(bal, L, SplitConfig(test=0.1, folds=8, seed=0))

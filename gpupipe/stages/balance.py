@@ -5,7 +5,10 @@ Adds: `schema.BALANCE`.  Nothing is deleted: every row gets a status.
 
 * **excluded** rows are not usable: invalid files, duplicates (only the
   group's kept row counts), rows a review removed, unlabelled rows, and
-  *suspect* rows: still undecided yet flagged ``is_mislabeled_issue``.
+  *suspect* rows: still undecided yet flagged ``is_mislabeled_issue``, or
+  far from every class (``rank_outlier_score`` >= `models.outlier.FAR`: the
+  flags leave those rows out, and the automatic policy removes them only
+  from a higher score).
 * the usable rows of each class are ordered most trustworthy first: tier 0
   (reviewed by a person, an oracle or a known-good folder), tier 1 (decided
   by the automatic policy, or a seed trusted as given), tier 2 (open, scored:
@@ -65,12 +68,18 @@ def balance(frame, ledger: Ledger, cfg: BalanceConfig):
     source, _ = _host_or(frame, ledger, schema.REVIEW_SOURCE, None, n)
     loss, scored = _host_or(frame, ledger, schema.RANK_LOSS, 0.0, n)
     flagged, _ = _host_or(frame, ledger, schema.RANK_FLAG, False, n)
+    far = np.zeros(n, bool)
+    if schema.RANK_OUTLIER in frame.columns:
+        from gpupipe.models.outlier import FAR      # on use: it imports torch, which a ranked run has loaded
+
+        outlier, has_outlier = ledger.host(frame, schema.RANK_OUTLIER)
+        far = has_outlier & (np.nan_to_num(outlier.astype(np.float64), nan=-np.inf) >= FAR)
 
     label = np.where(has_reviewed, reviewed, given).astype(object)
     has_label = has_reviewed | has_given
     decided = np.isin(status, [schema.STATUS_CERTIFIED, schema.STATUS_RELABELED])
     reason = np.full(n, None, object)
-    for cond, why in ((~has_label, "unlabelled"), (flagged.astype(bool) & ~decided, "suspect"),
+    for cond, why in ((~has_label, "unlabelled"), ((flagged.astype(bool) | far) & ~decided, "suspect"),
                       (status == schema.STATUS_REMOVED, "removed"), (~keep.astype(bool), "duplicate"),
                       (invalid.astype(bool), "invalid")):          # the last one written wins
         reason[cond] = why
