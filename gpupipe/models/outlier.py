@@ -62,6 +62,13 @@ REF_MAX = 16384      # reference rows per model (a seeded random subset of its t
 K = 20
 
 
+def is_far(score: np.ndarray, valid: np.ndarray | None = None, *, threshold: float = FAR) -> np.ndarray:
+    """bool (N,): the outlier ``score`` is at least ``threshold`` (`FAR`), where
+    it is known (NaN, or ``valid`` False: not far)."""
+    far = np.nan_to_num(np.asarray(score, np.float64), nan=-np.inf) >= threshold
+    return far if valid is None else far & np.asarray(valid, bool)
+
+
 def kth_distance(queries: torch.Tensor, ref: torch.Tensor, k: int, *, exclude_self: bool = False,
                  chunk: int = 2048) -> torch.Tensor:
     """``queries (Q, D)``, ``ref (R, D)``, both L2-normalised float32 on one

@@ -70,10 +70,9 @@ def balance(frame, ledger: Ledger, cfg: BalanceConfig):
     flagged, _ = _host_or(frame, ledger, schema.RANK_FLAG, False, n)
     far = np.zeros(n, bool)
     if schema.RANK_OUTLIER in frame.columns:
-        from gpupipe.models.outlier import FAR      # on use: it imports torch, which a ranked run has loaded
+        from gpupipe.models.outlier import is_far     # on use: it imports torch, which a ranked run has loaded
 
-        outlier, has_outlier = ledger.host(frame, schema.RANK_OUTLIER)
-        far = has_outlier & (np.nan_to_num(outlier.astype(np.float64), nan=-np.inf) >= FAR)
+        far = is_far(*ledger.host(frame, schema.RANK_OUTLIER))
 
     label = np.where(has_reviewed, reviewed, given).astype(object)
     has_label = has_reviewed | has_given

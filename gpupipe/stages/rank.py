@@ -398,9 +398,7 @@ def _merge(frame, ledger: Ledger, rows: Rows, parts: list[Scores], k: int, *, ro
     # planted images of no class; RESULTS.md §15).  They are neither flagged
     # nor counted; the review shows them as "remove".
     probs, has = cols[schema.RANK_PROBS]
-    distance, scored = cols[schema.RANK_OUTLIER]
-    far = scored & (np.nan_to_num(distance, nan=-np.inf) >= outlier.FAR)
-    use = has & rows.eligible & ~far
+    use = has & rows.eligible & ~outlier.is_far(*cols[schema.RANK_OUTLIER])
     flags = np.zeros(n, bool)
     flags[use] = flag_label_issues(rows.y[use], probs[use].astype(np.float64))
     cols[schema.RANK_FLAG] = (flags, np.ones(n, bool))

@@ -26,7 +26,7 @@ import pandas as pd
 import pyarrow as pa
 
 from gpupipe import schema
-from gpupipe.models.outlier import FAR  # noqa: F401  (the review order's and the suggested action's threshold)
+from gpupipe.models.outlier import FAR, is_far
 from gpupipe.stages.rank import Rows, rows_of
 from gpupipe.table import Ledger
 from gpupipe.xputil import apportion, splitmix64
@@ -170,7 +170,7 @@ def suspicion(loss: np.ndarray, outlier: np.ndarray, *, outlier_from: float = FA
         out[ok] = (np.argsort(np.argsort(x[ok], kind="stable"), kind="stable") + 1) / max(1, ok.sum())
         return out
 
-    far = np.nan_to_num(np.asarray(outlier, np.float64), nan=0.0) >= outlier_from
+    far = is_far(outlier, threshold=outlier_from)
     return np.maximum(percentile(loss), np.where(far, percentile(outlier), 0.0))
 
 
@@ -228,7 +228,7 @@ def _queue_frame(frame, ledger: Ledger, rows: Rows, pos: np.ndarray, kinds: list
         policy = policy or AutoPolicy()
         agree = out["suggested_label"].to_numpy(object) == rows.label[pos]
         confident = agree & (out["prob_given"].to_numpy() >= policy.accept_prob)
-        far = np.nan_to_num(outlier, nan=-np.inf) >= FAR
+        far = is_far(outlier)
         out["suggested_action"] = np.where(far & ~confident, "remove", np.where(agree, "confirm", "relabel"))
     out["decision"] = ""
     out["new_label"] = out["suggested_label"] if "suggested_label" in out else None
@@ -290,8 +290,7 @@ def auto_decisions(frame, ledger: Ledger, policy: AutoPolicy, *, round_no: int) 
     confirm = open_ & agree & (pg >= policy.accept_prob)
     far = np.zeros(len(open_), bool)
     if policy.remove_outlier is not None and schema.RANK_OUTLIER in frame.columns:
-        score, has = ledger.host(frame, schema.RANK_OUTLIER)
-        far = open_ & has & (np.nan_to_num(score, nan=0.0) >= policy.remove_outlier) & ~confirm
+        far = open_ & is_far(*ledger.host(frame, schema.RANK_OUTLIER), threshold=policy.remove_outlier) & ~confirm
     accept = np.flatnonzero(confirm)
     relabel = np.flatnonzero(open_ & ~agree & ~far & (top >= policy.relabel_prob))
     remove = np.flatnonzero(far | (open_ & ~agree & (top < policy.relabel_prob) & (pg <= policy.remove_prob)))
