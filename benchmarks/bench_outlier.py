@@ -69,7 +69,8 @@ def build(args, root: Path) -> dict:
         images, labels, names, side, upscale = digits, dlab, [str(k) for k in range(10)], 32, 4
         other = fashion
     else:
-        images, labels, names, side, upscale = fashion[:args.n], flab[:args.n], list(FASHION_MNIST_CLASSES), 28, 1
+        pick = slice(args.offset, args.offset + args.n)
+        images, labels, names, side, upscale = fashion[pick], flab[pick], list(FASHION_MNIST_CLASSES), 28, 1
         other = digits
     noisy, flipped = flip_labels(labels, rate=args.rate, mode=args.noise, seed=args.seed)
     truth = plant_dataset(images, noisy, root, class_names=names, upscale=upscale, seed=args.seed)
@@ -184,12 +185,19 @@ def planted_of(args, base: Path) -> dict:
     return planted
 
 
+def set_name(args) -> str:
+    """``<dataset>-<noise>``, with the offset and the seed where they are not 0."""
+    return (f"{args.dataset}-{args.noise}" + (f"-at{args.offset}" if getattr(args, "offset", 0) else "")
+            + (f"-seed{args.seed}" if args.seed else ""))
+
+
 def add_data_args(ap: argparse.ArgumentParser, *, outliers: float | None = 0.03) -> None:
     """The planted data (`build`) and the out-of-fold rounds' settings, shared by
     bench_outlier.py, bench_outlier_rounds.py and bench_rounds.py (``outliers``
     None: no --outliers option; the caller sets it)."""
     ap.add_argument("--dataset", choices=("digits", "fashion"), default="digits")
     ap.add_argument("--n", type=int, default=10000)
+    ap.add_argument("--offset", type=int, default=0, help="fashion: the first image (other images for a judge set)")
     if outliers is not None:
         ap.add_argument("--outliers", type=float, default=outliers)
     ap.add_argument("--rate", type=float, default=0.1)

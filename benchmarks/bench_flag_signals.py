@@ -1,0 +1,171 @@
+"""Can the flags beat cleanlab by more than the ordering does?  Two levers on
+the same out-of-fold models (issue 12: flag F1 >= cleanlab's + 0.05):
+
+* **a second opinion from the features**: each scored row's k nearest
+  reference rows (the fold model's training rows, with their given, noisy
+  labels) vote for a class; that vote, mixed with the model's probabilities,
+  is what the flags read.  cleanlab's ``find_label_issues`` sees only the
+  model's probabilities; Datalab's ``label`` issue flags the same rows with
+  or without features (RESULTS.md §15).
+* **how many to flag**: cleanlab's count (``find_label_issues`` defaults,
+  what gpupipe uses), ``num_label_issues`` off-diagonal and calibrated, and
+  the number of flips (an oracle: the ceiling of the order alone).
+
+    python benchmarks/bench_flag_signals.py --dataset digits|fashion --noise symmetric|pair
+
+Reads ``.bench/outlier-features-<dataset>-<noise>.npz`` (made by
+``bench_outlier_features.py`` with the same options; run it first).  Rows at
+or past `FAR` (gpupipe's outlier score) are left out of the flags as rank
+leaves them out; images of no class flagged count as false flags, as in §15.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_outlier import add_data_args, planted_of, set_name  # noqa: E402
+from bench_outlier_features import blockcat  # noqa: E402
+
+from gpupipe.models.outlier import FAR, K, knn_distances, normalise, robust_z  # noqa: E402
+
+
+def knn_vote(q: np.ndarray, ref: np.ndarray, y_ref: np.ndarray, k: int, classes: int) -> np.ndarray:
+    """(Q, classes): the share of each class among the k nearest reference rows (cosine), +1 smoothing."""
+    qn, rn = normalise(q, "cpu"), normalise(ref, "cpu")
+    out = np.zeros((len(q), classes), np.float64)
+    yt = torch.as_tensor(y_ref)
+    for i in range(0, len(q), 2048):
+        idx = (qn[i:i + 2048] @ rn.T).topk(k, dim=1).indices
+        votes = torch.nn.functional.one_hot(yt[idx], classes).sum(1).double().numpy()
+        out[i:i + 2048] = (votes + 1.0) / (k + classes)
+    return out
+
+
+def posterior_wrong(y: np.ndarray, p: np.ndarray, *, smooth: float = 0.0) -> np.ndarray:
+    """(N,): the probability that the given label is wrong, under the noise the
+    confident joint estimates: P(true j | x, given i) ~ p(j | x) P(given i | true j).
+    ``smooth``: that noise mixed with symmetric noise of the same rate per class."""
+    from cleanlab.count import estimate_joint
+
+    joint = estimate_joint(y, p)                        # [given i, true j]
+    t = joint / np.maximum(joint.sum(0, keepdims=True), 1e-12)      # P(given i | true j)
+    if smooth:
+        k = len(t)
+        off = (1.0 - np.diag(t)) / (k - 1)
+        sym = np.where(np.eye(k, dtype=bool), np.diag(t)[None, :], off[None, :])
+        t = (1 - smooth) * t + smooth * sym
+    post = p * t[y]                                     # (N, K): p(j|x) P(given y | true j)
+    post /= np.maximum(post.sum(1, keepdims=True), 1e-300)
+    return 1.0 - post[np.arange(len(y)), y]
+
+
+def loss_key(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Positions in gpupipe's order (`score.flag_label_issues`): lowest probability of the label, then margin."""
+    n, k = p.shape
+    given = p[np.arange(n), y]
+    other = np.where(np.eye(k, dtype=bool)[y], -1.0, p).max(axis=1)
+    pos = np.empty(n, np.int64)
+    pos[np.lexsort((given - other, given))] = np.arange(n)
+    return pos
+
+
+ORDERS = {
+    "loss": loss_key,
+    "posterior": lambda y, p: np.argsort(np.argsort(-posterior_wrong(y, p), kind="stable")),
+    "posterior, noise half symmetric": lambda y, p: np.argsort(np.argsort(-posterior_wrong(y, p, smooth=0.5),
+                                                                           kind="stable")),
+    "mean rank of loss and posterior": lambda y, p: loss_key(y, p) + ORDERS["posterior"](y, p),
+}
+
+
+def flag_by(key: np.ndarray, count: int) -> np.ndarray:
+    flags = np.zeros(len(key), bool)
+    flags[np.argsort(key, kind="stable")[:count]] = True
+    return flags
+
+
+def main() -> int:
+    from cleanlab.count import num_label_issues
+    from cleanlab.filter import find_label_issues
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_data_args(ap)
+    ap.add_argument("--k", type=int, nargs="+", default=[10, 30])
+    args = ap.parse_args()
+    name = set_name(args)
+    base = Path(args.data) / f"outlier-{name}"
+    z = dict(np.load(Path(args.data) / f"outlier-features-{name}.npz", allow_pickle=False))
+    planted = planted_of(args, base)
+    ncls = len(z["classes"])
+    nblocks = sum(1 for key in z if key.startswith("f0_scored_block"))
+    rows, far, logits, votes = [], [], [], {}
+    for f in range(args.folds):
+        y_ref = z["y"][z[f"f{f}_ref_rows"]]
+        sb, rb = blockcat(z, f, "scored", nblocks), blockcat(z, f, "ref", nblocks)
+        rows.append(z[f"f{f}_scored_rows"])
+        far.append(robust_z([knn_distances(sb, rb, y_ref, k=K)])[0] >= FAR)
+        logits.append(z[f"f{f}_scored_logits"])
+        for feat, (s, r) in (("emb", (z[f"f{f}_scored_emb"], z[f"f{f}_ref_emb"])), ("blocks", (sb, rb))):
+            for k in args.k:
+                votes.setdefault(f"kNN vote ({feat}, k={k})", []).append(knn_vote(s, r, y_ref, k, ncls))
+    rows, far = np.concatenate(rows), np.concatenate(far)
+    model = torch.softmax(torch.as_tensor(np.concatenate(logits), dtype=torch.float64), 1).numpy()
+    votes = {key: np.concatenate(v) for key, v in votes.items()}
+    rel = z["rel"][rows]
+    is_out = np.asarray([r in planted["outliers"] for r in rel])
+    flips = set(planted["flipped"])
+    is_flip = np.asarray([r in flips for r in rel])
+    y = z["y"][rows]
+    near = ~far
+
+    def f1(flag_near: np.ndarray) -> dict:
+        flag = np.zeros(len(y), bool)
+        flag[np.flatnonzero(near)[flag_near]] = True
+        tp = (flag & is_flip).sum()
+        p, r = tp / max(1, flag.sum()), tp / max(1, is_flip.sum())
+        return {"p": round(float(p), 3), "r": round(float(r), 3), "f1": round(float(2 * p * r / max(p + r, 1e-9)), 3),
+                "n": int(flag.sum())}
+
+    base_cl = find_label_issues(y, model)                         # the target's baseline: cleanlab, all rows
+    tp = (base_cl & is_flip).sum()
+    p, r = tp / base_cl.sum(), tp / is_flip.sum()
+    baseline = round(float(2 * p * r / (p + r)), 3)
+    print(f"## {name}: {len(y)} scored, {far.sum()} at or past FAR ({(far & is_out).sum()} of {is_out.sum()} "
+          f"images of no class), {is_flip.sum()} flips ({(near & is_flip).sum()} below FAR)")
+    print(f"cleanlab find_label_issues on the model's probabilities, every row: F1 {baseline}\n")
+    probs = {"model": model}
+    for key in ("kNN vote (emb, k=10)", "kNN vote (blocks, k=30)"):
+        probs[key] = votes[key]
+        probs[f"model 0.5 + {key} 0.5"] = 0.5 * model + 0.5 * votes[key]
+    yn = y[near]
+    oracle = int((near & is_flip).sum())
+    print("| probabilities | order | cleanlab count | off-diagonal | calibrated | oracle count | "
+          "cleanlab's own flags on these probabilities |\n|---|---|---|---|---|---|---|")
+    res = {"baseline_cleanlab_f1": baseline}
+    for key, pr in probs.items():
+        pn = pr[near]
+        counts = {"cleanlab": int(find_label_issues(yn, pn).sum()),
+                  "off_diagonal": int(num_label_issues(yn, pn, estimation_method="off_diagonal")),
+                  "calibrated": int(num_label_issues(yn, pn, estimation_method="off_diagonal_calibrated")),
+                  "oracle": oracle}
+        own = f1(find_label_issues(yn, pn))
+        for order, fn in ORDERS.items():
+            pos = fn(yn, pn)
+            row = {c: f1(flag_by(pos, n)) for c, n in counts.items()}
+            res[f"{key} | {order}"] = {**row, "cleanlab flags": own}
+            print(f"| {key} | {order} | " + " | ".join(f"{v['f1']:.3f} ({v['n']})" for v in row.values())
+                  + f" | {own['f1']:.3f} |")
+    out = Path(args.data) / f"flag-signals-{name}.json"
+    out.write_text(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
