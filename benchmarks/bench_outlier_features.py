@@ -47,9 +47,22 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_outlier import KINDS, add_data_args, average_precision, planted_of, prepare  # noqa: E402
+from bench_outlier import KINDS, add_data_args, average_precision, planted_of, prepare, set_name  # noqa: E402
 
-from gpupipe.models.outlier import FAR, K, knn_distances, normalise, robust_z  # noqa: E402
+from gpupipe.models.outlier import FAR, K, knn_distances, knn_vote, normalise, robust_z  # noqa: E402
+
+
+def flag_label_issues_before(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """gpupipe's flags before §16: cleanlab's count of the highest-loss rows (ties: lower margin)."""
+    from cleanlab.filter import find_label_issues
+
+    n, k = probs.shape
+    count = int(find_label_issues(labels, probs, n_jobs=1).sum())
+    given = probs[np.arange(n), labels]
+    other = np.where(np.eye(k, dtype=bool)[labels], -1.0, probs).max(axis=1)
+    flags = np.zeros(n, bool)
+    flags[np.lexsort((given - other, given))[:count]] = True
+    return flags
 
 
 def capture(model, batches, torch_device: str) -> dict:
@@ -88,12 +101,14 @@ def features(run: Path, args) -> dict:
     from gpupipe.models.outlier import reference_rows
     from gpupipe.models.train import TrainConfig, train
     from gpupipe.runner import LEDGER
+    from gpupipe.stages import review
     from gpupipe.stages.rank import _stratified_folds, probe_channels, rows_of
     from gpupipe.table import Ledger
 
     dev = resolve_device("cpu")
     ledger = Ledger(dev)
-    rows = rows_of(ledger.read(run / LEDGER), ledger)
+    # A tree this script planted has only been deduplicated: the review's columns as the loop adds them.
+    rows = rows_of(review.ensure_columns(ledger.read(run / LEDGER), ledger), ledger)
     channels = probe_channels(dev, list(rows.paths[rows.eligible]))
     tcfg = replace(TrainConfig(max_epochs=args.epochs), augment=AugmentConfig.light())
     rng = np.random.default_rng(args.seed)
@@ -192,7 +207,7 @@ def main() -> int:
     add_data_args(ap)
     ap.add_argument("--reuse", action="store_true", help="evaluate the saved features")
     args = ap.parse_args()
-    name = f"{args.dataset}-{args.noise}"
+    name = set_name(args)
     base = Path(args.data) / f"outlier-{name}"
     npz = Path(args.data) / f"outlier-features-{name}.npz"
     if not args.reuse:
@@ -229,8 +244,10 @@ def label_flags(z: dict, rows, far, is_out, is_flip, folds: int) -> dict:
     images of no class are not flips: flagging one counts as a false flag).
 
     gpupipe: its rule as rank applies it (`flag_label_issues` over the rows
-    whose outlier score is below FAR); gpupipe, all rows: the same rule over
-    every row (before §15); cleanlab ``find_label_issues`` (defaults) and
+    whose outlier score is below FAR, with the neighbours' votes from every
+    block, `outlier.knn_vote`); before §16: the highest-loss rows at
+    cleanlab's count over those rows, no votes; before §15: that over every
+    row; cleanlab ``find_label_issues`` (defaults) and
     Datalab's ``label`` issue (pred_probs, and pred_probs with the features)
     over every row, as their users would run them; and cleanlab over the rows
     below FAR, for the rule's share of the difference."""
@@ -243,6 +260,9 @@ def label_flags(z: dict, rows, far, is_out, is_flip, folds: int) -> dict:
     probs = torch.softmax(torch.as_tensor(logits, dtype=torch.float64), 1).numpy()
     emb = np.concatenate([normalise(z[f"f{f}_scored_emb"], "cpu").numpy() for f in range(folds)])
     y = z["y"][rows]
+    nblocks = sum(1 for k in z if k.startswith("f0_scored_block"))
+    votes = np.concatenate([knn_vote(blockcat(z, f, "scored", nblocks), blockcat(z, f, "ref", nblocks),
+                                     z["y"][z[f"f{f}_ref_rows"]], len(z["classes"])) for f in range(folds)])
 
     def f1(flag):
         tp = (flag & is_flip).sum()
@@ -256,7 +276,9 @@ def label_flags(z: dict, rows, far, is_out, is_flip, folds: int) -> dict:
         flag[np.flatnonzero(~far)[fn(y[~far], probs[~far])]] = True
         return flag
 
-    res = {"gpupipe": f1(on_near(flag_label_issues)), "gpupipe, all rows": f1(flag_label_issues(y, probs)),
+    res = {"gpupipe": f1(on_near(lambda a, b: flag_label_issues(a, b, votes[~far]))),
+           "gpupipe before §16 (the loss order, no votes)": f1(on_near(flag_label_issues_before)),
+           "gpupipe before §15 (all rows)": f1(flag_label_issues_before(y, probs)),
            "cleanlab find_label_issues": f1(find_label_issues(y, probs))}
     for feats in (False, True):
         lab = Datalab(data={"label": y}, label_name="label", verbosity=0)

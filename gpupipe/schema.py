@@ -107,6 +107,7 @@ RANK_MARGIN = "rank_margin"
 RANK_PROBS = "rank_probs"
 RANK_OOF = "rank_oof"
 RANK_OUTLIER = "rank_outlier_score"
+RANK_VOTES = "rank_neighbour_votes"
 RANK_FLAG = "is_mislabeled_issue"
 
 RANK = _cols(
@@ -119,7 +120,11 @@ RANK = _cols(
     Column(RANK_OOF, pa.bool_(), "true when the score is out-of-fold (the row was not trained on)"),
     Column(RANK_OUTLIER, pa.float32(), "robust z-score of the distance to the model's training images of the "
            "nearest class, in its features (models.outlier): ~0 typical, >= 5 far from every class (models.outlier.FAR)"),
-    Column(RANK_FLAG, pa.bool_(), "likely mislabeled: among the highest-loss rows, as many as cleanlab finds (models.score.flag_label_issues); never a row whose outlier score is >= models.outlier.FAR", False),
+    Column(RANK_VOTES, pa.list_(pa.float32()), "each class's share among the row's nearest training images in "
+           "the model's features (models.outlier.knn_vote), classes as in rank_probs"),
+    Column(RANK_FLAG, pa.bool_(), "likely mislabeled: as many rows as cleanlab finds, those whose label is most "
+           "likely wrong given the model, the neighbours' votes and the estimated noise "
+           "(models.score.flag_label_issues); never a row whose outlier score is >= models.outlier.FAR", False),
 )
 
 # --- review: decisions on each row (latest; the full history is decisions.parquet) ---

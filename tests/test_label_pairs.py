@@ -1,8 +1,9 @@
 """Class-pair flips (class k labelled k+1: the realistic kind, a 3 called a 4)
 on real digits: the flags' precision and recall against the planted flips,
 beside cleanlab's `find_label_issues` on the same out-of-fold probabilities.
-Here cleanlab is ahead (F1 0.946 vs 0.918): the test pins what gpupipe
-reaches, not a win."""
+Measured (seeded): gpupipe 0.98, cleanlab 0.936 (before §16 of
+benchmarks/RESULTS.md, with the loss order, cleanlab was ahead: 0.946 vs
+0.918)."""
 
 from __future__ import annotations
 
@@ -56,8 +57,9 @@ def test_class_pair_flips_are_flagged(pair_run):
     given = np.searchsorted(np.asarray(classes), t[schema.LABEL].to_numpy(str))
     theirs = _prf(find_label_issues(given, probs / probs.sum(1, keepdims=True)), is_flip)
     print(f"class-pair flips, digits: gpupipe P/R/F1 {np.round(ours, 3)}, cleanlab {np.round(theirs, 3)}")
-    # Measured (seeded): gpupipe 0.936 / 0.900 / 0.918, cleanlab 0.965 / 0.928 / 0.946.  On class-pair
-    # flips cleanlab's choice within each (given, predicted) cell beats gpupipe's one global loss order
-    # at the same count; on symmetric flips it is the other way round (benchmarks/RESULTS.md §4, §13).
-    assert ours[0] >= 0.9 and ours[1] >= 0.88
-    assert ours[2] >= theirs[2] - 0.05
+    # Measured (seeded): gpupipe 1.000 / 0.961 / 0.980, cleanlab 0.982 / 0.894 / 0.936.  The loss
+    # order alone reached 0.918 here: on class-pair flips the order by the odds that the label is wrong
+    # under the estimated noise, over the model's and the neighbours' votes, is what overtakes
+    # cleanlab (benchmarks/RESULTS.md §13, §16).
+    assert ours[0] >= 0.97 and ours[1] >= 0.93
+    assert ours[2] >= theirs[2] + 0.03

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gpupipe.models.nets import MODELS, build, resolve_model
-from gpupipe.models.score import flag_label_issues, per_sample
+from gpupipe.models.score import flag_label_issues, label_error_odds, per_sample
 
 
 def test_per_sample_scores_match_their_definitions():
@@ -27,7 +27,7 @@ def test_per_sample_scores_match_their_definitions():
     assert np.allclose(out["probs"].sum(1).numpy(), 1, atol=1e-5)
 
 
-def test_flags_take_the_estimated_count_of_highest_loss_rows():
+def test_flags_take_the_estimated_count_of_rows_whose_label_is_most_likely_wrong():
     rng = np.random.default_rng(0)
     n, k = 600, 3
     labels = rng.integers(0, k, n)
@@ -39,12 +39,38 @@ def test_flags_take_the_estimated_count_of_highest_loss_rows():
     probs[np.arange(n), true] += 0.6
     probs /= probs.sum(1, keepdims=True)
     flags = flag_label_issues(labels, probs)
-    given = probs[np.arange(n), labels]
+    odds = label_error_odds(labels, probs)
     assert 50 <= flags.sum() <= 70                         # the count is estimated, near 60
-    assert given[flags].max() <= given[~flags].min()       # and they are the lowest-probability rows
+    assert odds[flags].min() >= odds[~flags].max()         # and they are the likeliest wrong
     assert np.isin(np.flatnonzero(flags), wrong).mean() > 0.95
+    # The neighbours' votes count half: votes for the true class of every row make the flags surer.
+    votes = np.full((n, k), 0.05)
+    votes[np.arange(n), true] = 0.9
+    assert np.isin(np.flatnonzero(flag_label_issues(labels, probs, votes)), wrong).mean() == 1.0
+    votes[:] = np.nan                                      # no votes: the probabilities alone
+    assert np.array_equal(flag_label_issues(labels, probs, votes), flags)
     assert flag_label_issues(np.zeros(0, np.int64), np.zeros((0, 3))).shape == (0,)
     assert not flag_label_issues(np.zeros(5, np.int64), np.full((5, 2), 0.5)).any()   # one class: nothing
+
+
+def test_label_error_odds_follow_the_estimated_noise():
+    """Class-pair noise (0 labelled 1, never 2 labelled 1): a row labelled 1 that
+    the model calls 0 is likelier wrong than one, equally doubtful, it calls 2."""
+    rng = np.random.default_rng(1)
+    n, k = 3000, 3
+    true = rng.integers(0, k, n)
+    labels = true.copy()
+    flip = (true == 0) & (rng.random(n) < 0.2)
+    labels[flip] = 1
+    probs = rng.dirichlet(np.ones(k), n) * 0.3
+    probs[np.arange(n), true] += 0.7
+    probs /= probs.sum(1, keepdims=True)
+    doubt = np.array([[0.6, 0.4, 0.0], [0.0, 0.4, 0.6]]) + 1e-3      # label 1: to 0, or to 2
+    y, p = np.concatenate([labels, np.ones(2, np.int64)]), np.concatenate([probs, doubt / doubt.sum(1, keepdims=True)])
+    gap = [(lambda o: o[n] - o[n + 1])(label_error_odds(y, p, even=e)) for e in (0.0, 0.5, 1.0)]
+    assert gap[0] > 0.1
+    # Spreading the estimated noise evenly over the classes brings the two closer (the loss order: equal).
+    assert gap[0] > gap[1] > gap[2]
 
 
 def test_resnet50_layer1_has_the_competition_models_shape():

@@ -201,6 +201,8 @@ def run_job(job: Job) -> JobResult:
                         job.y, torch_device=device.torch_device, embed=True)
             out.scores.outlier = outlier.knn_distances(out.scores.embedding, ref.embedding, job.y[ref.rows],
                                                        device=device.torch_device)   # scaled by rank()
+            out.scores.votes = outlier.knn_vote(out.scores.embedding, ref.embedding, job.y[ref.rows],
+                                                job.num_classes, device=device.torch_device)
         if job.tta:
             out.scores = _with_tta(model, job, device, batch, out.scores)
         out.scores.embedding = None        # (N, D): not worth shipping back from a worker
@@ -220,7 +222,7 @@ def _with_tta(model, job: Job, device, batch: int, plain: Scores) -> Scores:
     """``plain``'s scores with the probabilities averaged over it and
     ``job.tta`` seeded augmentations of each image (`TTA`, seeds job.seed+1..);
     loss, prediction, probability of the label and margin recomputed from the
-    average.  The embedding and outlier score stay the plain pass's."""
+    average.  The embedding, outlier score and neighbours' votes stay the plain pass's."""
     order = np.argsort(plain.rows, kind="stable")
     total = plain.probs.astype(np.float64)
     for t in range(1, job.tta + 1):
@@ -237,7 +239,7 @@ def _with_tta(model, job: Job, device, batch: int, plain: Scores) -> Scores:
     out = {k: v.numpy() for k, v in per_sample(logp, torch.from_numpy(job.y[plain.rows])).items()}
     return Scores(plain.rows, out["loss"].astype(np.float32), out["pred"].astype(np.int64),
                   out["prob_given"].astype(np.float32), out["margin"].astype(np.float32),
-                  out["probs"].astype(np.float32), plain.embedding, plain.outlier)
+                  out["probs"].astype(np.float32), plain.embedding, plain.outlier, plain.votes)
 
 
 def _torch_threads(cfg: RankConfig, executor) -> int | None:
@@ -362,23 +364,27 @@ def rank(frame, ledger: Ledger, device: Device, cfg: RankConfig, *, round_no: in
 def _merge(frame, ledger: Ledger, rows: Rows, parts: list[Scores], k: int, *, round_no: int, oof: bool):
     """Write this round's scores into the RANK columns (other rows keep theirs)."""
     n = len(rows.y)
-    have = all(c.name in frame.columns for c in schema.RANK)     # older ledgers lack rank_outlier_score
-    cols: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    fresh = {
+        schema.RANK_ROUND: lambda: np.zeros(n, np.int32),
+        schema.RANK_LOSS: lambda: np.zeros(n, np.float32),
+        schema.RANK_PRED: lambda: np.full(n, None, object),
+        schema.RANK_PROB_GIVEN: lambda: np.zeros(n, np.float32),
+        schema.RANK_MARGIN: lambda: np.zeros(n, np.float32),
+        schema.RANK_PROBS: lambda: np.full((n, k), np.nan, np.float32),
+        schema.RANK_OOF: lambda: np.zeros(n, bool),
+        schema.RANK_OUTLIER: lambda: np.full(n, np.nan, np.float32),
+        schema.RANK_VOTES: lambda: np.full((n, k), np.nan, np.float32),
+        schema.RANK_FLAG: lambda: np.zeros(n, bool),
+    }
+    # Earlier rounds' scores are kept, but all of them go when the classes
+    # changed (the probability vectors' length); a column an older ledger
+    # lacks, or a list column with no value yet, starts empty.
+    keep = schema.RANK_PROBS in frame.columns and ledger.host(frame, schema.RANK_PROBS)[0].shape[1:] == (k,)
+    cols = {}
     for c in schema.RANK:
-        if have:
-            cols[c.name] = ledger.host(frame, c.name)
-    if not have or cols[schema.RANK_PROBS][0].shape[1] != k:
-        cols = {
-            schema.RANK_ROUND: (np.zeros(n, np.int32), np.zeros(n, bool)),
-            schema.RANK_LOSS: (np.zeros(n, np.float32), np.zeros(n, bool)),
-            schema.RANK_PRED: (np.full(n, None, object), np.zeros(n, bool)),
-            schema.RANK_PROB_GIVEN: (np.zeros(n, np.float32), np.zeros(n, bool)),
-            schema.RANK_MARGIN: (np.zeros(n, np.float32), np.zeros(n, bool)),
-            schema.RANK_PROBS: (np.full((n, k), np.nan, np.float32), np.zeros(n, bool)),
-            schema.RANK_OOF: (np.zeros(n, bool), np.zeros(n, bool)),
-            schema.RANK_OUTLIER: (np.full(n, np.nan, np.float32), np.zeros(n, bool)),
-            schema.RANK_FLAG: (np.zeros(n, bool), np.ones(n, bool)),
-        }
+        held = ledger.host(frame, c.name) if keep and c.name in frame.columns else None
+        empty = fresh[c.name]()
+        cols[c.name] = held if held is not None and held[0].shape == empty.shape else (empty, np.zeros(n, bool))
     classes = np.asarray(rows.classes, dtype=object)
     for s in parts:
         r = s.rows
@@ -391,6 +397,9 @@ def _merge(frame, ledger: Ledger, rows: Rows, parts: list[Scores], k: int, *, ro
         has_outlier = s.outlier is not None and len(r) > 0 and not np.isnan(s.outlier).all()
         cols[schema.RANK_OUTLIER][0][r] = s.outlier if has_outlier else np.nan
         cols[schema.RANK_OUTLIER][1][r] = has_outlier
+        has_votes = s.votes is not None and len(r) > 0 and not np.isnan(s.votes).all()
+        cols[schema.RANK_VOTES][0][r] = s.votes if has_votes else np.nan
+        cols[schema.RANK_VOTES][1][r] = has_votes
     # Flags over every row holding probabilities, against its current label, but
     # for the images of no class (outlier score >= FAR): they are not mislabeled,
     # and their losses are high under any label, so among the rows they crowded
@@ -398,8 +407,10 @@ def _merge(frame, ledger: Ledger, rows: Rows, parts: list[Scores], k: int, *, ro
     # planted images of no class; RESULTS.md §15).  They are neither flagged
     # nor counted; the review shows them as "remove".
     probs, has = cols[schema.RANK_PROBS]
+    votes, has_votes = cols[schema.RANK_VOTES]
     use = has & rows.eligible & ~outlier.is_far(*cols[schema.RANK_OUTLIER])
     flags = np.zeros(n, bool)
-    flags[use] = flag_label_issues(rows.y[use], probs[use].astype(np.float64))
+    flags[use] = flag_label_issues(rows.y[use], probs[use].astype(np.float64),
+                                   np.where(has_votes[use, None], votes[use], np.nan).astype(np.float64))
     cols[schema.RANK_FLAG] = (flags, np.ones(n, bool))
     return ledger.assign(frame, {name: (v, valid) for name, (v, valid) in cols.items()})
