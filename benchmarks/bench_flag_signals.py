@@ -11,7 +11,13 @@ the same out-of-fold models (issue 12: flag F1 >= cleanlab's + 0.05):
   what gpupipe uses), ``num_label_issues`` off-diagonal and calibrated, and
   the number of flips (an oracle: the ceiling of the order alone).
 
+And the review order a person sees (`stages.review.suspicion`) with three
+label keys: the model's loss, the loss of the mix, the odds of the mix
+(reviews needed to find 90% of all errors, flips and images of no class).
+
     python benchmarks/bench_flag_signals.py --dataset digits|fashion --noise symmetric|pair
+        [--offset 20000 --seed 7]   (other images and flips: the judge sets)
+        [--cost]                     (only seconds per 10,000 rows)
 
 Reads ``.bench/outlier-features-<dataset>-<noise>.npz`` (made by
 ``bench_outlier_features.py`` with the same options; run it first).  Rows at
@@ -91,6 +97,64 @@ def flag_by(key: np.ndarray, count: int) -> np.ndarray:
     return flags
 
 
+def cost(z: dict) -> int:
+    """Seconds per 10,000 scored rows, fold 0's model, three runs each: the
+    neighbours' votes (`outlier.knn_vote`, every block, against the fold's
+    reference) beside the within-class distances rank already computes; and
+    the flags (`score.flag_label_issues`) without and with the votes."""
+    import time
+
+    from gpupipe.models.outlier import knn_vote
+    from gpupipe.models.score import flag_label_issues
+
+    nblocks = sum(1 for key in z if key.startswith("f0_scored_block"))
+    sb, rb = blockcat(z, 0, "scored", nblocks), blockcat(z, 0, "ref", nblocks)
+    y_ref, y = z["y"][z["f0_ref_rows"]], z["y"][z["f0_scored_rows"]]
+    probs = torch.softmax(torch.as_tensor(z["f0_scored_logits"], dtype=torch.float64), 1).numpy()
+    per = 10000 / len(sb)
+    flag_label_issues(y, probs)                                 # imports cleanlab
+    for name, fn in (("votes", lambda: knn_vote(sb, rb, y_ref, len(z["classes"]))),
+                     ("within-class distances", lambda: knn_distances(sb, rb, y_ref, k=K)),
+                     ("flags, no votes", lambda: flag_label_issues(y, probs)),
+                     ("flags, with votes", lambda: flag_label_issues(y, probs, probs))):
+        runs = []
+        for _ in range(3):
+            t = time.perf_counter()
+            fn()
+            runs.append((time.perf_counter() - t) * per)
+        print(f"{name}: {', '.join(f'{x:.2f}' for x in runs)} s per 10,000 rows "
+              f"({len(sb)} scored, {len(rb)} reference rows, {torch.get_num_threads()} torch threads)")
+    return 0
+
+
+def review_effort(y, model, mixed, outlier_score, is_error) -> dict:
+    """The review order (`stages.review.suspicion`: a label key's percentile, or
+    the outlier score's where that is >= FAR and higher) with three label keys:
+    the model's loss (gpupipe's), the loss of the mix with the votes, and
+    `label_error_odds` of the mix.  Share of all errors (flips and images of
+    no class) found after reviewing 0.5x, 0.9x, 1x, 1.5x the errors, and the
+    reviews for 90%."""
+    from gpupipe.models.score import label_error_odds
+    from gpupipe.stages.review import suspicion
+
+    n = len(y)
+    keys = {"model's loss (gpupipe)": -np.log(model[np.arange(n), y]),
+            "loss of model 0.5 + votes 0.5": -np.log(mixed[np.arange(n), y]),
+            "label_error_odds of the mix": label_error_odds(y, mixed)}
+    errors = int(is_error.sum())
+    print(f"\n| review order's label key ({errors} errors) | found at 0.5x | 0.9x | 1x | 1.5x | reviewed for 90% |"
+          "\n|---|---|---|---|---|---|")
+    out = {}
+    for name, key in keys.items():
+        order = np.argsort(-suspicion(key, outlier_score), kind="stable")
+        found = np.cumsum(is_error[order]) / errors
+        at = {x: round(float(found[min(n, int(round(x * errors))) - 1]), 3) for x in (0.5, 0.9, 1.0, 1.5)}
+        need = round(float((np.searchsorted(found, 0.9) + 1) / errors), 2)
+        out[name] = {**{f"{x}x": v for x, v in at.items()}, "for_90": need}
+        print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in at.values()) + f" | {need}x |")
+    return out
+
+
 def main() -> int:
     from cleanlab.count import num_label_issues
     from cleanlab.filter import find_label_issues
@@ -98,10 +162,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_data_args(ap)
     ap.add_argument("--k", type=int, nargs="+", default=[10, 30])
+    ap.add_argument("--cost", action="store_true", help="only time the votes and the flags, per 10,000 rows")
     args = ap.parse_args()
     name = set_name(args)
     base = Path(args.data) / f"outlier-{name}"
     z = dict(np.load(Path(args.data) / f"outlier-features-{name}.npz", allow_pickle=False))
+    if args.cost:
+        return cost(z)
     planted = planted_of(args, base)
     ncls = len(z["classes"])
     nblocks = sum(1 for key in z if key.startswith("f0_scored_block"))
@@ -110,12 +177,13 @@ def main() -> int:
         y_ref = z["y"][z[f"f{f}_ref_rows"]]
         sb, rb = blockcat(z, f, "scored", nblocks), blockcat(z, f, "ref", nblocks)
         rows.append(z[f"f{f}_scored_rows"])
-        far.append(robust_z([knn_distances(sb, rb, y_ref, k=K)])[0] >= FAR)
+        far.append(robust_z([knn_distances(sb, rb, y_ref, k=K)])[0])
         logits.append(z[f"f{f}_scored_logits"])
         for feat, (s, r) in (("emb", (z[f"f{f}_scored_emb"], z[f"f{f}_ref_emb"])), ("blocks", (sb, rb))):
             for k in args.k:
                 votes.setdefault(f"kNN vote ({feat}, k={k})", []).append(knn_vote(s, r, y_ref, k, ncls))
-    rows, far = np.concatenate(rows), np.concatenate(far)
+    rows, outlier_score = np.concatenate(rows), np.concatenate(far)
+    far = outlier_score >= FAR
     model = torch.softmax(torch.as_tensor(np.concatenate(logits), dtype=torch.float64), 1).numpy()
     votes = {key: np.concatenate(v) for key, v in votes.items()}
     rel = z["rel"][rows]
@@ -162,6 +230,8 @@ def main() -> int:
             res[f"{key} | {order}"] = {**row, "cleanlab flags": own}
             print(f"| {key} | {order} | " + " | ".join(f"{v['f1']:.3f} ({v['n']})" for v in row.values())
                   + f" | {own['f1']:.3f} |")
+    res["review"] = review_effort(y, model, 0.5 * model + 0.5 * votes["kNN vote (blocks, k=30)"], outlier_score,
+                                  is_flip | is_out)
     out = Path(args.data) / f"flag-signals-{name}.json"
     out.write_text(json.dumps(res, indent=2))
     return 0

@@ -136,12 +136,15 @@ def build(ledger: pd.DataFrame, *, title: str, stages: dict[str, dict], groups: 
 
     parts.append("<h2>Most suspicious samples</h2>")
     if schema.RANK_LOSS in d.columns and d[schema.RANK_LOSS].notna().any():
-        from gpupipe.stages.review import FAR, suspicion
+        from gpupipe.stages.review import FAR, label_suspicion, suspicion
 
         scored = d[d[schema.RANK_LOSS].notna()]
         outlier = (scored[schema.RANK_OUTLIER].to_numpy(float) if schema.RANK_OUTLIER in scored.columns
                    else np.full(len(scored), np.nan))
-        order = np.argsort(-suspicion(scored[schema.RANK_LOSS].to_numpy(float), outlier), kind="stable")
+        key = label_suspicion(scored[schema.RANK_LOSS].to_numpy(float), scored[schema.RANK_PROB_GIVEN].to_numpy(float),
+                              scored[schema.RANK_VOTE_GIVEN].to_numpy(float)
+                              if schema.RANK_VOTE_GIVEN in scored.columns else None)
+        order = np.argsort(-suspicion(key, outlier), kind="stable")
         s = scored.iloc[order[:suspicious]]
         cells = []
         for _, r in s.iterrows():

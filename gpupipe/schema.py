@@ -108,6 +108,7 @@ RANK_PROBS = "rank_probs"
 RANK_OOF = "rank_oof"
 RANK_OUTLIER = "rank_outlier_score"
 RANK_VOTES = "rank_neighbour_votes"
+RANK_VOTE_GIVEN = "rank_vote_given"
 RANK_FLAG = "is_mislabeled_issue"
 
 RANK = _cols(
@@ -122,6 +123,8 @@ RANK = _cols(
            "nearest class, in its features (models.outlier): ~0 typical, >= 5 far from every class (models.outlier.FAR)"),
     Column(RANK_VOTES, pa.list_(pa.float32()), "each class's share among the row's nearest training images in "
            "the model's features (models.outlier.knn_vote), classes as in rank_probs"),
+    Column(RANK_VOTE_GIVEN, pa.float32(), "the neighbours' vote for the current label, 0..1 (its share in "
+           "rank_neighbour_votes)"),
     Column(RANK_FLAG, pa.bool_(), "likely mislabeled: as many rows as cleanlab finds, those whose label is most "
            "likely wrong given the model, the neighbours' votes and the estimated noise "
            "(models.score.flag_label_issues); never a row whose outlier score is >= models.outlier.FAR", False),

@@ -119,8 +119,21 @@ def planted(tmp_path_factory):
     return run, outliers, flips
 
 
+def test_the_label_part_of_the_review_order_mixes_in_the_neighbours_vote():
+    from gpupipe.stages.review import label_suspicion
+
+    loss = np.array([0.1, 2.0, 2.0, 0.5])
+    pg = np.exp(-loss)
+    vote = np.array([0.1, 0.9, np.nan, 0.5])
+    key = label_suspicion(loss, pg, vote)
+    assert np.allclose(key[[0, 1, 3]], -np.log(0.5 * pg[[0, 1, 3]] + 0.5 * vote[[0, 1, 3]]))
+    assert key[2] == loss[2]                               # no vote: the model's loss
+    assert key[1] < key[2]                                 # neighbours who agree with the label lower it
+    assert np.array_equal(label_suspicion(loss, pg, None), loss)   # an older ledger
+
+
 def test_planted_images_of_no_class_rank_on_top(planted):
-    from gpupipe.stages.review import suspicion
+    from gpupipe.stages.review import label_suspicion, suspicion
 
     run, outliers, flips = planted
     t = pq.read_table(run / "ledger.parquet").to_pandas()
@@ -129,7 +142,8 @@ def test_planted_images_of_no_class_rank_on_top(planted):
     is_flip = t[schema.REL_PATH].isin(flips).to_numpy()
     assert is_out.sum() >= 50 and is_flip.sum() > 150     # a few blanks may be near duplicates of each other
     loss, score = t[schema.RANK_LOSS].to_numpy(float), t[schema.RANK_OUTLIER].to_numpy(float)
-    order = suspicion(loss, score)
+    order = suspicion(label_suspicion(loss, t[schema.RANK_PROB_GIVEN].to_numpy(float),
+                                      t[schema.RANK_VOTE_GIVEN].to_numpy(float)), score)
     ap = {name: (_average_precision(s, is_out), _average_precision(s, is_out | is_flip))
           for name, s in (("loss", loss), ("outlier", score), ("review order", order))}
     print({k: tuple(round(x, 3) for x in v) for k, v in ap.items()})

@@ -170,6 +170,15 @@ VOTE_SHARE = 0.5
 EVEN_NOISE = 0.5
 
 
+def with_votes(probs: np.ndarray, votes: np.ndarray) -> np.ndarray:
+    """The model's probabilities mixed with the neighbours' votes (`VOTE_SHARE`),
+    element by element (float64; where a vote is NaN: the probability alone).
+    Whole vectors ``(N, K)`` for the flags, or the current label's ``(N,)``
+    for the review order (`gpupipe.stages.review.label_suspicion`)."""
+    p, v = np.asarray(probs, np.float64), np.asarray(votes, np.float64)
+    return np.where(np.isnan(v), p, (1 - VOTE_SHARE) * p + VOTE_SHARE * v)
+
+
 def flag_label_issues(labels: np.ndarray, probs: np.ndarray, votes: np.ndarray | None = None) -> np.ndarray:
     """Flag likely label errors: ``labels (N,)`` class indices, ``probs (N, K)``
     (out-of-sample probabilities), ``votes (N, K)`` the neighbours' votes
@@ -193,10 +202,7 @@ def flag_label_issues(labels: np.ndarray, probs: np.ndarray, votes: np.ndarray |
     flags = np.zeros(n, bool)
     if n == 0 or k < 2 or len(np.unique(labels)) < 2:
         return flags
-    p = np.asarray(probs, np.float64)
-    if votes is not None:
-        v = np.asarray(votes, np.float64)
-        p = np.where(np.isnan(v).any(axis=1, keepdims=True), p, (1 - VOTE_SHARE) * p + VOTE_SHARE * v)
+    p = np.asarray(probs, np.float64) if votes is None else with_votes(probs, votes)
     count = int(find_label_issues(labels, p, n_jobs=1).sum())
     given = p[np.arange(n), labels]
     other = np.where(np.eye(k, dtype=bool)[labels], -1.0, p).max(axis=1)

@@ -374,6 +374,7 @@ def _merge(frame, ledger: Ledger, rows: Rows, parts: list[Scores], k: int, *, ro
         schema.RANK_OOF: lambda: np.zeros(n, bool),
         schema.RANK_OUTLIER: lambda: np.full(n, np.nan, np.float32),
         schema.RANK_VOTES: lambda: np.full((n, k), np.nan, np.float32),
+        schema.RANK_VOTE_GIVEN: lambda: np.zeros(n, np.float32),
         schema.RANK_FLAG: lambda: np.zeros(n, bool),
     }
     # Earlier rounds' scores are kept, but all of them go when the classes
@@ -400,6 +401,8 @@ def _merge(frame, ledger: Ledger, rows: Rows, parts: list[Scores], k: int, *, ro
         has_votes = s.votes is not None and len(r) > 0 and not np.isnan(s.votes).all()
         cols[schema.RANK_VOTES][0][r] = s.votes if has_votes else np.nan
         cols[schema.RANK_VOTES][1][r] = has_votes
+        cols[schema.RANK_VOTE_GIVEN][0][r] = s.votes[np.arange(len(r)), rows.y[r]] if has_votes else 0.0
+        cols[schema.RANK_VOTE_GIVEN][1][r] = has_votes
     # Flags over every row holding probabilities, against its current label, but
     # for the images of no class (outlier score >= FAR): they are not mislabeled,
     # and their losses are high under any label, so among the rows they crowded
