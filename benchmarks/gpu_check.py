@@ -365,15 +365,16 @@ def models(c: Check, table, rgb: np.ndarray, small: bool) -> dict:
 
 def outlier_knn(c: Check, small: bool) -> dict:
     """The outlier score's search (models.outlier.knn_distances: the k-th
-    neighbour within each of 10 classes): N random unit vectors (240-d, the
-    small CNN's four blocks) against the capped reference, on the device."""
+    neighbour within each of 10 classes) and the neighbours' votes for the
+    flags (models.outlier.knn_vote): N random unit vectors (240-d, the small
+    CNN's four blocks) against the capped reference, on the device."""
     import torch
 
-    from gpupipe.models.outlier import K, REF_MAX, knn_distances
+    from gpupipe.models.outlier import K, REF_MAX, VOTE_K, knn_distances, knn_vote
 
     dev = "cuda:0" if c.gpu else "cpu"
     dim = 240
-    out: dict = {"ref_rows": REF_MAX, "k": K, "dim": dim, "classes": 10}
+    out: dict = {"ref_rows": REF_MAX, "k": K, "vote_k": VOTE_K, "dim": dim, "classes": 10}
     labels = np.arange(REF_MAX) % 10
     for n in ((20_000,) if small else (100_000, 1_000_000)):
         g = torch.Generator(device=dev).manual_seed(0)
@@ -385,7 +386,12 @@ def outlier_knn(c: Check, small: bool) -> dict:
         knn_distances(q, r, labels, device=dev)
         torch.cuda.synchronize() if c.gpu else None
         dt = time.perf_counter() - t0
-        out[f"n{n}"] = {"seconds": round(dt, 3), "queries_per_s": round(n / dt)}
+        t0 = time.perf_counter()
+        knn_vote(q, r, labels, 10, device=dev)
+        torch.cuda.synchronize() if c.gpu else None
+        dv = time.perf_counter() - t0
+        out[f"n{n}"] = {"seconds": round(dt, 3), "queries_per_s": round(n / dt),
+                        "vote_seconds": round(dv, 3), "vote_queries_per_s": round(n / dv)}
     return out
 
 
