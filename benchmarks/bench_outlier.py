@@ -49,7 +49,7 @@ from gpupipe.datasets import FASHION_MNIST_CLASSES, flip_labels, load_digits_ima
 from gpupipe.loop import RankOptions, run_rank
 from gpupipe.models.train import TrainConfig
 from gpupipe.runner import LEDGER, DedupOptions, run_dedup
-from gpupipe.stages.review import suspicion
+from gpupipe.stages.review import label_suspicion, suspicion
 
 KINDS = ("other", "blank", "noise", "crop")
 THRESHOLDS = (2.0, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 8.0)      # robust z-scores (models/outlier.py)
@@ -261,7 +261,9 @@ def main() -> int:
     is_out = kind.notna().to_numpy()
     is_flip = t[schema.REL_PATH].isin(set(planted["flipped"])).to_numpy()
     loss, score = t[schema.RANK_LOSS].to_numpy(float), t[schema.RANK_OUTLIER].to_numpy(float)
-    order = suspicion(loss, score)
+    order = suspicion(label_suspicion(loss, t[schema.RANK_PROB_GIVEN].to_numpy(float),
+                                      t[schema.RANK_VOTE_GIVEN].to_numpy(float)
+                                      if schema.RANK_VOTE_GIVEN in t.columns else None), score)
     probs = np.stack(t[schema.RANK_PROBS].to_numpy())
     classes = state["classes"]
     y = t[schema.REVIEW_LABEL].fillna(t[schema.LABEL]).map({c: i for i, c in enumerate(classes)}).to_numpy()
