@@ -254,7 +254,8 @@ class ReviewSession:
             out.append({"sample_id": r[schema.SAMPLE_ID], "queue": r["queue"], "rel_path": r[schema.REL_PATH],
                         "label": r["label"], "suggested_label": r.get("suggested_label") or None,
                         "prob_given": _num(r.get("prob_given")), "prob_suggested": _num(r.get("prob_suggested")),
-                        "loss": _num(r.get("loss")), "outlier_score": _num(r.get("outlier_score")),
+                        "loss": _num(r.get("loss")), "neighbour_vote": _num(r.get("neighbour_vote")),
+                        "outlier_score": _num(r.get("outlier_score")),
                         "suggested_action": r.get("suggested_action") or None, "mates": mates[i]})
         return out
 

@@ -179,7 +179,8 @@ def test_planted_images_of_no_class_rank_on_top(planted):
     import pandas as pd
 
     q = pd.read_csv(run / "review" / "round-001.csv")
-    assert {"outlier_score", "suggested_action"} <= set(q.columns)
+    assert {"outlier_score", "neighbour_vote", "suggested_action"} <= set(q.columns)
+    assert q["neighbour_vote"].between(0, 1).all()
 
 
 def test_the_automatic_policy_removes_most_images_of_no_class_when_asked(planted):

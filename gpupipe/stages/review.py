@@ -199,7 +199,8 @@ def queue(frame, ledger: Ledger, *, worst: int, best: int, policy: "AutoPolicy |
     (`suspicion`: loss of the current label and outlier score) among the
     eligible, scored, not yet certified ones.  Columns: queue (worst|best),
     sample_id, rel_path, path, label, suggested_label, loss, prob_given,
-    prob_suggested, margin, outlier_score, suggested_action (remove: an image
+    prob_suggested, margin, neighbour_vote (the share of the nearest
+    training images whose label is this row's), outlier_score, suggested_action (remove: an image
     of no class: outlier score >= `FAR`, unless the model confirms the label;
     relabel: the model prefers another class; confirm), decision (blank),
     new_label (the suggestion, used if the decision is ``relabel``).
@@ -253,6 +254,8 @@ def _queue_frame(frame, ledger: Ledger, rows: Rows, pos: np.ndarray, kinds: list
         out["prob_given"] = np.where(has[pos], pg[pos], np.nan)
         out["prob_suggested"] = np.where(has[pos], np.nanmax(probs[pos], axis=1) if probs.size else np.nan, np.nan)
         out["margin"] = np.where(has[pos], margin[pos], np.nan)
+        vote = _vote_given(frame, ledger)
+        out["neighbour_vote"] = np.full(len(pos), np.nan) if vote is None else vote[pos]
         out["outlier_score"] = outlier
         policy = policy or AutoPolicy()
         agree = out["suggested_label"].to_numpy(object) == rows.label[pos]
