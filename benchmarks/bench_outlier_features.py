@@ -183,6 +183,11 @@ def scores_per_fold(z: dict, folds: int) -> tuple[np.ndarray, dict]:
         for j in range(nblocks):
             put(f"block {j} alone, within classes, k={K}",
                 knn(z[f"f{f}_scored_block{j}"], z[f"f{f}_ref_block{j}"], K, y_ref))
+        votes = knn_vote(sb, rb, y_ref, len(z["classes"]))
+        entropy = -(votes * np.log(votes)).sum(1)            # neighbours of many classes: no class's?
+        put("entropy of the neighbours' votes (k=30)", entropy)
+        put("gpupipe + entropy of the votes (sum of z)", robust_z([knn_distances(sb, rb, y_ref, k=K)])[0]
+            + robust_z([entropy])[0])
         put("Mahalanobis (emb, tied covariance)", mahalanobis(s, r, y_ref))
         logits = torch.as_tensor(z[f"f{f}_scored_logits"])
         put("energy (logits)", (-torch.logsumexp(logits, 1)).numpy())

@@ -106,6 +106,29 @@ def test_balance_excludes_open_rows_far_from_every_class(frame):
     assert (b.loc[np.concatenate([far_certified, no_score, near]), schema.BALANCE_STATUS] == schema.BAL_KEPT).all()
 
 
+def test_suspect_rows_pending_review_do_not_cut_every_class(frame):
+    """Most of one class flagged and undecided (a class the model confuses):
+    its suspects are excluded, but the "min" target counts them as the class's
+    rows, so the other classes are not cut down to its few usable ones."""
+    d = _pd(frame)
+    n = len(d)
+    usable = d[schema.DEDUP_KEEP].to_numpy() & ~d[schema.IS_INVALID].to_numpy()
+    counts = d[usable].groupby(schema.LABEL).size()
+    confused = counts.index[0]
+    rows = np.flatnonzero(usable & (d[schema.LABEL] == confused).to_numpy())
+    flagged = np.zeros(n, bool)
+    flagged[rows[: int(0.8 * len(rows))]] = True
+    f = L.assign(frame, {schema.RANK_LOSS: (np.full(n, 0.1, np.float32), None), schema.RANK_FLAG: (flagged, None)})
+    b, stats = balance(f, L, BalanceConfig())
+    b = _pd(b)
+    assert (b.loc[flagged, schema.BALANCE_REASON] == "suspect").all()
+    assert stats.classes[str(confused)] == {"usable": len(rows) - flagged.sum(), "suspect": flagged.sum(),
+                                            "kept": len(rows) - flagged.sum(), "surplus": 0}
+    assert stats.target == min(counts)                 # as without the flags: the pending rows count
+    others = b[(b[schema.BALANCE_STATUS] == schema.BAL_KEPT) & (b[schema.BALANCE_LABEL] != str(confused))]
+    assert others.groupby(schema.BALANCE_LABEL).size().min() == min(counts)
+
+
 def test_splits_are_stratified_group_whole_and_seeded(frame):
     bal, _ = balance(frame, L, BalanceConfig(per_class="none"))
     out, stats = split(bal, L, SplitConfig(test=0.1, folds=8, seed=0))
