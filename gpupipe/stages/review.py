@@ -217,20 +217,23 @@ def queue(frame, ledger: Ledger, *, worst: int, best: int, policy: "AutoPolicy |
                         policy)
 
 
-def _vote_given(frame, ledger: Ledger) -> np.ndarray | None:
-    """float (N,) `rank_vote_given`, NaN where none; None for an older ledger without it."""
-    if schema.RANK_VOTE_GIVEN not in frame.columns:
+def _float_column(frame, ledger: Ledger, name: str) -> np.ndarray | None:
+    """float (N,) column ``name``, NaN where null; None for an older ledger without it."""
+    if name not in frame.columns:
         return None
-    vote, has = ledger.host(frame, schema.RANK_VOTE_GIVEN)
-    return np.where(has, vote.astype(np.float64), np.nan)
+    values, has = ledger.host(frame, name)
+    return np.where(has, values.astype(np.float64), np.nan)
+
+
+def _vote_given(frame, ledger: Ledger) -> np.ndarray | None:
+    """`rank_vote_given` (`_float_column`)."""
+    return _float_column(frame, ledger, schema.RANK_VOTE_GIVEN)
 
 
 def _outlier(frame, ledger: Ledger) -> np.ndarray:
     """float (N,) `rank_outlier_score`, NaN where none (or an older ledger without it)."""
-    if schema.RANK_OUTLIER not in frame.columns:
-        return np.full(len(frame), np.nan)
-    score, has = ledger.host(frame, schema.RANK_OUTLIER)
-    return np.where(has, score.astype(np.float64), np.nan)
+    score = _float_column(frame, ledger, schema.RANK_OUTLIER)
+    return np.full(len(frame), np.nan) if score is None else score
 
 
 def _queue_frame(frame, ledger: Ledger, rows: Rows, pos: np.ndarray, kinds: list[str],
