@@ -39,37 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_outlier import add_data_args, planted_of, set_name  # noqa: E402
 from bench_outlier_features import blockcat  # noqa: E402
 
-from gpupipe.models.outlier import FAR, K, knn_distances, normalise, robust_z  # noqa: E402
-
-
-def knn_vote(q: np.ndarray, ref: np.ndarray, y_ref: np.ndarray, k: int, classes: int) -> np.ndarray:
-    """(Q, classes): the share of each class among the k nearest reference rows (cosine), +1 smoothing."""
-    qn, rn = normalise(q, "cpu"), normalise(ref, "cpu")
-    out = np.zeros((len(q), classes), np.float64)
-    yt = torch.as_tensor(y_ref)
-    for i in range(0, len(q), 2048):
-        idx = (qn[i:i + 2048] @ rn.T).topk(k, dim=1).indices
-        votes = torch.nn.functional.one_hot(yt[idx], classes).sum(1).double().numpy()
-        out[i:i + 2048] = (votes + 1.0) / (k + classes)
-    return out
-
-
-def posterior_wrong(y: np.ndarray, p: np.ndarray, *, smooth: float = 0.0) -> np.ndarray:
-    """(N,): the probability that the given label is wrong, under the noise the
-    confident joint estimates: P(true j | x, given i) ~ p(j | x) P(given i | true j).
-    ``smooth``: that noise mixed with symmetric noise of the same rate per class."""
-    from cleanlab.count import estimate_joint
-
-    joint = estimate_joint(y, p)                        # [given i, true j]
-    t = joint / np.maximum(joint.sum(0, keepdims=True), 1e-12)      # P(given i | true j)
-    if smooth:
-        k = len(t)
-        off = (1.0 - np.diag(t)) / (k - 1)
-        sym = np.where(np.eye(k, dtype=bool), np.diag(t)[None, :], off[None, :])
-        t = (1 - smooth) * t + smooth * sym
-    post = p * t[y]                                     # (N, K): p(j|x) P(given y | true j)
-    post /= np.maximum(post.sum(1, keepdims=True), 1e-300)
-    return 1.0 - post[np.arange(len(y)), y]
+from gpupipe.models.outlier import FAR, K, knn_distances, knn_vote, robust_z  # noqa: E402
+from gpupipe.models.score import label_error_odds  # noqa: E402
 
 
 def loss_key(y: np.ndarray, p: np.ndarray) -> np.ndarray:
@@ -84,8 +55,8 @@ def loss_key(y: np.ndarray, p: np.ndarray) -> np.ndarray:
 
 ORDERS = {
     "loss": loss_key,
-    "posterior": lambda y, p: np.argsort(np.argsort(-posterior_wrong(y, p), kind="stable")),
-    "posterior, noise half symmetric": lambda y, p: np.argsort(np.argsort(-posterior_wrong(y, p, smooth=0.5),
+    "posterior": lambda y, p: np.argsort(np.argsort(-label_error_odds(y, p, even=0.0), kind="stable")),
+    "posterior, noise half symmetric": lambda y, p: np.argsort(np.argsort(-label_error_odds(y, p, even=0.5),
                                                                            kind="stable")),
     "mean rank of loss and posterior": lambda y, p: loss_key(y, p) + ORDERS["posterior"](y, p),
 }
@@ -104,7 +75,6 @@ def cost(z: dict) -> int:
     the flags (`score.flag_label_issues`) without and with the votes."""
     import time
 
-    from gpupipe.models.outlier import knn_vote
     from gpupipe.models.score import flag_label_issues
 
     nblocks = sum(1 for key in z if key.startswith("f0_scored_block"))
@@ -134,7 +104,6 @@ def review_effort(y, model, mixed, outlier_score, is_error) -> dict:
     `label_error_odds` of the mix.  Share of all errors (flips and images of
     no class) found after reviewing 0.5x, 0.9x, 1x, 1.5x the errors, and the
     reviews for 90%."""
-    from gpupipe.models.score import label_error_odds
     from gpupipe.stages.review import suspicion
 
     n = len(y)
@@ -181,7 +150,8 @@ def main() -> int:
         logits.append(z[f"f{f}_scored_logits"])
         for feat, (s, r) in (("emb", (z[f"f{f}_scored_emb"], z[f"f{f}_ref_emb"])), ("blocks", (sb, rb))):
             for k in args.k:
-                votes.setdefault(f"kNN vote ({feat}, k={k})", []).append(knn_vote(s, r, y_ref, k, ncls))
+                votes.setdefault(f"kNN vote ({feat}, k={k})", []).append(
+                    knn_vote(s, r, y_ref, ncls, k=k).astype(np.float64))
     rows, outlier_score = np.concatenate(rows), np.concatenate(far)
     far = outlier_score >= FAR
     model = torch.softmax(torch.as_tensor(np.concatenate(logits), dtype=torch.float64), 1).numpy()
