@@ -3,16 +3,39 @@ curate runs ``bench_downstream.py`` left, trained and tested the same way
 (same fixed model, epochs, seed and clean test set).
 
     python benchmarks/bench_downstream_variants.py [--dataset digits|fashion] [--seeds 0 1 2]
+        [--test-images 10000] [--fits 2] [--only NAME ...]
 
 Per seed, from ``<data>/seed<N>/run/ledger.parquet``:
 
 * curated: the kept rows with their curated labels (what the benchmark trains on);
 * no balance: every usable row (kept and surplus) with its curated label;
 * no balance, suspects in: and the suspect rows (flagged or far, left open)
-  with their given labels.
+  with their given labels;
+* odds gate: the balance stage re-run with an open flagged row left out only
+  when the odds that its label is wrong (`models.score.label_error_odds` of
+  the model-and-votes mix, over the rows rank flags, with their current
+  labels) are above 0.5; the rest usable, ordered by their loss;
+* suspects last: the balance stage re-run with the open flagged rows usable
+  but ordered after every other open row of their class, so they are kept
+  only to fill a class short of the target (rows far from every class stay
+  out);
+* balance, seeded order: the balance stage re-run with the open rows of a
+  class in the seeded hash's order instead of lowest loss first (the
+  surplus then holds a random share of them, not the hardest ones);
+* balance 1.5: the balance stage re-run with classes cut to 1.5 times the
+  smallest (`BalanceConfig.max_ratio`'s default since RESULTS.md §5.2; the
+  variants above re-run it with 1, the rule the runs before it used).
 
-Reports accuracy on the seed's clean test set for each, beside the raw and
-clean accuracies the benchmark recorded (``results.json``).
+``--test-images N`` (Fashion-MNIST only): test on the first N images of
+Fashion-MNIST's own test split instead of the seed's 20% (500 images at
+``--n 2500``, where one image is 0.2 points and a seed's whole raw-to-clean
+gap can be 5 images); raw and clean are then trained again and tested on
+them.  ``--fits K``: each accuracy is the mean of K trainings (seeds
+seed*100 .. seed*100+K-1 of the model), against the training noise.
+
+Reports accuracy for each choice and the share of the raw-to-clean gap it
+recovers per seed, and how the open flagged rows' odds match the truth (the
+planted flips): per odds bin, how many rows and the share truly mislabeled.
 """
 
 from __future__ import annotations
@@ -23,13 +46,55 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_downstream import fit_and_test  # noqa: E402
+from bench_downstream import fit_and_test, load, official_test, split  # noqa: E402
 
 from gpupipe import schema  # noqa: E402
 from gpupipe.device import resolve_device  # noqa: E402
+from gpupipe.io.sniff import sniff  # noqa: E402
+from gpupipe.models.outlier import is_far  # noqa: E402
+from gpupipe.models.score import label_error_odds, with_votes  # noqa: E402
+from gpupipe.stages.balance import BalanceConfig, balance  # noqa: E402
+from gpupipe.stages.rank import rows_of  # noqa: E402
+from gpupipe.table import Ledger  # noqa: E402
+
+BINS = (0.0, 0.25, 0.5, 0.75, 1.0001)
+CHOICES = ("curated", "no balance", "no balance, suspects in", "odds gate", "suspects last", "balance, seeded order",
+           "balance 1.5")
+
+
+def odds_of(ledger: Ledger, frame) -> np.ndarray:
+    """float (N,): `label_error_odds` of the model-and-votes mix, as the flags
+    order rows (over the rows rank flags; NaN elsewhere)."""
+    rows = rows_of(frame, ledger)
+    probs, has = ledger.host(frame, schema.RANK_PROBS)
+    votes, has_votes = ledger.host(frame, schema.RANK_VOTES)
+    use = has & rows.eligible & ~is_far(*ledger.host(frame, schema.RANK_OUTLIER))
+    odds = np.full(len(frame), np.nan)
+    mix = with_votes(probs[use], np.where(has_votes[use, None], votes[use], np.nan))
+    odds[use] = label_error_odds(rows.y[use], mix)
+    return odds
+
+
+def rebalanced(ledger: Ledger, frame, seed: int, *, unflag: np.ndarray, last: bool = False,
+               unordered: bool = False, ratio: float = 1.0):
+    """The balance stage re-run with the rows ``unflag`` no longer flagged
+    (``last``: and ordered after every other open row; ``unordered``: every
+    scored row's loss the same, so rows are ordered by tier, then by the
+    seeded hash), classes cut to ``ratio`` times the smallest (1: the rule
+    before RESULTS.md §5.2) -> pandas frame."""
+    flags, _ = ledger.host(frame, schema.RANK_FLAG)
+    changes = {schema.RANK_FLAG: (flags.astype(bool) & ~unflag, np.ones(len(frame), bool))}
+    loss, has = ledger.host(frame, schema.RANK_LOSS)
+    if last:
+        changes[schema.RANK_LOSS] = (np.where(unflag, np.float32(1e30), loss).astype(np.float32), has | unflag)
+    if unordered:
+        changes[schema.RANK_LOSS] = (np.zeros(len(frame), np.float32), has)
+    out, _ = balance(ledger.assign(frame, changes), ledger, BalanceConfig(seed=seed, max_ratio=ratio))
+    return ledger.to_arrow(out).to_pandas()
 
 
 def main() -> int:
@@ -37,35 +102,101 @@ def main() -> int:
     ap.add_argument("--dataset", choices=("digits", "fashion"), default="fashion")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--n", type=int, default=2500, help="fashion: the first N training images (as the run)")
+    ap.add_argument("--test-images", type=int, default=0, help="fashion: test on this many of its test split")
+    ap.add_argument("--fits", type=int, default=1, help="trainings averaged per accuracy")
+    ap.add_argument("--only", nargs="+", choices=CHOICES + ("raw", "clean"), default=None,
+                    help="train only these (the rest: not trained)")
     ap.add_argument("--data", default=None, help="default: .bench/downstream[-fashion]")
     args = ap.parse_args()
+    if args.test_images and args.dataset != "fashion":
+        ap.error("--test-images: Fashion-MNIST only (digits has no other images)")
     work = Path(args.data or (".bench/downstream" + ("" if args.dataset == "digits" else "-fashion")))
+    all_labels = load(args.dataset, args.n)[1]
     recorded = {r["seed"]: r for r in json.loads((work / "results.json").read_text())["runs"]}
     dev = resolve_device("cpu")
-    print("| seed | raw | curated | no balance | no balance, suspects in | clean | rows: curated / no balance / "
-          "suspects in |\n|---|---|---|---|---|---|---|")
-    out = []
+    ledger = Ledger(dev)
+    retrain = bool(args.test_images) or args.fits > 1
+    names = (("raw",) if retrain else ()) + CHOICES + (("clean",) if retrain else ())
+    print(f"test: {'Fashion-MNIST test split, first %d' % args.test_images if args.test_images else 'the seed' + chr(39) + 's 20%'}; "
+          f"{args.fits} fit(s) per accuracy\n")
+    print("| seed | " + " | ".join(names) + (" | raw (recorded) | clean (recorded)" if not retrain else "")
+          + " | rows: " + " / ".join(CHOICES) + " | label errors in them |")
+    print("|---" * (len(names) + (3 if not retrain else 1) + 2) + "|")
+    out, calibration = [], []
+    if args.test_images:
+        test_files, test_y = official_test(work, args.test_images)
     for seed in args.seeds:
         root = work / f"seed{seed}"
-        test_files = sorted(str(p) for p in (root / "test").rglob("*.png"))
-        test_y = [int(Path(p).parent.name) for p in test_files]
-        d = pq.read_table(root / "run" / "ledger.parquet").to_pandas()
+        if not args.test_images:
+            test_files = sorted(str(p) for p in (root / "test").rglob("*.png"))
+            test_y = [int(Path(p).parent.name) for p in test_files]
+        path = root / "run" / "ledger.parquet"
+        d = pq.read_table(path).to_pandas()
+        frame = ledger.read(path)
+        # The truth: an original's name holds its position among the seed's
+        # training images (planted files are numbered after them).
+        true_label = all_labels[split(all_labels, seed)[1]]
+        index = pd.to_numeric(d[schema.REL_PATH].str.extract(r"^\d+/img_(\d+)\.png$")[0]).fillna(-1)
+        index = index.astype(int).to_numpy()
+        orig = (index >= 0) & (index < len(true_label))
+        truth = np.where(orig, true_label[np.where(orig, index, 0)].astype(str), None)
+        wrong = orig & (truth != d[schema.BALANCE_LABEL].astype(str).to_numpy())
+
+        open_flagged = d[schema.RANK_FLAG].fillna(False).to_numpy(bool) & d[schema.REVIEW_STATUS].isna().to_numpy()
+        odds = odds_of(ledger, frame)
+        gate = rebalanced(ledger, frame, seed, unflag=open_flagged & ~(odds > 0.5), last=False)
+        last = rebalanced(ledger, frame, seed, unflag=open_flagged, last=True)
+        unordered = rebalanced(ledger, frame, seed, unflag=np.zeros(len(d), bool), unordered=True)
+        ratio = rebalanced(ledger, frame, seed, unflag=np.zeros(len(d), bool), ratio=1.5)
         status, reason = d[schema.BALANCE_STATUS], d[schema.BALANCE_REASON]
-        usable = status.isin([schema.BAL_KEPT, schema.BAL_SURPLUS])
-        sets = {"curated": status == schema.BAL_KEPT, "no balance": usable,
-                "no balance, suspects in": usable | (reason == "suspect")}
-        acc, rows = {}, {}
-        for name, pick in sets.items():
-            k = d[pick.to_numpy()]
-            rows[name] = len(k)
-            acc[name] = fit_and_test(dev, k[schema.PATH].tolist(), k[schema.BALANCE_LABEL].astype(int).tolist(),
-                                     test_files, test_y, epochs=args.epochs, seed=seed)
-        rec = recorded[seed]["accuracy"]
-        out.append({"seed": seed, "accuracy": {**acc, "raw": rec["raw"], "clean": rec["clean"]}, "rows": rows})
-        print(f"| {seed} | {rec['raw']:.4f} | {acc['curated']:.4f} | {acc['no balance']:.4f} | "
-              f"{acc['no balance, suspects in']:.4f} | {rec['clean']:.4f} | "
-              f"{' / '.join(str(v) for v in rows.values())} |", flush=True)
-    (work / "variants.json").write_text(json.dumps(out, indent=2))
+        usable = status.isin([schema.BAL_KEPT, schema.BAL_SURPLUS]).to_numpy()
+        picks = {"curated": (d, (status == schema.BAL_KEPT).to_numpy()), "no balance": (d, usable),
+                 "no balance, suspects in": (d, usable | (reason == "suspect").to_numpy()),
+                 "odds gate": (gate, (gate[schema.BALANCE_STATUS] == schema.BAL_KEPT).to_numpy()),
+                 "suspects last": (last, (last[schema.BALANCE_STATUS] == schema.BAL_KEPT).to_numpy()),
+                 "balance, seeded order": (unordered, (unordered[schema.BALANCE_STATUS] == schema.BAL_KEPT).to_numpy()),
+                 "balance 1.5": (ratio, (ratio[schema.BALANCE_STATUS] == schema.BAL_KEPT).to_numpy())}
+        sets = {name: (f[schema.PATH][p].tolist(), f[schema.BALANCE_LABEL][p].astype(int).tolist())
+                for name, (f, p) in picks.items()}
+        if retrain:
+            raw = [p for p in sorted((root / "raw").rglob("*")) if p.is_file()]
+            raw = [p for p in raw if sniff(p.read_bytes()).invalid_reason is None]
+            clean = sorted(str(p) for p in (root / "clean").rglob("*.png"))
+            sets = {"raw": ([str(p) for p in raw], [int(p.parent.name) for p in raw]), **sets,
+                    "clean": (clean, [int(Path(p).parent.name) for p in clean])}
+        acc = {name: float(np.mean([fit_and_test(dev, files, ys, test_files, test_y, epochs=args.epochs,
+                                                 seed=seed * 100 + f if args.fits > 1 else seed)
+                                    for f in range(args.fits)]))
+               if args.only is None or name in args.only else float("nan")
+               for name, (files, ys) in sets.items()}
+        if not retrain:
+            acc.update(raw=recorded[seed]["accuracy"]["raw"], clean=recorded[seed]["accuracy"]["clean"])
+        rows = {name: int(p.sum()) for name, (_, p) in picks.items()}
+        errors = {name: int(wrong[p].sum()) for name, (_, p) in picks.items()}
+        for lo, hi in zip(BINS[:-1], BINS[1:]):
+            inbin = open_flagged & orig & (odds >= lo) & (odds < hi)
+            calibration.append({"seed": seed, "odds": f"{lo:.2f}-{min(hi, 1):.2f}", "rows": int(inbin.sum()),
+                                "mislabeled": int(wrong[inbin].sum())})
+        out.append({"seed": seed, "accuracy": acc, "rows": rows, "label_errors": errors})
+        cells = [f"{acc[k]:.4f}" for k in names] + ([f"{acc['raw']:.4f}", f"{acc['clean']:.4f}"] if not retrain else [])
+        print(f"| {seed} | " + " | ".join(cells) + f" | {' / '.join(str(rows[k]) for k in CHOICES)} | "
+              f"{' / '.join(str(errors[k]) for k in CHOICES)} |", flush=True)
+    print("\ngap recovered per seed (and of the mean gap):")
+    for name in CHOICES:
+        per = [(o["accuracy"][name] - o["accuracy"]["raw"]) / (o["accuracy"]["clean"] - o["accuracy"]["raw"])
+               for o in out]
+        mean = {k: np.mean([o["accuracy"][k] for o in out]) for k in ("raw", name, "clean")}
+        print(f"- {name}: " + ", ".join(f"{x:.1%}" for x in per)
+              + f" ({(mean[name] - mean['raw']) / (mean['clean'] - mean['raw']):.1%})")
+    print("\nopen flagged originals by their label_error_odds, all seeds:\n| odds | rows | truly mislabeled |\n|---|---|---|")
+    for b in dict.fromkeys(c["odds"] for c in calibration):
+        r = sum(c["rows"] for c in calibration if c["odds"] == b)
+        m = sum(c["mislabeled"] for c in calibration if c["odds"] == b)
+        print(f"| {b} | {r} | {m} ({m / max(r, 1):.0%}) |")
+    name = "variants" + (f"-test{args.test_images}" if args.test_images else "") + (f"-fits{args.fits}" if args.fits > 1 else "")
+    (work / f"{name}.json").write_text(json.dumps({"runs": out, "calibration": calibration,
+                                                   "args": vars(args)}, indent=2))
     return 0
 
 
