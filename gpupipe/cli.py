@@ -162,7 +162,11 @@ def _add_curate_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("balance, split, export")
     g.add_argument("--no-rank", action="store_true", help="skip the rank/review stage")
     g.add_argument("--balance", default="min", metavar="min|none|N",
-                   help="per-class target: the smallest class's count (min), none, or a number (default: min)")
+                   help="per-class target: min (--balance-ratio times the smallest class's count), none, or a "
+                        "number (default: min)")
+    g.add_argument("--balance-ratio", type=float, default=1.5, metavar="R",
+                   help="with --balance min: classes are cut to R times the smallest class's count; 1: all the "
+                        "same size (default: 1.5)")
     g.add_argument("--cap", type=int, default=None, help="at most this many kept samples in all")
     g.add_argument("--test", type=float, default=0.1,
                    help="test set: a fraction (<1) or a number of samples (default: 0.1)")
@@ -188,6 +192,8 @@ def _curate_options(args):
             raise ValueError("--balance must be min, none or a number") from None
         if per_class < 1:
             raise ValueError("--balance must be at least 1")
+    if not args.balance_ratio >= 1:
+        raise ValueError("--balance-ratio must be at least 1")
     if args.cap is not None and args.cap < 1:
         raise ValueError("--cap must be at least 1")
     if args.folds < 2:
@@ -197,7 +203,8 @@ def _curate_options(args):
     rank = None if args.no_rank else _rank_options(args)
     return CurateOptions(
         dedup=_options(args), rank=rank,
-        balance=BalanceConfig(per_class=per_class, cap=args.cap, seed=args.split_seed),
+        balance=BalanceConfig(per_class=per_class, cap=args.cap, seed=args.split_seed,
+                              max_ratio=args.balance_ratio),
         split=SplitConfig(test=args.test, folds=args.folds, seed=args.split_seed),
         export=ExportConfig(mode="copy" if args.copy else "symlink"), export_dir=args.export_dir,
         restart=args.restart)

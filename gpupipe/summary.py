@@ -77,7 +77,10 @@ def brief(stage: str, stats) -> str:
     if stage == "balance":
         kept = sum(c["kept"] for c in stats.classes.values())
         surplus = sum(c["surplus"] for c in stats.classes.values())
-        return f"{kept} kept ({stats.target} per class), {surplus} surplus, excluded {stats.excluded}"
+        counts = [c["kept"] for c in stats.classes.values()] or [0]
+        per = f"{min(counts)}" if min(counts) == max(counts) else f"{min(counts)}-{max(counts)}"
+        return (f"{kept} kept ({per} per class, target {stats.target}), {surplus} surplus, "
+                f"excluded {stats.excluded}")
     return f"test {stats.test}, train {stats.train} in {len(stats.folds)} folds {stats.folds}"
 
 

@@ -29,7 +29,7 @@ def _pd(frame) -> pd.DataFrame:
 
 def test_balance_keeps_the_smallest_class_count_of_every_class(frame, digits_planted):
     _, truth = digits_planted
-    out, stats = balance(frame, L, BalanceConfig())
+    out, stats = balance(frame, L, BalanceConfig(max_ratio=1))
     d = _pd(out)
     usable = d[~d[schema.IS_INVALID] & d[schema.DEDUP_KEEP]]
     smallest = usable.groupby(schema.LABEL).size().min()
@@ -44,6 +44,30 @@ def test_balance_keeps_the_smallest_class_count_of_every_class(frame, digits_pla
     for _, g in surplus.groupby(schema.BALANCE_LABEL):                 # 0..m-1 per class
         assert sorted(g[schema.BALANCE_SURPLUS_RANK]) == list(range(len(g)))
     assert len(d) == len(frame)                                         # nothing deleted
+
+
+def test_balance_cuts_only_classes_much_bigger_than_the_smallest(frame):
+    """The default "min" target is 1.5 times the smallest class: the digits'
+    classes, a few percent apart, keep every usable row; with one class cut
+    to 40 rows by a review, every other class is cut to 60."""
+    d = _pd(frame)
+    usable = (~d[schema.IS_INVALID] & d[schema.DEDUP_KEEP]).to_numpy()
+    counts = d[usable].groupby(schema.LABEL).size()
+    assert counts.max() < 1.5 * counts.min()                            # as curation leaves a balanced set
+    out, stats = balance(frame, L, BalanceConfig())
+    b = _pd(out)
+    assert stats.target == int(1.5 * counts.min()) and (b[schema.BALANCE_STATUS] == schema.BAL_KEPT).sum() == usable.sum()
+
+    small = np.flatnonzero(usable & (d[schema.LABEL] == "0").to_numpy())[40:]
+    status = np.full(len(d), None, object)
+    status[small] = schema.STATUS_REMOVED
+    f = L.assign(frame, {schema.REVIEW_STATUS: (status, status != None),  # noqa: E711
+                         schema.REVIEW_SOURCE: (np.full(len(d), "person", object), status != None)})  # noqa: E711
+    out, stats = balance(f, L, BalanceConfig())
+    kept = _pd(out).query(f"{schema.BALANCE_STATUS} == '{schema.BAL_KEPT}'").groupby(schema.BALANCE_LABEL).size()
+    assert stats.target == 60 and kept["0"] == 40 and (kept.drop("0") == 60).all()
+    out, stats = balance(f, L, BalanceConfig(max_ratio=1))
+    assert stats.target == 40 and (_pd(out)[schema.BALANCE_STATUS] == schema.BAL_KEPT).sum() == 400
 
 
 def test_balance_keeps_the_most_trustworthy_first_and_caps(frame):
@@ -119,7 +143,7 @@ def test_suspect_rows_pending_review_do_not_cut_every_class(frame):
     flagged = np.zeros(n, bool)
     flagged[rows[: int(0.8 * len(rows))]] = True
     f = L.assign(frame, {schema.RANK_LOSS: (np.full(n, 0.1, np.float32), None), schema.RANK_FLAG: (flagged, None)})
-    b, stats = balance(f, L, BalanceConfig())
+    b, stats = balance(f, L, BalanceConfig(max_ratio=1))
     b = _pd(b)
     assert (b.loc[flagged, schema.BALANCE_REASON] == "suspect").all()
     assert stats.classes[str(confused)] == {"usable": len(rows) - flagged.sum(), "suspect": flagged.sum(),
