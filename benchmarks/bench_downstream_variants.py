@@ -24,7 +24,10 @@ Per seed, from ``<data>/seed<N>/run/ledger.parquet``:
   surplus then holds a random share of them, not the hardest ones);
 * balance 1.5: the balance stage re-run with classes cut to 1.5 times the
   smallest (`BalanceConfig.max_ratio`'s default since RESULTS.md §5.2; the
-  variants above re-run it with 1, the rule the runs before it used).
+  variants above re-run it with 1, the rule the runs before it used);
+* removed relabeled: the curated rows plus the rows the automatic policy
+  removed (its remove_prob: the label's probability <= 0.01) whose top
+  class has p >= 0.8 (`RELABEL_REMOVED`), relabeled to that class.
 
 ``--test-images N`` (Fashion-MNIST only): test on the first N images of
 Fashion-MNIST's own test split instead of the seed's 20% (500 images at
@@ -63,7 +66,8 @@ from gpupipe.table import Ledger  # noqa: E402
 
 BINS = (0.0, 0.25, 0.5, 0.75, 1.0001)
 CHOICES = ("curated", "no balance", "no balance, suspects in", "odds gate", "suspects last", "balance, seeded order",
-           "balance 1.5")
+           "balance 1.5", "removed relabeled")
+RELABEL_REMOVED = 0.8
 
 
 def odds_of(ledger: Ledger, frame) -> np.ndarray:
@@ -157,6 +161,16 @@ def main() -> int:
                  "suspects last": (last, (last[schema.BALANCE_STATUS] == schema.BAL_KEPT).to_numpy()),
                  "balance, seeded order": (unordered, (unordered[schema.BALANCE_STATUS] == schema.BAL_KEPT).to_numpy()),
                  "balance 1.5": (ratio, (ratio[schema.BALANCE_STATUS] == schema.BAL_KEPT).to_numpy())}
+        # Rows the automatic policy removed (their label's probability <= its
+        # remove_prob) whose top class has p >= RELABEL_REMOVED: relabeled to it
+        # and added to the curated rows instead.
+        top = np.array([np.max(p) if p is not None and len(p) else np.nan for p in d[schema.RANK_PROBS]])
+        back = ((d[schema.REVIEW_STATUS] == schema.STATUS_REMOVED) & (d[schema.REVIEW_SOURCE] == schema.SOURCE_AUTO)
+                & d[schema.DEDUP_KEEP].astype(bool) & ~d[schema.IS_INVALID].astype(bool)).to_numpy() \
+            & (top >= RELABEL_REMOVED)
+        relabeled = d.copy()
+        relabeled.loc[back, schema.BALANCE_LABEL] = d.loc[back, schema.RANK_PRED]
+        picks["removed relabeled"] = (relabeled, (status == schema.BAL_KEPT).to_numpy() | back)
         sets = {name: (f[schema.PATH][p].tolist(), f[schema.BALANCE_LABEL][p].astype(int).tolist())
                 for name, (f, p) in picks.items()}
         if retrain:
@@ -173,7 +187,8 @@ def main() -> int:
         if not retrain:
             acc.update(raw=recorded[seed]["accuracy"]["raw"], clean=recorded[seed]["accuracy"]["clean"])
         rows = {name: int(p.sum()) for name, (_, p) in picks.items()}
-        errors = {name: int(wrong[p].sum()) for name, (_, p) in picks.items()}
+        errors = {name: int((orig & (truth != f[schema.BALANCE_LABEL].astype(str).to_numpy()))[p].sum())
+                  for name, (f, p) in picks.items()}
         for lo, hi in zip(BINS[:-1], BINS[1:]):
             inbin = open_flagged & orig & (odds >= lo) & (odds < hi)
             calibration.append({"seed": seed, "odds": f"{lo:.2f}-{min(hi, 1):.2f}", "rows": int(inbin.sum()),
