@@ -80,6 +80,19 @@ def split(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return test, np.setdiff1d(np.arange(len(labels)), test)
 
 
+def labelled_files(root: Path, *, decodable: bool = False) -> tuple[list[str], list[int]]:
+    """Every PNG under ``root/<class>/`` with its class; ``decodable``: every
+    file there that a trainer can decode, whatever its format."""
+    from gpupipe.io.sniff import sniff
+
+    if decodable:
+        files = [str(p) for p in sorted(root.rglob("*"))
+                 if p.is_file() and sniff(p.read_bytes()).invalid_reason is None]
+    else:
+        files = sorted(str(p) for p in root.rglob("*.png"))
+    return files, [int(Path(p).parent.name) for p in files]
+
+
 def official_test(work: Path, n: int) -> tuple[list[str], list[int]]:
     """The first ``n`` images of Fashion-MNIST's test split as PNG files (written once)."""
     root = work / f"test-official-{n}"
@@ -87,8 +100,7 @@ def official_test(work: Path, n: int) -> tuple[list[str], list[int]]:
         images, labels = load_fashion_mnist(split="test")
         plant_dataset(images[:n], labels[:n], root, class_names=[str(k) for k in range(10)], seed=0)
         (root / ".done").write_text("")
-    files = sorted(str(p) for p in root.rglob("*.png"))
-    return files, [int(Path(p).parent.name) for p in files]
+    return labelled_files(root)
 
 
 def one_seed(seed: int, args, work: Path, dev) -> dict:
@@ -98,8 +110,7 @@ def one_seed(seed: int, args, work: Path, dev) -> dict:
     shutil.rmtree(root, ignore_errors=True)
     names = [str(k) for k in range(10)]
     plant_dataset(images[test], labels[test], root / "test", class_names=names, upscale=upscale, seed=seed)
-    test_files = sorted(str(p) for p in (root / "test").rglob("*.png"))
-    test_y = [int(Path(p).parent.name) for p in test_files]
+    test_files, test_y = labelled_files(root / "test")
     if args.test_images:
         test_files, test_y = official_test(work, args.test_images)
     noisy, flipped = flip_labels(labels[train_idx], rate=args.flip_rate, seed=seed)
@@ -108,11 +119,8 @@ def one_seed(seed: int, args, work: Path, dev) -> dict:
     plant_dataset(images[train_idx], labels[train_idx], root / "clean", class_names=names, upscale=upscale,
                   seed=seed)
 
-    from gpupipe.io.sniff import sniff
-
-    raw = [p for p in sorted((root / "raw").rglob("*")) if p.is_file()]
-    raw = [p for p in raw if sniff(p.read_bytes()).invalid_reason is None]   # a trainer needs decodable files
-    clean = sorted(str(p) for p in (root / "clean").rglob("*.png"))
+    raw, raw_y = labelled_files(root / "raw", decodable=True)     # a trainer needs decodable files
+    clean, clean_y = labelled_files(root / "clean")
     out = {"seed": seed, "planted_flips": int(flipped.sum()), "raw_files": len(raw), "clean_files": len(clean),
            "planted_duplicates": sum(it.category != "invalid" for it in truth.items)}
     t = time.perf_counter()
@@ -131,9 +139,9 @@ def one_seed(seed: int, args, work: Path, dev) -> dict:
     out["raw_label_errors"] = int(flipped.sum())
     accs = {}
     for name, files, ys in (
-        ("raw", [str(p) for p in raw], [int(p.parent.name) for p in raw]),
+        ("raw", raw, raw_y),
         ("curated", kept[schema.PATH].tolist(), kept[schema.BALANCE_LABEL].astype(int).tolist()),
-        ("clean", clean, [int(Path(p).parent.name) for p in clean]),
+        ("clean", clean, clean_y),
     ):
         t = time.perf_counter()
         accs[name] = fit_and_test(dev, files, ys, test_files, test_y, epochs=args.epochs, seed=seed)

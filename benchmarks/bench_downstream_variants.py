@@ -53,11 +53,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_downstream import fit_and_test, load, official_test, split  # noqa: E402
+from bench_downstream import fit_and_test, labelled_files, load, official_test, split  # noqa: E402
 
 from gpupipe import schema  # noqa: E402
 from gpupipe.device import resolve_device  # noqa: E402
-from gpupipe.io.sniff import sniff  # noqa: E402
 from gpupipe.models.outlier import is_far  # noqa: E402
 from gpupipe.models.score import label_error_odds, with_votes  # noqa: E402
 from gpupipe.stages.balance import BalanceConfig, balance  # noqa: E402
@@ -133,8 +132,7 @@ def main() -> int:
     for seed in args.seeds:
         root = work / f"seed{seed}"
         if not args.test_images:
-            test_files = sorted(str(p) for p in (root / "test").rglob("*.png"))
-            test_y = [int(Path(p).parent.name) for p in test_files]
+            test_files, test_y = labelled_files(root / "test")
         path = root / "run" / "ledger.parquet"
         d = pq.read_table(path).to_pandas()
         frame = ledger.read(path)
@@ -174,11 +172,8 @@ def main() -> int:
         sets = {name: (f[schema.PATH][p].tolist(), f[schema.BALANCE_LABEL][p].astype(int).tolist())
                 for name, (f, p) in picks.items()}
         if retrain:
-            raw = [p for p in sorted((root / "raw").rglob("*")) if p.is_file()]
-            raw = [p for p in raw if sniff(p.read_bytes()).invalid_reason is None]
-            clean = sorted(str(p) for p in (root / "clean").rglob("*.png"))
-            sets = {"raw": ([str(p) for p in raw], [int(p.parent.name) for p in raw]), **sets,
-                    "clean": (clean, [int(Path(p).parent.name) for p in clean])}
+            sets = {"raw": labelled_files(root / "raw", decodable=True), **sets,
+                    "clean": labelled_files(root / "clean")}
         acc = {name: float(np.mean([fit_and_test(dev, files, ys, test_files, test_y, epochs=args.epochs,
                                                  seed=seed * 100 + f if args.fits > 1 else seed)
                                     for f in range(args.fits)]))

@@ -50,7 +50,7 @@ class BalanceConfig:
     and the suspects it leaves open), and cutting every class to the
     smallest one's count threw away 7-16% of the usable rows and cost the
     fixed model 1.0-2.0 points of accuracy on Fashion-MNIST, on each of
-    three seeds, on a 10,000-image test set.  On digits (4% of the rows) it
+    three seeds, on a 10,000-image test set.  On digits (4-6% of the rows) it
     changed 0-2 of 360 test images, and kept 6-8 label errors out of the
     curated set that sat in the surplus (benchmarks/
     bench_downstream_variants.py, RESULTS.md §5.2).  1.5 is not fitted: it
