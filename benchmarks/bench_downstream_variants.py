@@ -174,11 +174,11 @@ def main() -> int:
         if retrain:
             sets = {"raw": labelled_files(root / "raw", decodable=True), **sets,
                     "clean": labelled_files(root / "clean")}
-        acc = {name: float(np.mean([fit_and_test(dev, files, ys, test_files, test_y, epochs=args.epochs,
-                                                 seed=seed * 100 + f if args.fits > 1 else seed)
-                                    for f in range(args.fits)]))
-               if args.only is None or name in args.only else float("nan")
-               for name, (files, ys) in sets.items()}
+        fits = {name: [fit_and_test(dev, files, ys, test_files, test_y, epochs=args.epochs,
+                                    seed=seed * 100 + f if args.fits > 1 else seed) for f in range(args.fits)]
+                if args.only is None or name in args.only else [float("nan")]
+                for name, (files, ys) in sets.items()}
+        acc = {name: float(np.mean(a)) for name, a in fits.items()}
         if not retrain:
             acc.update(raw=recorded[seed]["accuracy"]["raw"], clean=recorded[seed]["accuracy"]["clean"])
         rows = {name: int(p.sum()) for name, (_, p) in picks.items()}
@@ -188,10 +188,13 @@ def main() -> int:
             inbin = open_flagged & orig & (odds >= lo) & (odds < hi)
             calibration.append({"seed": seed, "odds": f"{lo:.2f}-{min(hi, 1):.2f}", "rows": int(inbin.sum()),
                                 "mislabeled": int(wrong[inbin].sum())})
-        out.append({"seed": seed, "accuracy": acc, "rows": rows, "label_errors": errors})
+        out.append({"seed": seed, "accuracy": acc, "fits": fits, "rows": rows, "label_errors": errors})
         cells = [f"{acc[k]:.4f}" for k in names] + ([f"{acc['raw']:.4f}", f"{acc['clean']:.4f}"] if not retrain else [])
         print(f"| {seed} | " + " | ".join(cells) + f" | {' / '.join(str(rows[k]) for k in CHOICES)} | "
               f"{' / '.join(str(errors[k]) for k in CHOICES)} |", flush=True)
+        if args.fits > 1:
+            print("  per fit: " + "; ".join(f"{k} " + " ".join(f"{a:.4f}" for a in fits[k])
+                                            for k in names if not np.isnan(acc[k])), flush=True)
     print("\ngap recovered per seed (and of the mean gap):")
     for name in CHOICES:
         per = [(o["accuracy"][name] - o["accuracy"]["raw"]) / (o["accuracy"]["clean"] - o["accuracy"]["raw"])

@@ -27,7 +27,12 @@ of the planted outliers for:
 * the smallest class-conditional Mahalanobis distance (tied covariance),
 * energy (minus the log-sum-exp of the logits) and the max logit,
 * cleanlab's Datalab ``outlier`` issue score from ``emb`` or the blocks of
-  the rows a fold model scored (its own k-NN among them), per fold.
+  the rows a fold model scored (its own k-NN among them), per fold,
+* the entropy of the neighbours' votes (`outlier.knn_vote` over the blocks),
+  and, read from the tree's files, an 8x8 thumbnail of each image (bilinear,
+  its mean taken away, L2-normalised) as one more block beside the network's,
+  alone and with the entropy added (sum of robust z; RESULTS.md §17; the
+  same score through ``rank``: ``benchmarks/patches/outlier-thumbnail-entropy.diff``).
 
 And the label flags F1 of gpupipe's rule against Datalab's ``label`` issues
 (pred_probs and features) and ``find_label_issues``, on the same
@@ -159,11 +164,23 @@ def mahalanobis(q: np.ndarray, ref: np.ndarray, y_ref: np.ndarray) -> np.ndarray
 
 
 GPUPIPE = f"gpupipe: blocks, within classes, k={K}"
+THUMB_ENT = "thumbnail + blocks, + entropy of the votes (sum of z)"
 
 
-def scores_per_fold(z: dict, folds: int) -> tuple[np.ndarray, dict]:
+def thumbnails(tree: Path, rel: np.ndarray, side: int = 8) -> np.ndarray:
+    """float32 (N, side*side): each file's grey thumbnail, bilinear, its mean
+    taken away, L2-normalised (NaN-free; a flat image gives zeros)."""
+    from PIL import Image
+
+    t = np.stack([np.asarray(Image.open(tree / r).convert("L").resize((side, side), Image.BILINEAR), np.float32)
+                  .ravel() for r in rel])
+    return normalise(t - t.mean(1, keepdims=True), "cpu").numpy()
+
+
+def scores_per_fold(z: dict, folds: int, thumbs: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """rows scored (all folds) and each candidate's outlier score over them
-    (higher = more outlying; z-scored per fold model, as rank does)."""
+    (higher = more outlying; z-scored per fold model, as rank does);
+    ``thumbs`` (`thumbnails` of every row): the thumbnail candidates too."""
     nblocks = sum(1 for k in z if k.startswith("f0_scored_block"))
     rows, cand = [], {}
 
@@ -188,6 +205,13 @@ def scores_per_fold(z: dict, folds: int) -> tuple[np.ndarray, dict]:
         put("entropy of the neighbours' votes (k=30)", entropy)
         put("gpupipe + entropy of the votes (sum of z)", robust_z([knn_distances(sb, rb, y_ref, k=K)])[0]
             + robust_z([entropy])[0])
+        if thumbs is not None:
+            st = np.hstack([thumbs[z[f"f{f}_scored_rows"]], sb])
+            rt = np.hstack([thumbs[z[f"f{f}_ref_rows"]], rb])
+            put("thumbnail alone, within classes, k=20", knn(thumbs[z[f"f{f}_scored_rows"]],
+                                                             thumbs[z[f"f{f}_ref_rows"]], K, y_ref))
+            put("thumbnail + blocks, within classes, k=20", knn(st, rt, K, y_ref))
+            put(THUMB_ENT, robust_z([knn(st, rt, K, y_ref)])[0] + robust_z([entropy])[0])
         put("Mahalanobis (emb, tied covariance)", mahalanobis(s, r, y_ref))
         logits = torch.as_tensor(z[f"f{f}_scored_logits"])
         put("energy (logits)", (-torch.logsumexp(logits, 1)).numpy())
@@ -224,7 +248,8 @@ def main() -> int:
         print(f"features: {time.perf_counter() - t:.0f} s")
     planted = planted_of(args, base)
     z = dict(np.load(npz, allow_pickle=False))
-    rows, cand = scores_per_fold(z, args.folds)
+    tree = base / "tree"
+    rows, cand = scores_per_fold(z, args.folds, thumbnails(tree, z["rel"]) if tree.is_dir() else None)
     rel = z["rel"][rows]
     kind = np.asarray([planted["outliers"].get(r, "") for r in rel])
     is_out = kind != ""
