@@ -53,7 +53,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_downstream import fit_and_test, labelled_files, load, official_test, split  # noqa: E402
+from bench_downstream import fits_and_test, labelled_files, load, official_test, split  # noqa: E402
 
 from gpupipe import schema  # noqa: E402
 from gpupipe.device import resolve_device  # noqa: E402
@@ -174,8 +174,7 @@ def main() -> int:
         if retrain:
             sets = {"raw": labelled_files(root / "raw", decodable=True), **sets,
                     "clean": labelled_files(root / "clean")}
-        fits = {name: [fit_and_test(dev, files, ys, test_files, test_y, epochs=args.epochs,
-                                    seed=seed * 100 + f if args.fits > 1 else seed) for f in range(args.fits)]
+        fits = {name: fits_and_test(dev, files, ys, test_files, test_y, epochs=args.epochs, seed=seed, fits=args.fits)
                 if args.only is None or name in args.only else [float("nan")]
                 for name, (files, ys) in sets.items()}
         acc = {name: float(np.mean(a)) for name, a in fits.items()}

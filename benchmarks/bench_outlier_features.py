@@ -212,6 +212,14 @@ def scores_per_fold(z: dict, folds: int, thumbs: np.ndarray | None = None) -> tu
                                                              thumbs[z[f"f{f}_ref_rows"]], K, y_ref))
             put("thumbnail + blocks, within classes, k=20", knn(st, rt, K, y_ref))
             put(THUMB_ENT, robust_z([knn(st, rt, K, y_ref)])[0] + robust_z([entropy])[0])
+            # Neighbours outside the two most-voted classes: a clean image between two
+            # classes has few, an image of no class among many classes has many.
+            beyond = 1.0 - np.sort(votes, axis=1)[:, -2:].sum(1)
+            put("votes beyond the top two classes", beyond)
+            put("gpupipe + votes beyond the top two (sum of z)",
+                robust_z([knn_distances(sb, rb, y_ref, k=K)])[0] + robust_z([beyond])[0])
+            put("thumbnail + blocks, + votes beyond the top two (sum of z)",
+                robust_z([knn(st, rt, K, y_ref)])[0] + robust_z([beyond])[0])
         put("Mahalanobis (emb, tied covariance)", mahalanobis(s, r, y_ref))
         logits = torch.as_tensor(z[f"f{f}_scored_logits"])
         put("energy (logits)", (-torch.logsumexp(logits, 1)).numpy())
