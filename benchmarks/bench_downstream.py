@@ -1,7 +1,7 @@
 """Downstream accuracy: does curation help a fixed model?  (issue 4's measure of the mission)
 
     python benchmarks/bench_downstream.py [--dataset digits|fashion] [--n 2500] [--seeds 0 1 2]
-        [--flip-rate 0.15] [--epochs 40] [--test-images 10000] [--fits 3]
+        [--flip-rate 0.15] [--epochs 40] [--test-images 10000] [--fits 3] [--imbalance 1]
 
 Per seed: real images (scikit-learn's 1,797 digits upscaled to 32x32, or the
 first ``--n`` Fashion-MNIST training images, 28x28), a clean stratified test set (20%) held out first; the
@@ -90,6 +90,28 @@ def split(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return test, np.setdiff1d(np.arange(len(labels)), test)
 
 
+def imbalanced(labels: np.ndarray, positions: np.ndarray, ratio: float, seed: int) -> np.ndarray:
+    """``positions`` (into ``labels``) thinned to a long tail: class c of K
+    keeps ``ratio ** (-c / (K - 1))`` of its images (class 0 all of them, the
+    last 1/ratio), a seeded random subset, in their order.  ratio 1: all."""
+    if ratio == 1:
+        return positions
+    rng = np.random.default_rng(seed + 7919)
+    classes = np.unique(labels[positions])
+    keep = []
+    for i, c in enumerate(classes):
+        mine = positions[labels[positions] == c]
+        m = int(round(len(mine) * ratio ** (-i / max(len(classes) - 1, 1))))
+        keep.append(rng.permutation(mine)[:m])
+    return np.sort(np.concatenate(keep))
+
+
+def train_positions(labels: np.ndarray, seed: int, imbalance: float = 1.0) -> np.ndarray:
+    """The positions of a seed's training images (`split`, then `imbalanced`):
+    the planted training files are named by their place in this array."""
+    return imbalanced(labels, split(labels, seed)[1], imbalance, seed)
+
+
 def labelled_files(root: Path, *, decodable: bool = False) -> tuple[list[str], list[int]]:
     """Every PNG under ``root/<class>/`` with its class; ``decodable``: every
     file there that a trainer can decode, whatever its format."""
@@ -115,7 +137,8 @@ def official_test(work: Path, n: int) -> tuple[list[str], list[int]]:
 
 def one_seed(seed: int, args, work: Path, dev) -> dict:
     images, labels, upscale = load(args.dataset, args.n)
-    test, train_idx = split(labels, seed)
+    test = split(labels, seed)[0]
+    train_idx = train_positions(labels, seed, args.imbalance)
     root = work / f"seed{seed}"
     shutil.rmtree(root, ignore_errors=True)
     names = [str(k) for k in range(10)]
@@ -175,6 +198,9 @@ def main() -> int:
     ap.add_argument("--test-images", type=int, default=0,
                     help="fashion: test on the first N images of its test split, not the seed's 20%% (--n 2500: "
                          "500 images, one image 0.2 points, while a seed's raw-to-clean gap can be 5 images)")
+    ap.add_argument("--imbalance", type=float, default=1.0,
+                    help="a long-tailed training set: class c of K keeps R**(-c/(K-1)) of its images (the last "
+                         "1/R); the test set stays balanced")
     ap.add_argument("--fits", type=int, default=3,
                     help="trainings averaged per accuracy (seeds seed*100..; 1: one training with the seed, as "
                          "before RESULTS.md §5.3)")
@@ -191,6 +217,7 @@ def main() -> int:
     lines = [f"machine: {platform.node()}, {torch.get_num_threads()} torch threads, device {dev.torch_device}; "
              f"{args.dataset}" + (f" (first {args.n})" if args.dataset == "fashion" else "")
              + (f", tested on the first {args.test_images} of its test split" if args.test_images else "")
+             + (f", long tail {args.imbalance:g}x" if args.imbalance != 1 else "")
              + f"; seeds {args.seeds}, flip rate {args.flip_rate}, {args.epochs} epochs, resnet50-layer1, "
              f"mean of {args.fits} fit(s)", "",
              "| data | accuracy mean | min | max | per seed |", "|---|---|---|---|---|"]
@@ -202,7 +229,7 @@ def main() -> int:
               f"{[r['raw_label_errors'] for r in runs]} planted; curated files {[r['curated_files'] for r in runs]} "
               f"vs raw {[r['raw_files'] for r in runs]}"]
     print("\n".join(lines))
-    (work / "results.json").write_text(json.dumps({"runs": runs, "summary": lines}, indent=2))
+    (work / "results.json").write_text(json.dumps({"runs": runs, "summary": lines, "args": vars(args)}, indent=2))
     return 0
 
 

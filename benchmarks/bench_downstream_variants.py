@@ -25,6 +25,8 @@ Per seed, from ``<data>/seed<N>/run/ledger.parquet``:
 * balance 1.5: the balance stage re-run with classes cut to 1.5 times the
   smallest (`BalanceConfig.max_ratio`'s default since RESULTS.md §5.2; the
   variants above re-run it with 1, the rule the runs before it used);
+* balance 1: the balance stage re-run with every class cut to the smallest
+  (the method's exact balance, ``--balance-ratio 1``);
 * removed relabeled: the curated rows plus the rows the automatic policy
   removed (its remove_prob: the label's probability <= 0.01) whose top
   class has p >= 0.8 (`RELABEL_REMOVED`), relabeled to that class.
@@ -53,7 +55,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_downstream import fits_and_test, labelled_files, load, official_test, split  # noqa: E402
+from bench_downstream import fits_and_test, labelled_files, load, official_test, train_positions  # noqa: E402
 
 from gpupipe import schema  # noqa: E402
 from gpupipe.device import resolve_device  # noqa: E402
@@ -65,7 +67,7 @@ from gpupipe.table import Ledger  # noqa: E402
 
 BINS = (0.0, 0.25, 0.5, 0.75, 1.0001)
 CHOICES = ("curated", "no balance", "no balance, suspects in", "odds gate", "suspects last", "balance, seeded order",
-           "balance 1.5", "removed relabeled")
+           "balance 1.5", "balance 1", "removed relabeled")
 RELABEL_REMOVED = 0.8
 
 
@@ -116,7 +118,9 @@ def main() -> int:
         ap.error("--test-images: Fashion-MNIST only (digits has no other images)")
     work = Path(args.data or (".bench/downstream" + ("" if args.dataset == "digits" else "-fashion")))
     all_labels = load(args.dataset, args.n)[1]
-    recorded = {r["seed"]: r for r in json.loads((work / "results.json").read_text())["runs"]}
+    results = json.loads((work / "results.json").read_text())
+    recorded = {r["seed"]: r for r in results["runs"]}
+    imbalance = results.get("args", {}).get("imbalance", 1.0)      # the runs' long tail, if any
     dev = resolve_device("cpu")
     ledger = Ledger(dev)
     retrain = bool(args.test_images) or args.fits > 1
@@ -138,7 +142,7 @@ def main() -> int:
         frame = ledger.read(path)
         # The truth: an original's name holds its position among the seed's
         # training images (planted files are numbered after them).
-        true_label = all_labels[split(all_labels, seed)[1]]
+        true_label = all_labels[train_positions(all_labels, seed, imbalance)]
         index = pd.to_numeric(d[schema.REL_PATH].str.extract(r"^\d+/img_(\d+)\.png$")[0]).fillna(-1)
         index = index.astype(int).to_numpy()
         orig = (index >= 0) & (index < len(true_label))
@@ -151,6 +155,7 @@ def main() -> int:
         last = rebalanced(ledger, frame, seed, unflag=open_flagged, last=True)
         unordered = rebalanced(ledger, frame, seed, unflag=np.zeros(len(d), bool), unordered=True)
         ratio = rebalanced(ledger, frame, seed, unflag=np.zeros(len(d), bool), ratio=1.5)
+        exact = rebalanced(ledger, frame, seed, unflag=np.zeros(len(d), bool), ratio=1.0)
         status, reason = d[schema.BALANCE_STATUS], d[schema.BALANCE_REASON]
         usable = status.isin([schema.BAL_KEPT, schema.BAL_SURPLUS]).to_numpy()
         picks = {"curated": (d, (status == schema.BAL_KEPT).to_numpy()), "no balance": (d, usable),
@@ -158,7 +163,8 @@ def main() -> int:
                  "odds gate": (gate, (gate[schema.BALANCE_STATUS] == schema.BAL_KEPT).to_numpy()),
                  "suspects last": (last, (last[schema.BALANCE_STATUS] == schema.BAL_KEPT).to_numpy()),
                  "balance, seeded order": (unordered, (unordered[schema.BALANCE_STATUS] == schema.BAL_KEPT).to_numpy()),
-                 "balance 1.5": (ratio, (ratio[schema.BALANCE_STATUS] == schema.BAL_KEPT).to_numpy())}
+                 "balance 1.5": (ratio, (ratio[schema.BALANCE_STATUS] == schema.BAL_KEPT).to_numpy()),
+                 "balance 1": (exact, (exact[schema.BALANCE_STATUS] == schema.BAL_KEPT).to_numpy())}
         # Rows the automatic policy removed (their label's probability <= its
         # remove_prob) whose top class has p >= RELABEL_REMOVED: relabeled to it
         # and added to the curated rows instead.
