@@ -27,6 +27,11 @@ Per seed, from ``<data>/seed<N>/run/ledger.parquet``:
   variants above re-run it with 1, the rule the runs before it used);
 * balance 1: the balance stage re-run with every class cut to the smallest
   (the method's exact balance, ``--balance-ratio 1``);
+* curated, true labels (a diagnostic): the curated rows with their true
+  labels: what the label errors left in them cost;
+* clean, as many rows (a diagnostic, with raw and clean): a seeded random
+  subset of the clean originals, as many as the curated rows: what the
+  curated set's size costs;
 * removed relabeled: the curated rows plus the rows the automatic policy
   removed (its remove_prob: the label's probability <= 0.01) whose top
   class has p >= 0.8 (`RELABEL_REMOVED`), relabeled to that class.
@@ -67,7 +72,8 @@ from gpupipe.table import Ledger  # noqa: E402
 
 BINS = (0.0, 0.25, 0.5, 0.75, 1.0001)
 CHOICES = ("curated", "no balance", "no balance, suspects in", "odds gate", "suspects last", "balance, seeded order",
-           "balance 1.5", "balance 1", "removed relabeled")
+           "balance 1.5", "balance 1", "removed relabeled", "curated, true labels")
+CLEAN_AS_MANY = "clean, as many rows"
 RELABEL_REMOVED = 0.8
 
 
@@ -110,7 +116,7 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=2500, help="fashion: the first N training images (as the run)")
     ap.add_argument("--test-images", type=int, default=0, help="fashion: test on this many of its test split")
     ap.add_argument("--fits", type=int, default=1, help="trainings averaged per accuracy")
-    ap.add_argument("--only", nargs="+", choices=CHOICES + ("raw", "clean"), default=None,
+    ap.add_argument("--only", nargs="+", choices=CHOICES + ("raw", "clean", CLEAN_AS_MANY), default=None,
                     help="train only these (the rest: not trained)")
     ap.add_argument("--data", default=None, help="default: .bench/downstream[-fashion]")
     args = ap.parse_args()
@@ -124,7 +130,7 @@ def main() -> int:
     dev = resolve_device("cpu")
     ledger = Ledger(dev)
     retrain = bool(args.test_images) or args.fits > 1
-    names = (("raw",) if retrain else ()) + CHOICES + (("clean",) if retrain else ())
+    names = (("raw",) if retrain else ()) + CHOICES + (("clean", CLEAN_AS_MANY) if retrain else ())
     print(f"test: {'Fashion-MNIST test split, first %d' % args.test_images if args.test_images else 'the seed' + chr(39) + 's 20%'}; "
           f"{args.fits} fit(s) per accuracy\n")
     print("| seed | " + " | ".join(names) + (" | raw (recorded) | clean (recorded)" if not retrain else "")
@@ -175,11 +181,20 @@ def main() -> int:
         relabeled = d.copy()
         relabeled.loc[back, schema.BALANCE_LABEL] = d.loc[back, schema.RANK_PRED]
         picks["removed relabeled"] = (relabeled, (status == schema.BAL_KEPT).to_numpy() | back)
+        # Diagnostics: what the curated set's label errors cost (its rows with
+        # their true labels) and what its size costs (CLEAN_AS_MANY below).
+        fixed = d.copy()
+        fixed.loc[orig, schema.BALANCE_LABEL] = truth[orig]
+        picks["curated, true labels"] = (fixed, (status == schema.BAL_KEPT).to_numpy())
         sets = {name: (f[schema.PATH][p].tolist(), f[schema.BALANCE_LABEL][p].astype(int).tolist())
                 for name, (f, p) in picks.items()}
         if retrain:
             sets = {"raw": labelled_files(root / "raw", decodable=True), **sets,
                     "clean": labelled_files(root / "clean")}
+            # The clean originals, a seeded random subset as large as the curated set.
+            files, ys = sets["clean"]
+            pick = np.sort(np.random.default_rng(seed).permutation(len(files))[:len(sets["curated"][0])])
+            sets[CLEAN_AS_MANY] = ([files[i] for i in pick], [ys[i] for i in pick])
         fits = {name: fits_and_test(dev, files, ys, test_files, test_y, epochs=args.epochs, seed=seed, fits=args.fits)
                 if args.only is None or name in args.only else [float("nan")]
                 for name, (files, ys) in sets.items()}
