@@ -18,7 +18,7 @@ trained on
 
 and tested on the same clean test set (``--test-images N``, Fashion-MNIST:
 the first N images of its own test split instead); each accuracy is the
-mean of ``--fits`` trainings (default 3: one training moves by up to 3
+mean of ``--fits`` trainings (default 3: one training moves by up to 3.4
 points, RESULTS.md §5.3).  Reports accuracy (mean, spread) and the share of
 the raw-to-clean gap that curation recovers (target >= 90% on every seed).
 """
@@ -66,7 +66,7 @@ def fit_and_test(dev, files, labels, test_files, test_labels, *, epochs: int, se
 def fits_and_test(dev, files, labels, test_files, test_labels, *, epochs: int, seed: int, fits: int) -> list[float]:
     """`fit_and_test` ``fits`` times, model seeds ``seed*100 .. seed*100+fits-1``
     (one fit: ``seed``, as before ``--fits``): one training of this model on
-    ~2,000 images moves by up to 3 points from seed to seed (RESULTS.md §5.3)."""
+    ~2,000 images moves by up to 3.4 points from seed to seed (RESULTS.md §5.3)."""
     return [fit_and_test(dev, files, labels, test_files, test_labels, epochs=epochs,
                          seed=seed * 100 + f if fits > 1 else seed) for f in range(fits)]
 

@@ -195,31 +195,31 @@ def scores_per_fold(z: dict, folds: int, thumbs: np.ndarray | None = None) -> tu
         put("emb, global, k=50 (gpupipe before)", knn(s, r, 50))
         put("blocks, global, k=50", knn(sb, rb, 50))
         put("emb, within classes, k=20", knn(s, r, 20, y_ref))
-        for k in sorted({5, 10, 20, 30, K}):
-            put(GPUPIPE if k == K else f"blocks, within classes, k={k}", knn(sb, rb, k, y_ref))
+        dist = {k: knn(sb, rb, k, y_ref) for k in sorted({5, 10, 20, 30, K})}
+        for k, d in dist.items():
+            put(GPUPIPE if k == K else f"blocks, within classes, k={k}", d)
         for j in range(nblocks):
             put(f"block {j} alone, within classes, k={K}",
                 knn(z[f"f{f}_scored_block{j}"], z[f"f{f}_ref_block{j}"], K, y_ref))
         votes = knn_vote(sb, rb, y_ref, len(z["classes"]))
         entropy = -(votes * np.log(votes)).sum(1)            # neighbours of many classes: no class's?
         put("entropy of the neighbours' votes (k=30)", entropy)
-        put("gpupipe + entropy of the votes (sum of z)", robust_z([knn_distances(sb, rb, y_ref, k=K)])[0]
-            + robust_z([entropy])[0])
+        z_dist, z_ent = robust_z([dist[K]])[0], robust_z([entropy])[0]
+        put("gpupipe + entropy of the votes (sum of z)", z_dist + z_ent)
         if thumbs is not None:
-            st = np.hstack([thumbs[z[f"f{f}_scored_rows"]], sb])
-            rt = np.hstack([thumbs[z[f"f{f}_ref_rows"]], rb])
-            put("thumbnail alone, within classes, k=20", knn(thumbs[z[f"f{f}_scored_rows"]],
-                                                             thumbs[z[f"f{f}_ref_rows"]], K, y_ref))
-            put("thumbnail + blocks, within classes, k=20", knn(st, rt, K, y_ref))
-            put(THUMB_ENT, robust_z([knn(st, rt, K, y_ref)])[0] + robust_z([entropy])[0])
+            ts, tr = thumbs[z[f"f{f}_scored_rows"]], thumbs[z[f"f{f}_ref_rows"]]
+            d_thumb = knn(np.hstack([ts, sb]), np.hstack([tr, rb]), K, y_ref)
+            z_thumb = robust_z([d_thumb])[0]
+            put("thumbnail alone, within classes, k=20", knn(ts, tr, K, y_ref))
+            put("thumbnail + blocks, within classes, k=20", d_thumb)
+            put(THUMB_ENT, z_thumb + z_ent)
             # Neighbours outside the two most-voted classes: a clean image between two
             # classes has few, an image of no class among many classes has many.
             beyond = 1.0 - np.sort(votes, axis=1)[:, -2:].sum(1)
+            z_beyond = robust_z([beyond])[0]
             put("votes beyond the top two classes", beyond)
-            put("gpupipe + votes beyond the top two (sum of z)",
-                robust_z([knn_distances(sb, rb, y_ref, k=K)])[0] + robust_z([beyond])[0])
-            put("thumbnail + blocks, + votes beyond the top two (sum of z)",
-                robust_z([knn(st, rt, K, y_ref)])[0] + robust_z([beyond])[0])
+            put("gpupipe + votes beyond the top two (sum of z)", z_dist + z_beyond)
+            put("thumbnail + blocks, + votes beyond the top two (sum of z)", z_thumb + z_beyond)
         put("Mahalanobis (emb, tied covariance)", mahalanobis(s, r, y_ref))
         logits = torch.as_tensor(z[f"f{f}_scored_logits"])
         put("energy (logits)", (-torch.logsumexp(logits, 1)).numpy())
