@@ -79,7 +79,8 @@ def brief(stage: str, stats) -> str:
         surplus = sum(c["surplus"] for c in stats.classes.values())
         counts = [c["kept"] for c in stats.classes.values()] or [0]
         per = f"{min(counts)}" if min(counts) == max(counts) else f"{min(counts)}-{max(counts)}"
-        return (f"{kept} kept ({per} per class, target {stats.target}), {surplus} surplus, "
+        target = "no target" if stats.target is None else f"target {stats.target}"
+        return (f"{kept} kept ({per} per class, {target}), {surplus} surplus, "
                 f"excluded {stats.excluded}")
     return f"test {stats.test}, train {stats.train} in {len(stats.folds)} folds {stats.folds}"
 
@@ -101,7 +102,7 @@ def report_counts(run_dir: Path, done: dict) -> dict[str, dict]:
         out["rank / review"] = dict(done["rank"].get("stats", {}))
     if "balance" in done:
         b = done["balance"]["stats"]
-        out["balance"] = {"target per class": b["target"],
+        out["balance"] = {"target per class": "none" if b["target"] is None else b["target"],
                              "kept": sum(v["kept"] for v in b["classes"].values()),
                              "surplus": sum(v["surplus"] for v in b["classes"].values()),
                              **{f"excluded: {k}": v for k, v in b["excluded"].items()}}

@@ -29,7 +29,7 @@ def _pd(frame) -> pd.DataFrame:
 
 def test_balance_keeps_the_smallest_class_count_of_every_class(frame, digits_planted):
     _, truth = digits_planted
-    out, stats = balance(frame, L, BalanceConfig(max_ratio=1))
+    out, stats = balance(frame, L, BalanceConfig(per_class="min", max_ratio=1))
     d = _pd(out)
     usable = d[~d[schema.IS_INVALID] & d[schema.DEDUP_KEEP]]
     smallest = usable.groupby(schema.LABEL).size().min()
@@ -47,14 +47,15 @@ def test_balance_keeps_the_smallest_class_count_of_every_class(frame, digits_pla
 
 
 def test_balance_cuts_only_classes_much_bigger_than_the_smallest(frame):
-    """The default "min" target is 1.5 times the smallest class: the digits'
+    """The "min" target is 1.5 times the smallest class: the digits'
     classes, a few percent apart, keep every usable row; with one class cut
-    to 40 rows by a review, every other class is cut to 60."""
+    to 40 rows by a review, every other class is cut to 60.  The default
+    (no target) keeps every usable row of that long tail."""
     d = _pd(frame)
     usable = (~d[schema.IS_INVALID] & d[schema.DEDUP_KEEP]).to_numpy()
     counts = d[usable].groupby(schema.LABEL).size()
     assert counts.max() < 1.5 * counts.min()                            # as curation leaves a balanced set
-    out, stats = balance(frame, L, BalanceConfig())
+    out, stats = balance(frame, L, BalanceConfig(per_class="min"))
     b = _pd(out)
     assert stats.target == int(1.5 * counts.min()) and (b[schema.BALANCE_STATUS] == schema.BAL_KEPT).sum() == usable.sum()
 
@@ -64,9 +65,12 @@ def test_balance_cuts_only_classes_much_bigger_than_the_smallest(frame):
     f = L.assign(frame, {schema.REVIEW_STATUS: (status, status != None),  # noqa: E711
                          schema.REVIEW_SOURCE: (np.full(len(d), "person", object), status != None)})  # noqa: E711
     out, stats = balance(f, L, BalanceConfig())
+    assert stats.target is None and (_pd(out)[schema.BALANCE_STATUS] == schema.BAL_SURPLUS).sum() == 0
+    assert (_pd(out)[schema.BALANCE_STATUS] == schema.BAL_KEPT).sum() == usable.sum() - len(small)
+    out, stats = balance(f, L, BalanceConfig(per_class="min"))
     kept = _pd(out).query(f"{schema.BALANCE_STATUS} == '{schema.BAL_KEPT}'").groupby(schema.BALANCE_LABEL).size()
     assert stats.target == 60 and kept["0"] == 40 and (kept.drop("0") == 60).all()
-    out, stats = balance(f, L, BalanceConfig(max_ratio=1))
+    out, stats = balance(f, L, BalanceConfig(per_class="min", max_ratio=1))
     assert stats.target == 40 and (_pd(out)[schema.BALANCE_STATUS] == schema.BAL_KEPT).sum() == 400
 
 
@@ -143,7 +147,7 @@ def test_suspect_rows_pending_review_do_not_cut_every_class(frame):
     flagged = np.zeros(n, bool)
     flagged[rows[: int(0.8 * len(rows))]] = True
     f = L.assign(frame, {schema.RANK_LOSS: (np.full(n, 0.1, np.float32), None), schema.RANK_FLAG: (flagged, None)})
-    b, stats = balance(f, L, BalanceConfig(max_ratio=1))
+    b, stats = balance(f, L, BalanceConfig(per_class="min", max_ratio=1))
     b = _pd(b)
     assert (b.loc[flagged, schema.BALANCE_REASON] == "suspect").all()
     assert stats.classes[str(confused)] == {"usable": len(rows) - flagged.sum(), "suspect": flagged.sum(),

@@ -27,6 +27,8 @@ def test_bad_input_is_a_message_not_a_traceback(tmp_path):
     cases = [
         (["dedup", str(tmp_path / "missing"), "--out", str(tmp_path / "r")], "does not exist"),
         (["dedup", str(tmp_path), "--out", str(tmp_path / "r"), "--max-distance", "99"], "between 0 and 64"),
+        # the ratio is the cut's: alone it would be ignored (the default keeps every usable row)
+        (["curate", str(tmp_path), "--out", str(tmp_path / "r"), "--balance-ratio", "1"], "--balance min only"),
     ]
     for args, message in cases:
         p = subprocess.run([sys.executable, "-m", "gpupipe.cli", *args], capture_output=True, text=True)

@@ -48,14 +48,13 @@ def test_curate_writes_every_stage_and_a_usable_export(curated):
     for stage in schema.STAGES:
         assert all(c.name in d.columns for c in schema.STAGES[stage]), stage
     kept = d[d[schema.BALANCE_STATUS] == schema.BAL_KEPT]
-    # Balanced: every class at the target or keeping all its usable rows below it; the target 1.5 times
-    # the smallest class's usable and suspect (pending review) rows.
-    per_class = kept.groupby(schema.BALANCE_LABEL).size()
-    usable = d[d[schema.BALANCE_STATUS].isin([schema.BAL_KEPT, schema.BAL_SURPLUS])].groupby(schema.BALANCE_LABEL).size()
-    suspect = d[d[schema.BALANCE_REASON] == "suspect"].groupby(schema.BALANCE_LABEL).size()
+    # No target by default: every usable row kept, none surplus; suspects (flagged, open) excluded.
     target = json.loads((run / "curate.json").read_text())["stages"]["balance"]["stats"]["target"]
-    assert (per_class == np.minimum(target, usable[per_class.index])).all()
-    assert target == int(1.5 * (usable + suspect.reindex(usable.index, fill_value=0)).min())
+    assert target is None and (d[schema.BALANCE_STATUS] == schema.BAL_SURPLUS).sum() == 0
+    excluded = d[d[schema.BALANCE_STATUS] == schema.BAL_EXCLUDED]
+    assert set(excluded[schema.BALANCE_REASON]) <= {"invalid", "duplicate", "removed", "suspect", "unlabelled"}
+    suspect = excluded[excluded[schema.BALANCE_REASON] == "suspect"]
+    assert len(suspect) and suspect[schema.REVIEW_STATUS].isna().all()      # open rows, pending a person
     assert not kept[schema.IS_INVALID].any() and kept[schema.DEDUP_KEEP].all()
     flips = truth.params["label_flips"]
     fixed = kept[schema.REL_PATH].isin(flips) & (kept[schema.BALANCE_LABEL] == kept[schema.REL_PATH].map(flips))
