@@ -2,6 +2,7 @@
 
     python benchmarks/bench_downstream.py [--dataset digits|fashion] [--n 2500] [--seeds 0 1 2]
         [--flip-rate 0.15] [--epochs 40] [--test-images 10000] [--fits 3] [--imbalance 1]
+        [--relabel-rounds N] [--baselines RESULTS_JSON]
 
 Per seed: real images (scikit-learn's 1,797 digits upscaled to 32x32, or the
 first ``--n`` Fashion-MNIST training images, 28x28), a clean stratified test set (20%) held out first; the
@@ -21,6 +22,12 @@ the first N images of its own test split instead); each accuracy is the
 mean of ``--fits`` trainings (default 3: one training moves by up to 3.4
 points, RESULTS.md §5.3).  Reports accuracy (mean, spread) and the share of
 the raw-to-clean gap that curation recovers (target >= 90% on every seed).
+
+``--relabel-rounds N``: curate's automatic policy relabels only in its
+first N rounds (0: every round).  ``--baselines FILE``: raw and clean do
+not depend on gpupipe's curation, so an earlier run's accuracies for them
+(the same planted files and fit seeds) can be reused and only curated is
+trained: a third of the time.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ from gpupipe.models.score import score
 from gpupipe.models.train import TrainConfig, train
 from gpupipe.runner import DedupOptions
 from gpupipe.stages.balance import BalanceConfig
+from gpupipe.stages.review import AutoPolicy
 from gpupipe.stages.split import SplitConfig
 
 PLANT = dict(n_byte_copies=60, n_near={"jpeg_q75": 20, "brightness_+10": 20, "resize_90": 20},
@@ -135,7 +143,7 @@ def official_test(work: Path, n: int) -> tuple[list[str], list[int]]:
     return labelled_files(root)
 
 
-def one_seed(seed: int, args, work: Path, dev) -> dict:
+def one_seed(seed: int, args, work: Path, dev, baselines: dict) -> dict:
     images, labels, upscale = load(args.dataset, args.n)
     test = split(labels, seed)[0]
     train_idx = train_positions(labels, seed, args.imbalance)
@@ -157,8 +165,10 @@ def one_seed(seed: int, args, work: Path, dev) -> dict:
     out = {"seed": seed, "planted_flips": int(flipped.sum()), "raw_files": len(raw), "clean_files": len(clean),
            "planted_duplicates": sum(it.category != "invalid" for it in truth.items)}
     t = time.perf_counter()
+    policy = AutoPolicy() if args.relabel_rounds is None else AutoPolicy(relabel_rounds=args.relabel_rounds or None)
     opts = CurateOptions(dedup=DedupOptions(device=args.device),      # curate's defaults, seeded
-                         rank=RankOptions(device=args.device, review="auto", mode="oof", max_rounds=3, seed=seed),
+                         rank=RankOptions(device=args.device, review="auto", mode="oof", max_rounds=3, seed=seed,
+                                          policy=policy),
                          balance=BalanceConfig(seed=seed), split=SplitConfig(seed=seed))
     run_curate(root / "raw", root / "run", opts)
     out["curate_seconds"] = round(time.perf_counter() - t, 1)
@@ -176,6 +186,9 @@ def one_seed(seed: int, args, work: Path, dev) -> dict:
         ("curated", kept[schema.PATH].tolist(), kept[schema.BALANCE_LABEL].astype(int).tolist()),
         ("clean", clean, clean_y),
     ):
+        if name in baselines:            # the same files and fit seeds as an earlier run's: its accuracies
+            fits[name], accs[name] = baselines[name], float(np.mean(baselines[name]))
+            continue
         t = time.perf_counter()
         fits[name] = fits_and_test(dev, files, ys, test_files, test_y, epochs=args.epochs, seed=seed, fits=args.fits)
         accs[name] = float(np.mean(fits[name]))
@@ -204,13 +217,30 @@ def main() -> int:
     ap.add_argument("--fits", type=int, default=3,
                     help="trainings averaged per accuracy (seeds seed*100..; 1: one training with the seed, as "
                          "before RESULTS.md §5.3)")
+    ap.add_argument("--relabel-rounds", type=int, default=None,
+                    help="the automatic policy relabels only in the first N rounds (0: every round; default: "
+                         "curate's)")
+    ap.add_argument("--baselines", default=None, metavar="RESULTS_JSON",
+                    help="take raw and clean from an earlier run's results.json, or bench_downstream_variants.py's "
+                         "json (the same dataset, flips, epochs, test set, fits and long tail: the same files and "
+                         "fit seeds), instead of training them again; only curated is trained")
     ap.add_argument("--data", default=None, help="default: .bench/downstream[-fashion]")
     args = ap.parse_args()
     if args.test_images and args.dataset != "fashion":
         ap.error("--test-images: Fashion-MNIST only (digits has no other images)")
     dev = resolve_device(args.device)
     work = Path(args.data or (".bench/downstream" + ("" if args.dataset == "digits" else "-fashion")))
-    runs = [one_seed(s, args, work, dev) for s in args.seeds]
+    recorded = {}
+    if args.baselines:
+        earlier = json.loads(Path(args.baselines).read_text())
+        same = ("dataset", "n", "flip_rate", "epochs", "test_images", "imbalance", "fits")    # those it recorded
+        diff = [k for k in same if k in earlier["args"] and earlier["args"][k] != getattr(args, k)]
+        if diff:
+            ap.error(f"--baselines: that run differs in {diff}")
+        recorded = {r["seed"]: {k: r["fits"][k] for k in ("raw", "clean")} for r in earlier["runs"]}
+        if missing := [s for s in args.seeds if s not in recorded]:
+            ap.error(f"--baselines: that run has no seed {missing}")
+    runs = [one_seed(s, args, work, dev, recorded.get(s, {})) for s in args.seeds]
     acc = {k: np.array([r["accuracy"][k] for r in runs]) for k in ("raw", "curated", "clean")}
     rec = np.array([r["gap_recovered"] for r in runs if r["gap_recovered"] is not None], float)
     gap_of_means = (acc["curated"].mean() - acc["raw"].mean()) / (acc["clean"].mean() - acc["raw"].mean())

@@ -203,3 +203,21 @@ def test_the_automatic_policy_removes_most_images_of_no_class_when_asked(planted
     # Measured: 10 -> 51 of 60, one clean row removed (38 and one with the score before §15).
     assert with_rule >= 0.8 * n_out and with_rule >= without + 35
     assert len(clean) <= 3
+
+
+def test_the_automatic_policy_relabels_only_in_its_first_rounds_when_told(planted):
+    from gpupipe.device import cpu_device
+    from gpupipe.stages.review import AutoPolicy, auto_decisions, ensure_columns
+    from gpupipe.table import Ledger
+
+    run, outliers, flips = planted
+    ledger = Ledger(cpu_device())
+    frame = ensure_columns(ledger.read(run / "ledger.parquet"), ledger)
+    pol = AutoPolicy(relabel_rounds=1)
+    first, later = (auto_decisions(frame, ledger, pol, round_no=r) for r in (1, 2))
+    relabeled = set(first.positions[first.action == "relabel"])
+    assert len(relabeled) >= 10 and not (later.action == "relabel").any()
+    # A row round 1 would relabel stays open in round 2 (flagged, for a person): neither removed nor confirmed.
+    assert not relabeled & set(later.positions)
+    same = {a: set(first.positions[first.action == a]) for a in ("confirm", "remove")}
+    assert all(same[a] == set(later.positions[later.action == a]) for a in same)

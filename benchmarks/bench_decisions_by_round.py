@@ -1,0 +1,73 @@
+"""How right is each round of the automatic policy?  Its decisions in the
+curate runs ``bench_downstream.py`` left, against the planted truth.
+
+    python benchmarks/bench_decisions_by_round.py [--dataset digits|fashion] [--seeds 0 1 2]
+        [--data .bench/downstream-fashion]
+
+Per action (confirm, relabel, remove) and round, how many decisions were
+right and wrong, per seed: a confirm is right when the given label was not
+flipped, a relabel when the new label is the true class, a remove when the
+label was flipped (a clean row removed is a wrong one).  The decisions are
+read from ``<data>/seed<N>/run/decisions.parquet``; duplicates and invalid
+files (not planted originals) are left out.  Reads the run's flip rate and
+long tail from its results.json.  No training: seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_downstream import load, train_positions  # noqa: E402
+
+from gpupipe.datasets import flip_labels  # noqa: E402
+
+
+def decisions_against_truth(work: Path, dataset: str, seed: int, *, n: int, flip_rate: float,
+                            imbalance: float) -> pd.DataFrame:
+    """The seed's decisions on planted originals, with ``right`` (bool)."""
+    labels = load(dataset, n)[1]
+    positions = train_positions(labels, seed, imbalance)
+    _, flipped = flip_labels(labels[positions], rate=flip_rate, seed=seed)
+    d = pd.read_parquet(work / f"seed{seed}" / "run" / "decisions.parquet")
+    index = d["rel_path"].str.extract(r"img_(\d+)\.")[0].astype(float)
+    d = d[index < len(positions)].copy()              # originals: the planted copies are numbered after them
+    i = index[index < len(positions)].astype(int).to_numpy()
+    true = labels[positions][i].astype(str)
+    d["right"] = np.where(d["action"] == "relabel", d["label_after"].astype(str) == true,
+                          np.where(d["action"] == "remove", flipped[i], ~flipped[i]))
+    d["seed"] = seed
+    return d
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dataset", choices=("digits", "fashion"), default="fashion")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--data", default=None, help="default: .bench/downstream[-fashion]")
+    args = ap.parse_args()
+    work = Path(args.data or (".bench/downstream" + ("" if args.dataset == "digits" else "-fashion")))
+    results = work / "results.json"              # absent when the run was stopped: its defaults then
+    run_args = json.loads(results.read_text()).get("args", {}) if results.exists() else {}
+    d = pd.concat([decisions_against_truth(work, args.dataset, s, n=run_args.get("n", 2500),
+                                           flip_rate=run_args.get("flip_rate", 0.15),
+                                           imbalance=run_args.get("imbalance", 1.0)) for s in args.seeds])
+    t = d.groupby(["action", "round", "seed"])["right"].agg(["sum", "count"]).unstack("seed")
+    print(f"{work}: right / all decisions on planted originals, per seed {args.seeds}\n")
+    print("| action | round | " + " | ".join(f"seed {s}" for s in args.seeds) + " | all seeds |")
+    print("|---|---|" + "---|" * (len(args.seeds) + 1))
+    for (action, rnd), row in t.iterrows():
+        cells = [f"{int(row[('sum', s)])} / {int(row[('count', s)])}" for s in args.seeds]
+        right, count = sum(int(row[("sum", s)]) for s in args.seeds), sum(int(row[("count", s)]) for s in args.seeds)
+        print(f"| {action} | {rnd} | " + " | ".join(cells) + f" | {right} / {count} ({right / count:.0%}) |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
