@@ -29,10 +29,10 @@ from bench_downstream import load, train_positions  # noqa: E402
 from gpupipe.datasets import flip_labels  # noqa: E402
 
 
-def decisions_against_truth(work: Path, dataset: str, seed: int, *, n: int, flip_rate: float,
+def decisions_against_truth(work: Path, labels: np.ndarray, seed: int, *, flip_rate: float,
                             imbalance: float) -> pd.DataFrame:
-    """The seed's decisions on planted originals, with ``right`` (bool)."""
-    labels = load(dataset, n)[1]
+    """The seed's decisions on planted originals (``labels``: the dataset's, as
+    `bench_downstream.load` gives them), with ``right`` (bool)."""
     positions = train_positions(labels, seed, imbalance)
     _, flipped = flip_labels(labels[positions], rate=flip_rate, seed=seed)
     d = pd.read_parquet(work / f"seed{seed}" / "run" / "decisions.parquet")
@@ -55,8 +55,8 @@ def main() -> int:
     work = Path(args.data or (".bench/downstream" + ("" if args.dataset == "digits" else "-fashion")))
     results = work / "results.json"              # absent when the run was stopped: its defaults then
     run_args = json.loads(results.read_text()).get("args", {}) if results.exists() else {}
-    d = pd.concat([decisions_against_truth(work, args.dataset, s, n=run_args.get("n", 2500),
-                                           flip_rate=run_args.get("flip_rate", 0.15),
+    labels = load(args.dataset, run_args.get("n", 2500))[1]
+    d = pd.concat([decisions_against_truth(work, labels, s, flip_rate=run_args.get("flip_rate", 0.15),
                                            imbalance=run_args.get("imbalance", 1.0)) for s in args.seeds])
     t = d.groupby(["action", "round", "seed"])["right"].agg(["sum", "count"]).unstack("seed")
     print(f"{work}: right / all decisions on planted originals, per seed {args.seeds}\n")

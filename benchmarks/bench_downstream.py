@@ -165,10 +165,9 @@ def one_seed(seed: int, args, work: Path, dev, baselines: dict) -> dict:
     out = {"seed": seed, "planted_flips": int(flipped.sum()), "raw_files": len(raw), "clean_files": len(clean),
            "planted_duplicates": sum(it.category != "invalid" for it in truth.items)}
     t = time.perf_counter()
-    policy = AutoPolicy() if args.relabel_rounds is None else AutoPolicy(relabel_rounds=args.relabel_rounds or None)
     opts = CurateOptions(dedup=DedupOptions(device=args.device),      # curate's defaults, seeded
                          rank=RankOptions(device=args.device, review="auto", mode="oof", max_rounds=3, seed=seed,
-                                          policy=policy),
+                                          policy=AutoPolicy(relabel_rounds=args.relabel_rounds or None)),
                          balance=BalanceConfig(seed=seed), split=SplitConfig(seed=seed))
     run_curate(root / "raw", root / "run", opts)
     out["curate_seconds"] = round(time.perf_counter() - t, 1)
