@@ -23,8 +23,9 @@ Per seed, from ``<data>/seed<N>/run/ledger.parquet``:
   class in the seeded hash's order instead of lowest loss first (the
   surplus then holds a random share of them, not the hardest ones);
 * balance 1.5: the balance stage re-run with classes cut to 1.5 times the
-  smallest (`BalanceConfig.max_ratio`'s default since RESULTS.md §5.2; the
-  variants above re-run it with 1, the rule the runs before it used);
+  smallest (``--balance min``, curate's default from RESULTS.md §5.2 to
+  §5.4; the variants above re-run it with 1, the rule before §5.2; since
+  §5.4 curate cuts nothing by default, and "curated" is "no balance");
 * balance 1: the balance stage re-run with every class cut to the smallest
   (the method's exact balance, ``--balance-ratio 1``);
 * curated, true labels (a diagnostic): the curated rows with their true
@@ -104,7 +105,7 @@ def rebalanced(ledger: Ledger, frame, seed: int, *, unflag: np.ndarray, last: bo
         changes[schema.RANK_LOSS] = (np.where(unflag, np.float32(1e30), loss).astype(np.float32), has | unflag)
     if unordered:
         changes[schema.RANK_LOSS] = (np.zeros(len(frame), np.float32), has)
-    out, _ = balance(ledger.assign(frame, changes), ledger, BalanceConfig(seed=seed, max_ratio=ratio))
+    out, _ = balance(ledger.assign(frame, changes), ledger, BalanceConfig(per_class="min", seed=seed, max_ratio=ratio))
     return ledger.to_arrow(out).to_pandas()
 
 
