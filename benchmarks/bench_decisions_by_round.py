@@ -11,6 +11,11 @@ label was flipped (a clean row removed is a wrong one).  The decisions are
 read from ``<data>/seed<N>/run/decisions.parquet``; duplicates and invalid
 files (not planted originals) are left out.  Reads the run's flip rate and
 long tail from its results.json.  No training: seconds.
+
+Then the last round's relabels by the scores they were decided on (the
+ledger keeps the last round's scores, so only that round's decisions can
+be read this way): right / all at thresholds of the top class's
+probability and of the given label's.
 """
 
 from __future__ import annotations
@@ -43,6 +48,12 @@ def decisions_against_truth(work: Path, labels: np.ndarray, seed: int, *, flip_r
     d["right"] = np.where(d["action"] == "relabel", d["label_after"].astype(str) == true,
                           np.where(d["action"] == "remove", flipped[i], ~flipped[i]))
     d["seed"] = seed
+    last = d["round"] == d["round"].max()
+    ledger = pd.read_parquet(work / f"seed{seed}" / "run" / "ledger.parquet",
+                             columns=["sample_id", "rank_probs", "rank_prob_given"])
+    scores = ledger.set_index("sample_id").loc[d.loc[last, "sample_id"]]
+    d.loc[last, "given_prob"] = scores["rank_prob_given"].to_numpy()
+    d.loc[last, "top_prob"] = [np.nanmax(p) for p in scores["rank_probs"]]
     return d
 
 
@@ -66,6 +77,15 @@ def main() -> int:
         cells = [f"{int(row[('sum', s)])} / {int(row[('count', s)])}" for s in args.seeds]
         right, count = sum(int(row[("sum", s)]) for s in args.seeds), sum(int(row[("count", s)]) for s in args.seeds)
         print(f"| {action} | {rnd} | " + " | ".join(cells) + f" | {right} / {count} ({right / count:.0%}) |")
+    last = d[(d["action"] == "relabel") & d["given_prob"].notna()]
+    print(f"\nthe last round's {len(last)} relabels (all seeds) by the scores they were decided on: right / kept "
+          "(right / wrong left open)")
+    for col, cuts, keep in (("top_prob", (0.9, 0.95, 0.98, 0.99), np.greater_equal),
+                            ("given_prob", (0.001, 0.003, 0.01, 0.02, 0.05), np.less_equal)):
+        for t in cuts:
+            k = keep(last[col], t)
+            print(f"- {col} {'>=' if keep is np.greater_equal else '<='} {t}: {last.right[k].sum()} / {k.sum()} "
+                  f"({last.right[~k].sum()} / {(~last.right[~k]).sum()})")
     return 0
 
 
