@@ -158,7 +158,7 @@ REVIEW = _cols(
     Column(REVIEW_HOLDOUT, pa.bool_(), "a certified row used as validation (early stopping), not for training"),
 )
 
-# --- balance: the curated set, classes balanced; the rest surplus or excluded --------
+# --- balance: the curated set (classes cut to a target when asked); the rest surplus or excluded
 BALANCE_STATUS = "balance_status"
 BALANCE_REASON = "balance_reason"
 BALANCE_LABEL = "balance_label"
@@ -166,7 +166,7 @@ BALANCE_TIER = "balance_tier"
 BALANCE_SURPLUS_RANK = "balance_surplus_rank"
 
 # balance_status values
-BAL_KEPT = "kept"                  # in the curated, balanced set
+BAL_KEPT = "kept"                  # in the curated set
 BAL_SURPLUS = "surplus"            # usable, over its class's target: first to come back
 BAL_EXCLUDED = "excluded"          # not usable: see balance_reason
 BALANCE_STATUSES = (BAL_KEPT, BAL_SURPLUS, BAL_EXCLUDED)
