@@ -37,7 +37,9 @@ from gpupipe.datasets import flip_labels  # noqa: E402
 def decisions_against_truth(work: Path, labels: np.ndarray, seed: int, *, flip_rate: float,
                             imbalance: float) -> pd.DataFrame:
     """The seed's decisions on planted originals (``labels``: the dataset's, as
-    `bench_downstream.load` gives them), with ``right`` (bool)."""
+    `bench_downstream.load` gives them), with ``right`` (bool), and for the
+    last round's decisions the scores they were made on (``given_prob``,
+    ``top_prob``; NaN for earlier rounds)."""
     positions = train_positions(labels, seed, imbalance)
     _, flipped = flip_labels(labels[positions], rate=flip_rate, seed=seed)
     d = pd.read_parquet(work / f"seed{seed}" / "run" / "decisions.parquet")

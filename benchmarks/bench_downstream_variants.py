@@ -27,7 +27,7 @@ Per seed, from ``<data>/seed<N>/run/ledger.parquet``:
   §5.4; the variants above re-run it with 1, the rule before §5.2; since
   §5.4 curate cuts nothing by default, and "curated" is "no balance");
 * balance 1: the balance stage re-run with every class cut to the smallest
-  (the method's exact balance, ``--balance-ratio 1``);
+  (the method's exact balance, ``--balance min --balance-ratio 1``);
 * curated, true labels (a diagnostic): the curated rows with their true
   labels: what the label errors left in them cost;
 * later relabels reviewed (a diagnostic): the curated rows, with the
