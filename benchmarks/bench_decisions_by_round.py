@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_downstream import load, train_positions  # noqa: E402
+from bench_downstream import load, original_positions, train_positions  # noqa: E402
 
 from gpupipe.datasets import flip_labels  # noqa: E402
 
@@ -43,9 +43,9 @@ def decisions_against_truth(work: Path, labels: np.ndarray, seed: int, *, flip_r
     positions = train_positions(labels, seed, imbalance)
     _, flipped = flip_labels(labels[positions], rate=flip_rate, seed=seed)
     d = pd.read_parquet(work / f"seed{seed}" / "run" / "decisions.parquet")
-    index = d["rel_path"].str.extract(r"img_(\d+)\.")[0].astype(float)
-    d = d[index < len(positions)].copy()              # originals: the planted copies are numbered after them
-    i = index[index < len(positions)].astype(int).to_numpy()
+    index = original_positions(d["rel_path"], len(positions))
+    d = d[index >= 0].copy()
+    i = index[index >= 0]
     true = labels[positions][i].astype(str)
     d["right"] = np.where(d["action"] == "relabel", d["label_after"].astype(str) == true,
                           np.where(d["action"] == "remove", flipped[i], ~flipped[i]))

@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import torch
 
@@ -118,6 +119,15 @@ def train_positions(labels: np.ndarray, seed: int, imbalance: float = 1.0) -> np
     """The positions of a seed's training images (`split`, then `imbalanced`):
     the planted training files are named by their place in this array."""
     return imbalanced(labels, split(labels, seed)[1], imbalance, seed)
+
+
+def original_positions(rel_paths, n_train: int) -> np.ndarray:
+    """int (N,): each planted original's position among the seed's ``n_train``
+    training images (its name ``<class>/img_<i>.png``), -1 for every other
+    file (the planted copies are numbered after the originals)."""
+    index = pd.to_numeric(pd.Series(rel_paths).str.extract(r"^\d+/img_(\d+)\.png$")[0]).fillna(-1)
+    index = index.astype(int).to_numpy()
+    return np.where(index < n_train, index, -1)
 
 
 def labelled_files(root: Path, *, decodable: bool = False) -> tuple[list[str], list[int]]:

@@ -65,7 +65,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_downstream import fits_and_test, labelled_files, load, official_test, train_positions  # noqa: E402
+from bench_downstream import (fits_and_test, labelled_files, load, official_test, original_positions,  # noqa: E402
+                              train_positions)
 
 from gpupipe import schema  # noqa: E402
 from gpupipe.device import resolve_device  # noqa: E402
@@ -154,9 +155,8 @@ def main() -> int:
         # The truth: an original's name holds its position among the seed's
         # training images (planted files are numbered after them).
         true_label = all_labels[train_positions(all_labels, seed, imbalance)]
-        index = pd.to_numeric(d[schema.REL_PATH].str.extract(r"^\d+/img_(\d+)\.png$")[0]).fillna(-1)
-        index = index.astype(int).to_numpy()
-        orig = (index >= 0) & (index < len(true_label))
+        index = original_positions(d[schema.REL_PATH], len(true_label))
+        orig = index >= 0
         truth = np.where(orig, true_label[np.where(orig, index, 0)].astype(str), None)
         wrong = orig & (truth != d[schema.BALANCE_LABEL].astype(str).to_numpy())
 
