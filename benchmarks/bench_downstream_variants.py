@@ -34,6 +34,10 @@ Per seed, from ``<data>/seed<N>/run/ledger.parquet``:
   relabels the automatic policy made after its first round given their
   true labels, as a person reviewing just those rows would (their count
   is printed): what such a review would buy;
+* audit queue reviewed: as many reviews as the line above, taken from the
+  top of the audit queue curate writes (`review.audit_queue`: the automatic
+  relabels and removes, most doubtful first); originals among them get their
+  true labels, removed ones come back with them;
 * clean, as many rows (a diagnostic, with raw and clean): a seeded random
   subset of the clean originals, as many as the curated rows: what the
   curated set's size costs;
@@ -74,11 +78,13 @@ from gpupipe.models.outlier import is_far  # noqa: E402
 from gpupipe.models.score import label_error_odds, with_votes  # noqa: E402
 from gpupipe.stages.balance import BalanceConfig, balance  # noqa: E402
 from gpupipe.stages.rank import rows_of  # noqa: E402
+from gpupipe.stages.review import audit_queue  # noqa: E402
 from gpupipe.table import Ledger  # noqa: E402
 
 BINS = (0.0, 0.25, 0.5, 0.75, 1.0001)
 CHOICES = ("curated", "no balance", "no balance, suspects in", "odds gate", "suspects last", "balance, seeded order",
-           "balance 1.5", "balance 1", "removed relabeled", "curated, true labels", "later relabels reviewed")
+           "balance 1.5", "balance 1", "removed relabeled", "curated, true labels", "later relabels reviewed",
+           "audit queue reviewed")
 CLEAN_AS_MANY = "clean, as many rows"
 RELABEL_REMOVED = 0.8
 
@@ -201,6 +207,18 @@ def main() -> int:
         picks["later relabels reviewed"] = (audited, (status == schema.BAL_KEPT).to_numpy())
         print(f"seed {seed}: {int(later.sum())} relabels after round 1 to review "
               f"({int((wrong & later).sum())} of them wrong)", flush=True)
+        # As many reviews, in the audit queue's order (`review.audit_queue`, what
+        # curate writes to review/audit.csv): each original among its first rows
+        # gets its true label, a removed one comes back with it (no image of
+        # no class is planted here); other files (copies) are left as they are.
+        classes = json.loads((root / "run" / "rank.json").read_text())["classes"]
+        q = audit_queue(frame, ledger, classes).iloc[:int(later.sum())]
+        first = np.isin(d[schema.SAMPLE_ID].to_numpy(), q["sample_id"].to_numpy()) & orig
+        reviewed = d.copy()
+        reviewed.loc[first, schema.BALANCE_LABEL] = truth[first]
+        picks["audit queue reviewed"] = (reviewed, (status == schema.BAL_KEPT).to_numpy() | first)
+        print(f"seed {seed}: the audit queue's first {len(q)} rows: {int((wrong & first).sum())} wrong labels "
+              f"fixed, {int((first & (status != schema.BAL_KEPT).to_numpy()).sum())} removed rows back", flush=True)
         sets = {name: (f[schema.PATH][p].tolist(), f[schema.BALANCE_LABEL][p].astype(int).tolist())
                 for name, (f, p) in picks.items()}
         if retrain:

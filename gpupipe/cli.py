@@ -431,6 +431,11 @@ def main(argv: list[str] | None = None) -> int:
                       f"then run this command again")
             else:
                 print(f"gpupipe curate: done; {Path(args.out) / 'report.html'}")
+                audit = Path(args.out) / "review" / "audit.csv"
+                if audit.exists():
+                    print(f"gpupipe curate: the automatic relabels and removes, most doubtful first: {audit}; "
+                          f"check the first rows, apply with `gpupipe review {args.out} {audit}`, "
+                          f"then run this command again")
             return 0
         if args.command == "augment":
             from gpupipe.loop import write_augment_grid

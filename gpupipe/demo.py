@@ -71,6 +71,8 @@ def run_demo(out: Path, options, progress: Callable | None = None) -> int:
     print()
     print(report(ledger, truth))
     print(label_report(ledger, truth))
+    if (run / "review" / "audit.csv").exists():
+        print(audit_report(run / "review" / "audit.csv", truth))
     print(f"\nwrote {run / 'ledger.parquet'}, {run / 'report.html'} and the export in {run / 'export'}"
           if res.stopped == "done" else f"\nawaiting review: {res.queue}")
     return 0
@@ -92,6 +94,22 @@ def label_report(ledger, truth) -> str:
     return (f"  label flips planted: {int(is_flip.sum())}; relabeled to the true class {int(fixed.sum())}, "
             f"removed {int(removed.sum())}, left open but flagged {int(flagged.sum())}; still wrong in the "
             f"curated set {int(kept_wrong.sum())}; clean samples relabeled or removed {int(changed_clean.sum())}")
+
+
+def audit_report(path: Path, truth) -> str:
+    """Where the automatic policy's wrong decisions (a clean sample relabeled or
+    removed, a flip relabeled to a third class) sit in its audit queue."""
+    import pandas as pd
+
+    q = pd.read_csv(path, dtype=str, keep_default_na=False)
+    flips = truth.params.get("label_flips", {})
+    true = q["rel_path"].map(lambda r: flips.get(r)).fillna(q["given_label"])
+    original = q["rel_path"].isin(list(truth.originals))
+    wrong = original & (((q["auto_action"] == "relabel") & (q["label"] != true))
+                        | ((q["auto_action"] == "remove") & ~q["rel_path"].isin(list(flips))))
+    at = [int(i) + 1 for i in wrong.to_numpy().nonzero()[0]]
+    return (f"  audit queue ({path.name}): {len(q)} automatic relabels and removes, the {len(at)} wrong ones at "
+            f"positions {at}")
 
 
 def report(ledger, truth) -> str:

@@ -5,6 +5,7 @@ method): the rank stage of `gpupipe.runner`.
     RUN_DIR/rank.json          rounds so far, classes (order of rank_probs), pending review
     RUN_DIR/decisions.parquet  every decision ever applied (append-only history)
     RUN_DIR/review/round-NNN.csv / .png   the queue a person reviews, and its thumbnail sheet
+    RUN_DIR/review/audit.csv / .png       --review auto: its relabels and removes, most doubtful first
     RUN_DIR/models/round-NNN.pt           the round's auxiliary model (state_dict)
 
 The first three change together: each round (and each applied review) is one
@@ -43,6 +44,7 @@ from gpupipe.stages.dedup import GROUP_LOG_SCHEMA, apply_group_decisions
 from gpupipe.table import Ledger, write_parquet_atomic, write_text_atomic
 
 REVIEW_DIR = "review"
+AUDIT = "audit"                  # RUN_DIR/review/audit.csv: the automatic decisions, most doubtful first
 MODELS_DIR = "models"
 ReviewMode = Literal["person", "auto", "oracle"]
 NOTHING_DECIDED = "a round decided nothing"
@@ -86,6 +88,7 @@ class LoopResult:
     rounds: list[dict]           # this call's rounds (also appended to rank.json)
     counts: dict[str, int]       # eligible / certified / relabeled / removed / open
     queue: str | None = None     # the CSV awaiting a person, if any
+    audit: str | None = None     # --review auto: the CSV of its decisions to check (`stages.review.audit_queue`)
 
 
 def _state(run_dir: Path) -> dict:
@@ -132,10 +135,11 @@ def counts(frame, ledger: Ledger) -> dict[str, int]:
     }
 
 
-def _write_queue(run_dir: Path, q, round_no: int) -> Path:
+def _write_queue(run_dir: Path, q, round_no: int | str) -> Path:
+    """``round_no``: a round's queue, or `AUDIT`."""
     from gpupipe.sheets import queue_sheet
 
-    csv = run_dir / REVIEW_DIR / f"round-{round_no:03d}.csv"
+    csv = run_dir / REVIEW_DIR / (f"round-{round_no:03d}.csv" if isinstance(round_no, int) else f"{round_no}.csv")
     buf = io.StringIO()
     q.to_csv(buf, index=False)
     write_text_atomic(buf.getvalue(), csv)
@@ -291,7 +295,13 @@ def _rounds(run_dir: Path, options: RankOptions, cfg, device, ledger: Ledger, fr
     if state.get("stopped") != stopped:
         state["stopped"] = stopped
         RunDir(run_dir).commit({RANK_STATE: state})
-    return LoopResult(stopped, rounds, counts(frame, ledger))
+    audit = None
+    if options.review == "auto":
+        q = rv.audit_queue(frame, ledger, state.get("classes") or [])
+        audit = str(_write_queue(run_dir, q, AUDIT))
+        log(f"the automatic relabels and removes, most doubtful first, for a person to check: {audit} "
+            f"({len(q)} rows; apply with `gpupipe review {run_dir} FILE`)")
+    return LoopResult(stopped, rounds, counts(frame, ledger), audit=audit)
 
 
 def _tally(d: rv.Decisions) -> dict[str, int]:

@@ -274,6 +274,76 @@ def seed_queue(frame, ledger: Ledger, positions: np.ndarray) -> pd.DataFrame:
     return _queue_frame(frame, ledger, rows_of(frame, ledger), positions, ["seed"] * len(positions))
 
 
+def given_label_support(frame, ledger: Ledger, classes: list[str]) -> np.ndarray:
+    """float (N,): how much the latest scores back each row's *given* label
+    (the one in the source): the model's probability of it mixed with its
+    neighbours' vote for it (`with_votes`), NaN where the row was not scored or
+    the label is not among ``classes`` (the order of `rank_probs`)."""
+    n = len(frame)
+    if schema.RANK_PROBS not in frame.columns or not classes:
+        return np.full(n, np.nan)
+    given, _ = ledger.host(frame, schema.LABEL)
+    probs, scored = ledger.host(frame, schema.RANK_PROBS)
+    cls = np.asarray(classes, dtype=str)
+    names = np.asarray(given, dtype=object).astype(str)
+    j = np.clip(np.searchsorted(cls, names), 0, len(cls) - 1)
+    known = scored & (cls[j] == names) & (probs.shape[1:] == (len(cls),))
+    out = np.full(n, np.nan)
+    if not known.any():
+        return out
+    r = np.flatnonzero(known)
+    p = probs[r, j[r]]
+    v = np.full(len(r), np.nan)                   # no vote: the model's probability alone
+    if schema.RANK_VOTES in frame.columns:
+        votes, has_votes = ledger.host(frame, schema.RANK_VOTES)
+        if votes.shape[1:] == (len(cls),):
+            v = np.where(has_votes[r], votes[r, j[r]], np.nan)
+    out[r] = with_votes(p, v)
+    return out
+
+
+def audit_queue(frame, ledger: Ledger, classes: list[str]) -> pd.DataFrame:
+    """The automatic policy's relabels and removes, for a person to check, the
+    most doubtful first: relabels before removes (a wrong relabel trains a
+    wrong label; a wrong remove loses one row), each by how much the latest
+    round's scores still back the given label (`given_label_support`, highest
+    first: the evidence for undoing it).  On the Fashion-MNIST runs of the
+    downstream benchmark, the first 64-82 rows of this order held every wrong
+    automatic relabel (14 / 29 / 36 per seed); as many of the later rounds'
+    relabels held 9 / 27 / 33 (benchmarks/bench_audit_order.py, RESULTS.md
+    §5.6).
+
+    The queue's columns (`queue` is ``audit``): ``label`` is the row's label
+    now (the automatic one for a relabel, the given one for a remove),
+    ``given_label`` the source's, ``auto_action`` / ``auto_round`` what the
+    policy did and when, ``given_support``; ``new_label`` is pre-filled with
+    the label a ``relabel`` most likely means (a relabel's given label: undo;
+    a remove's suggested label).  Decisions mean what they always mean:
+    ``confirm`` = valid with ``label`` (keeps a relabel; brings a removed
+    row back with its given label), ``relabel`` = valid with ``new_label``,
+    ``remove``; blank rows change nothing."""
+    rows = rows_of(frame, ledger)
+    status, _ = ledger.host(frame, schema.REVIEW_STATUS)
+    source, has_source = ledger.host(frame, schema.REVIEW_SOURCE)
+    rnd, _ = ledger.host(frame, schema.REVIEW_ROUND)
+    given, _ = ledger.host(frame, schema.LABEL)
+    relabeled, removed = status == schema.STATUS_RELABELED, status == schema.STATUS_REMOVED
+    pos = np.flatnonzero(has_source & (source == schema.SOURCE_AUTO) & (relabeled | removed))
+    support = given_label_support(frame, ledger, classes)
+    key = np.nan_to_num(support[pos], nan=-1.0)
+    pos = pos[np.lexsort((-key, ~relabeled[pos]))]
+    out = _queue_frame(frame, ledger, rows, pos, ["audit"] * len(pos))
+    out["label"] = np.where(relabeled[pos], rows.label[pos], given[pos])
+    out.insert(out.columns.get_loc("label") + 1, "given_label", given[pos])
+    out["auto_action"] = np.where(relabeled[pos], "relabel", "remove")
+    out["auto_round"] = rnd[pos]
+    out["given_support"] = support[pos]
+    out["suggested_action"] = ""
+    sugg = out["suggested_label"].to_numpy(object) if "suggested_label" in out else np.full(len(pos), None)
+    out["new_label"] = np.where(relabeled[pos], given[pos], sugg)
+    return out
+
+
 # ----------------------------------------------------------------------------- who decides
 @dataclass(frozen=True)
 class AutoPolicy:
