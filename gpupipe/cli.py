@@ -433,9 +433,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"gpupipe curate: done; {Path(args.out) / 'report.html'}")
                 audit = Path(args.out) / "review" / "audit.csv"
                 if audit.exists():
-                    print(f"gpupipe curate: the automatic relabels and removes, most doubtful first: {audit}; "
-                          f"check the first rows, apply with `gpupipe review {args.out} {audit}`, "
-                          f"then run this command again")
+                    print(f"gpupipe curate: what the automatic rounds relabeled, left open or removed, the most "
+                          f"doubtful first: {audit}; check its first rows, apply it with `gpupipe review {args.out} "
+                          f"{audit}`, then run this command again")
             return 0
         if args.command == "augment":
             from gpupipe.loop import write_augment_grid

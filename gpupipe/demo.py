@@ -97,19 +97,23 @@ def label_report(ledger, truth) -> str:
 
 
 def audit_report(path: Path, truth) -> str:
-    """Where the automatic policy's wrong decisions (a clean sample relabeled or
-    removed, a flip relabeled to a third class) sit in its audit queue."""
+    """Where the label errors the curated set keeps (an automatic relabel to a
+    wrong class, a flip left open) and the clean samples the policy removed
+    sit in the audit queue (1 = its first row)."""
     import pandas as pd
 
     q = pd.read_csv(path, dtype=str, keep_default_na=False)
     flips = truth.params.get("label_flips", {})
     true = q["rel_path"].map(lambda r: flips.get(r)).fillna(q["given_label"])
     original = q["rel_path"].isin(list(truth.originals))
-    wrong = original & (((q["auto_action"] == "relabel") & (q["label"] != true))
-                        | ((q["auto_action"] == "remove") & ~q["rel_path"].isin(list(flips))))
-    at = [int(i) + 1 for i in wrong.to_numpy().nonzero()[0]]
-    return (f"  audit queue ({path.name}): {len(q)} automatic relabels and removes, the {len(at)} wrong ones at "
-            f"positions {at}")
+    error = original & (q["auto_action"] != "remove") & (q["label"] != true)
+    lost = original & (q["auto_action"] == "remove") & ~q["rel_path"].isin(list(flips))
+    at = [int(i) + 1 for i in error.to_numpy().nonzero()[0]]
+    gone = [int(i) + 1 for i in lost.to_numpy().nonzero()[0]]
+    counts = q["auto_action"].value_counts()
+    return (f"  audit queue ({path.name}): {int(counts.get('relabel', 0))} relabels, {int(counts.get('open', 0))} "
+            f"open rows, {int(counts.get('remove', 0))} removes; label errors at rows {at}, clean samples "
+            f"removed at rows {gone}")
 
 
 def report(ledger, truth) -> str:

@@ -5,7 +5,7 @@ method): the rank stage of `gpupipe.runner`.
     RUN_DIR/rank.json          rounds so far, classes (order of rank_probs), pending review
     RUN_DIR/decisions.parquet  every decision ever applied (append-only history)
     RUN_DIR/review/round-NNN.csv / .png   the queue a person reviews, and its thumbnail sheet
-    RUN_DIR/review/audit.csv / .png       --review auto: its relabels and removes, most doubtful first
+    RUN_DIR/review/audit.csv / .png       --review auto: its relabels, rows left open, removes: doubtful first
     RUN_DIR/models/round-NNN.pt           the round's auxiliary model (state_dict)
 
 The first three change together: each round (and each applied review) is one
@@ -44,7 +44,7 @@ from gpupipe.stages.dedup import GROUP_LOG_SCHEMA, apply_group_decisions
 from gpupipe.table import Ledger, write_parquet_atomic, write_text_atomic
 
 REVIEW_DIR = "review"
-AUDIT = "audit"                  # RUN_DIR/review/audit.csv: the automatic decisions, most doubtful first
+AUDIT = "audit"                  # RUN_DIR/review/audit.csv (`stages.review.audit_queue`)
 MODELS_DIR = "models"
 ReviewMode = Literal["person", "auto", "oracle"]
 NOTHING_DECIDED = "a round decided nothing"
@@ -299,8 +299,8 @@ def _rounds(run_dir: Path, options: RankOptions, cfg, device, ledger: Ledger, fr
     if options.review == "auto":
         q = rv.audit_queue(frame, ledger, state.get("classes") or [])
         audit = str(_write_queue(run_dir, q, AUDIT))
-        log(f"the automatic relabels and removes, most doubtful first, for a person to check: {audit} "
-            f"({len(q)} rows; apply with `gpupipe review {run_dir} FILE`)")
+        log(f"for a person to check, the most doubtful first: {audit} ({len(q)} rows: the automatic relabels "
+            f"in turn with rows left open, then the removes; apply with `gpupipe review {run_dir} FILE`)")
     return LoopResult(stopped, rounds, counts(frame, ledger), audit=audit)
 
 

@@ -61,7 +61,8 @@ def _thumb(path: str, locator: str | None = None):
 def queue_sheet(q: pd.DataFrame, path: str | os.PathLike, *, columns: int = 12, limit: int = 480) -> Path:
     """A grid of the queue's images (first ``limit``), captioned ``given -> suggested``
     (worst), ``given`` (best, seed) or what the automatic policy did (audit:
-    ``given -> its label``, ``label rm``), in queue order."""
+    ``given -> its label``, ``label rm``, ``label ? suggested`` for a row
+    left open), in queue order."""
     from PIL import Image, ImageDraw
 
     q = q.iloc[:limit]
@@ -78,9 +79,10 @@ def queue_sheet(q: pd.DataFrame, path: str | os.PathLike, *, columns: int = 12, 
         given = str(r.label)[:10]
         sugg = str(r.suggested_label)[:10] if has_suggestion and r.suggested_label is not None else None
         text = f"{given}>{sugg}" if r.queue == "worst" and sugg is not None and sugg != given else given
-        if r.queue == "audit":           # what the automatic policy did: given > its label, or removed
+        if r.queue == "audit":           # what the automatic policy did: given > its label, removed, left open
             text = (f"{str(r.given_label)[:8]}>{given}" if r.auto_action == "relabel"
-                    else f"{given[:8]} rm")
+                    else f"{given[:8]} rm" if r.auto_action == "remove"
+                    else f"{given}?{sugg}" if sugg is not None and sugg != given else f"{given}?")
         colour = (200, 0, 0) if r.queue == "worst" else (0, 110, 0) if r.queue == "best" else (0, 0, 160)
         draw.text((x + 2, y + CELL + 2), text, fill=colour)
         draw.text((x + 2, y + CELL + 12), f"{r.queue} {i + 1}", fill=(110, 110, 110))

@@ -302,45 +302,83 @@ def given_label_support(frame, ledger: Ledger, classes: list[str]) -> np.ndarray
     return out
 
 
-def audit_queue(frame, ledger: Ledger, classes: list[str]) -> pd.DataFrame:
-    """The automatic policy's relabels and removes, for a person to check, the
-    most doubtful first: relabels before removes (a wrong relabel trains a
-    wrong label; a wrong remove loses one row), each by how much the latest
-    round's scores still back the given label (`given_label_support`, highest
-    first: the evidence for undoing it).  On the Fashion-MNIST runs of the
-    downstream benchmark, the first 64-82 rows of this order held every wrong
-    automatic relabel (14 / 29 / 36 per seed); as many of the later rounds'
-    relabels held 9 / 27 / 33 (benchmarks/bench_audit_order.py, RESULTS.md
-    §5.6).
+def _alternate(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a[0], b[0], a[1], b[1], ... then the longer one's rest."""
+    n = min(len(a), len(b))
+    head = np.empty(2 * n, np.int64)
+    head[0::2], head[1::2] = a[:n], b[:n]
+    return np.concatenate([head, a[n:], b[n:]]).astype(np.int64)
 
-    The queue's columns (`queue` is ``audit``): ``label`` is the row's label
-    now (the automatic one for a relabel, the given one for a remove),
-    ``given_label`` the source's, ``auto_action`` / ``auto_round`` what the
-    policy did and when, ``given_support``; ``new_label`` is pre-filled with
-    the label a ``relabel`` most likely means (a relabel's given label: undo;
-    a remove's suggested label).  Decisions mean what they always mean:
-    ``confirm`` = valid with ``label`` (keeps a relabel; brings a removed
-    row back with its given label), ``relabel`` = valid with ``new_label``,
-    ``remove``; blank rows change nothing."""
+
+#: The undecided rows the audit queue lists: as many as the automatic
+#: relabels, and at least this many.
+AUDIT_OPEN_MIN = 100
+
+
+def audit_queue(frame, ledger: Ledger, classes: list[str], *, open_rows: int | None = None) -> pd.DataFrame:
+    """What an unattended run (``--review auto``) leaves in the curated set that a
+    person should check first, the most doubtful first:
+
+    * its **relabels**, each by how much the latest round's scores still back
+      the given label (`given_label_support`, highest first: the evidence
+      for undoing it);
+    * in turn with them, one for one, the **open** rows the curated set keeps
+      with their given label (undecided, neither flagged nor far from every
+      class: not balance's suspects), by the review order's label key
+      (`label_suspicion`); ``open_rows`` of them (default: as many as the
+      relabels, at least `AUDIT_OPEN_MIN`);
+    * then its **removes**, by the support for their given label (a wrong
+      remove loses one row; a wrong label stays in the set).
+
+    Measured on the downstream benchmark's curate runs (RESULTS.md §5.6,
+    benchmarks/bench_audit_order.py): as many reviews as the policy made
+    relabels after its first round (64-82 rows per seed) fix 88 of the 134
+    label errors the curated Fashion-MNIST sets keep and 24 of 25 on
+    digits; those later relabels themselves hold 69 and 3.
+
+    The queue's columns (``queue`` is ``audit``): ``label`` is the row's
+    label now (the automatic one for a relabel), ``given_label`` the
+    source's, ``auto_action`` (relabel / open / remove) and ``auto_round``
+    (0 for open rows), ``given_support``; ``new_label`` is pre-filled with
+    the label a ``relabel`` most likely means (for a relabel its given label,
+    an undo; else the suggested label).  Decisions mean what they always
+    mean: ``confirm`` = valid with ``label`` (keeps a relabel; brings a
+    removed row back with its given label), ``relabel`` = valid with
+    ``new_label``, ``remove``; blank rows change nothing."""
     rows = rows_of(frame, ledger)
     status, _ = ledger.host(frame, schema.REVIEW_STATUS)
     source, has_source = ledger.host(frame, schema.REVIEW_SOURCE)
     rnd, _ = ledger.host(frame, schema.REVIEW_ROUND)
     given, _ = ledger.host(frame, schema.LABEL)
-    relabeled, removed = status == schema.STATUS_RELABELED, status == schema.STATUS_REMOVED
-    pos = np.flatnonzero(has_source & (source == schema.SOURCE_AUTO) & (relabeled | removed))
-    support = given_label_support(frame, ledger, classes)
-    key = np.nan_to_num(support[pos], nan=-1.0)
-    pos = pos[np.lexsort((-key, ~relabeled[pos]))]
+    auto = has_source & (source == schema.SOURCE_AUTO)
+    relabeled, removed = auto & (status == schema.STATUS_RELABELED), auto & (status == schema.STATUS_REMOVED)
+    support = np.nan_to_num(given_label_support(frame, ledger, classes), nan=-1.0)
+
+    def by_support(pos: np.ndarray) -> np.ndarray:
+        return pos[np.argsort(-support[pos], kind="stable")]
+
+    relabels, removes = by_support(np.flatnonzero(relabeled)), by_support(np.flatnonzero(removed))
+    open_ = np.zeros(0, np.int64)
+    if schema.RANK_LOSS in frame.columns:
+        loss, scored = ledger.host(frame, schema.RANK_LOSS)
+        flagged = ledger.host(frame, schema.RANK_FLAG)[0].astype(bool) if schema.RANK_FLAG in frame.columns \
+            else np.zeros(len(frame), bool)
+        keep = rows.eligible & ~rows.certified & scored & ~flagged & ~is_far(_outlier(frame, ledger))
+        key = label_suspicion(loss, ledger.host(frame, schema.RANK_PROB_GIVEN)[0], _vote_given(frame, ledger))
+        open_ = np.flatnonzero(keep)
+        open_ = open_[np.argsort(-key[open_], kind="stable")]
+        open_ = open_[:max(len(relabels), AUDIT_OPEN_MIN) if open_rows is None else open_rows]
+    pos = np.concatenate([_alternate(relabels, open_), removes]).astype(np.int64)
     out = _queue_frame(frame, ledger, rows, pos, ["audit"] * len(pos))
-    out["label"] = np.where(relabeled[pos], rows.label[pos], given[pos])
+    action = np.where(relabeled[pos], "relabel", np.where(removed[pos], "remove", "open"))
+    out["label"] = np.where(removed[pos], given[pos], rows.label[pos])
     out.insert(out.columns.get_loc("label") + 1, "given_label", given[pos])
-    out["auto_action"] = np.where(relabeled[pos], "relabel", "remove")
-    out["auto_round"] = rnd[pos]
-    out["given_support"] = support[pos]
+    out["auto_action"] = action
+    out["auto_round"] = np.where(action == "open", 0, rnd[pos])
+    out["given_support"] = np.where(support[pos] < 0, np.nan, support[pos])
     out["suggested_action"] = ""
     sugg = out["suggested_label"].to_numpy(object) if "suggested_label" in out else np.full(len(pos), None)
-    out["new_label"] = np.where(relabeled[pos], given[pos], sugg)
+    out["new_label"] = np.where(action == "relabel", given[pos], sugg)
     return out
 
 
