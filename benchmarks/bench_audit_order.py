@@ -38,7 +38,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_downstream import load, original_positions, train_positions  # noqa: E402
+from bench_downstream import add_runs_args, original_positions, recorded_runs, train_positions  # noqa: E402
 
 from gpupipe import schema  # noqa: E402
 from gpupipe.device import resolve_device  # noqa: E402
@@ -62,14 +62,9 @@ BUDGETS = (20, 50, 100)
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--dataset", choices=("digits", "fashion"), default="fashion")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--data", default=None, help="default: .bench/downstream[-fashion]")
+    add_runs_args(ap)
     args = ap.parse_args()
-    work = Path(args.data or (".bench/downstream" + ("" if args.dataset == "digits" else "-fashion")))
-    results = work / "results.json"
-    run_args = json.loads(results.read_text()).get("args", {}) if results.exists() else {}
-    labels = load(args.dataset, run_args.get("n", 2500))[1]
+    work, run_args, labels = recorded_runs(args)
     ledger = Ledger(resolve_device("cpu"))
     names = ("audit", "relabels first", "later relabels first", "open first", "random")
     print(f"{work}: label errors the curated set keeps, fixed in the first B reviews\n")

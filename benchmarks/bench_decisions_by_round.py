@@ -21,7 +21,6 @@ probability and of the given label's.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_downstream import load, original_positions, train_positions  # noqa: E402
+from bench_downstream import add_runs_args, original_positions, recorded_runs, train_positions  # noqa: E402
 
 from gpupipe.datasets import flip_labels  # noqa: E402
 
@@ -61,14 +60,9 @@ def decisions_against_truth(work: Path, labels: np.ndarray, seed: int, *, flip_r
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--dataset", choices=("digits", "fashion"), default="fashion")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--data", default=None, help="default: .bench/downstream[-fashion]")
+    add_runs_args(ap)
     args = ap.parse_args()
-    work = Path(args.data or (".bench/downstream" + ("" if args.dataset == "digits" else "-fashion")))
-    results = work / "results.json"              # absent when the run was stopped: its defaults then
-    run_args = json.loads(results.read_text()).get("args", {}) if results.exists() else {}
-    labels = load(args.dataset, run_args.get("n", 2500))[1]
+    work, run_args, labels = recorded_runs(args)
     d = pd.concat([decisions_against_truth(work, labels, s, flip_rate=run_args.get("flip_rate", 0.15),
                                            imbalance=run_args.get("imbalance", 1.0)) for s in args.seeds])
     t = d.groupby(["action", "round", "seed"])["right"].agg(["sum", "count"]).unstack("seed")

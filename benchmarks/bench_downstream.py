@@ -130,6 +130,23 @@ def original_positions(rel_paths, n_train: int) -> np.ndarray:
     return np.where(index < n_train, index, -1)
 
 
+def add_runs_args(ap: argparse.ArgumentParser) -> None:
+    """--dataset, --seeds, --data: which curate runs of this script to read."""
+    ap.add_argument("--dataset", choices=("digits", "fashion"), default="fashion")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--data", default=None, help="default: .bench/downstream[-fashion]")
+
+
+def recorded_runs(args) -> tuple[Path, dict, np.ndarray]:
+    """(the runs' folder, the arguments they ran with, the dataset's labels)
+    for `add_runs_args`'s options; a run stopped before its results.json
+    ran with this script's defaults."""
+    work = Path(args.data or (".bench/downstream" + ("" if args.dataset == "digits" else "-fashion")))
+    results = work / "results.json"
+    run_args = json.loads(results.read_text()).get("args", {}) if results.exists() else {}
+    return work, run_args, load(args.dataset, run_args.get("n", 2500))[1]
+
+
 def labelled_files(root: Path, *, decodable: bool = False) -> tuple[list[str], list[int]]:
     """Every PNG under ``root/<class>/`` with its class; ``decodable``: every
     file there that a trainer can decode, whatever its format."""

@@ -62,6 +62,18 @@ ORDERS = {
 }
 
 
+def fold_parts(z: dict, folds: int):
+    """Per fold of the saved models: its scored rows, the reference rows'
+    labels, both sides' every-block features, gpupipe's outlier score of the
+    scored rows (within classes, robust z) and their logits."""
+    nblocks = sum(1 for key in z if key.startswith("f0_scored_block"))
+    for f in range(folds):
+        y_ref = z["y"][z[f"f{f}_ref_rows"]]
+        sb, rb = blockcat(z, f, "scored", nblocks), blockcat(z, f, "ref", nblocks)
+        yield (z[f"f{f}_scored_rows"], y_ref, sb, rb, robust_z([knn_distances(sb, rb, y_ref, k=K)])[0],
+               z[f"f{f}_scored_logits"])
+
+
 def flag_by(key: np.ndarray, count: int) -> np.ndarray:
     flags = np.zeros(len(key), bool)
     flags[np.argsort(key, kind="stable")[:count]] = True
@@ -140,14 +152,11 @@ def main() -> int:
         return cost(z)
     planted = planted_of(args, base)
     ncls = len(z["classes"])
-    nblocks = sum(1 for key in z if key.startswith("f0_scored_block"))
     rows, far, logits, votes = [], [], [], {}
-    for f in range(args.folds):
-        y_ref = z["y"][z[f"f{f}_ref_rows"]]
-        sb, rb = blockcat(z, f, "scored", nblocks), blockcat(z, f, "ref", nblocks)
-        rows.append(z[f"f{f}_scored_rows"])
-        far.append(robust_z([knn_distances(sb, rb, y_ref, k=K)])[0])
-        logits.append(z[f"f{f}_scored_logits"])
+    for f, (scored, y_ref, sb, rb, outlier, fold_logits) in enumerate(fold_parts(z, args.folds)):
+        rows.append(scored)
+        far.append(outlier)
+        logits.append(fold_logits)
         for feat, (s, r) in (("emb", (z[f"f{f}_scored_emb"], z[f"f{f}_ref_emb"])), ("blocks", (sb, rb))):
             for k in args.k:
                 votes.setdefault(f"kNN vote ({feat}, k={k})", []).append(

@@ -44,11 +44,9 @@ def vote_count(share: np.ndarray, classes: int) -> np.ndarray:
 
 def downstream(args) -> int:
     from bench_decisions_by_round import decisions_against_truth
-    from bench_downstream import load
+    from bench_downstream import recorded_runs
 
-    work = Path(args.data or (".bench/downstream" + ("" if args.dataset == "digits" else "-fashion")))
-    run_args = json.loads((work / "results.json").read_text()).get("args", {})
-    labels = load(args.dataset, run_args.get("n", 2500))[1]
+    work, run_args, labels = recorded_runs(args)
     parts = []
     for seed in args.seeds:
         d = decisions_against_truth(work, labels, seed, flip_rate=run_args.get("flip_rate", 0.15),
@@ -77,23 +75,20 @@ def downstream(args) -> int:
 
 
 def round1(args) -> int:
+    from bench_flag_signals import fold_parts
     from bench_outlier import planted_of, set_name
-    from bench_outlier_features import blockcat
 
-    from gpupipe.models.outlier import FAR, K, knn_distances, knn_vote, robust_z
+    from gpupipe.models.outlier import FAR, knn_vote
 
     name = set_name(args)
     z = dict(np.load(Path(args.data) / f"outlier-features-{name}.npz", allow_pickle=False))
     planted = planted_of(args, Path(args.data) / f"outlier-{name}")
     ncls = len(z["classes"])
-    nblocks = sum(1 for key in z if key.startswith("f0_scored_block"))
     rows, far, logits, votes = [], [], [], []
-    for f in range(args.folds):
-        y_ref = z["y"][z[f"f{f}_ref_rows"]]
-        sb, rb = blockcat(z, f, "scored", nblocks), blockcat(z, f, "ref", nblocks)
-        rows.append(z[f"f{f}_scored_rows"])
-        far.append(robust_z([knn_distances(sb, rb, y_ref, k=K)])[0])
-        logits.append(z[f"f{f}_scored_logits"])
+    for scored, y_ref, sb, rb, outlier, fold_logits in fold_parts(z, args.folds):
+        rows.append(scored)
+        far.append(outlier)
+        logits.append(fold_logits)
         votes.append(knn_vote(sb, rb, y_ref, ncls, k=K_VOTES).astype(np.float64))
     rows = np.concatenate(rows)
     far = np.concatenate(far) >= FAR
@@ -117,14 +112,12 @@ def round1(args) -> int:
 
 
 def main() -> int:
+    from bench_downstream import add_runs_args
     from bench_outlier import add_data_args
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="what", required=True)
-    a = sub.add_parser("downstream")
-    a.add_argument("--dataset", choices=("digits", "fashion"), default="fashion")
-    a.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    a.add_argument("--data", default=None, help="default: .bench/downstream[-fashion]")
+    add_runs_args(sub.add_parser("downstream"))
     b = sub.add_parser("round1")
     add_data_args(b)
     args = ap.parse_args()
