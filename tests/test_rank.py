@@ -204,8 +204,8 @@ def test_the_audit_queue_lists_what_an_unattended_round_left_most_doubtful_first
     m = min(n_rel, n_open)
     assert (action[:2 * m:2] == "relabel").all() and (action[1:2 * m:2] == "open").all()
     assert (action[n_rel + n_open:] == "remove").all()
-    for kind, col in (("relabel", "given_support"), ("remove", "given_support")):
-        s = q.loc[action == kind, col].to_numpy(float)
+    for kind in ("relabel", "remove"):
+        s = q.loc[action == kind, "given_support"].to_numpy(float)
         assert (np.diff(s[~np.isnan(s)]) <= 0).all()
     o = q[action == "open"]
     key = label_suspicion(o["loss"].to_numpy(float), o["prob_given"].to_numpy(float),

@@ -307,7 +307,7 @@ def _alternate(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     n = min(len(a), len(b))
     head = np.empty(2 * n, np.int64)
     head[0::2], head[1::2] = a[:n], b[:n]
-    return np.concatenate([head, a[n:], b[n:]]).astype(np.int64)
+    return np.concatenate([head, a[n:], b[n:]])
 
 
 #: The undecided rows the audit queue lists: as many as the automatic
@@ -368,7 +368,7 @@ def audit_queue(frame, ledger: Ledger, classes: list[str], *, open_rows: int | N
         open_ = np.flatnonzero(keep)
         open_ = open_[np.argsort(-key[open_], kind="stable")]
         open_ = open_[:max(len(relabels), AUDIT_OPEN_MIN) if open_rows is None else open_rows]
-    pos = np.concatenate([_alternate(relabels, open_), removes]).astype(np.int64)
+    pos = np.concatenate([_alternate(relabels, open_), removes])
     out = _queue_frame(frame, ledger, rows, pos, ["audit"] * len(pos))
     action = np.where(relabeled[pos], "relabel", np.where(removed[pos], "remove", "open"))
     out["label"] = np.where(removed[pos], given[pos], rows.label[pos])
