@@ -91,6 +91,20 @@ def _host_or(frame, ledger: Ledger, name: str, default, n: int):
     return np.full(n, default, dtype=object if default is None else type(default)), np.zeros(n, bool)
 
 
+def suspects(frame, ledger: Ledger, decided: np.ndarray) -> np.ndarray:
+    """bool (N,): rows left out as *suspect*: not ``decided`` (certified or
+    relabeled) yet flagged ``is_mislabeled_issue`` or far from every class
+    (`rank_outlier_score` >= `FAR`).  The audit queue lists the other open
+    rows as the ones the curated set keeps (`review.audit_queue`)."""
+    flagged, _ = _host_or(frame, ledger, schema.RANK_FLAG, False, len(frame))
+    far = np.zeros(len(frame), bool)
+    if schema.RANK_OUTLIER in frame.columns:
+        from gpupipe.models.outlier import is_far     # on use: it imports torch, which a ranked run has loaded
+
+        far = is_far(*ledger.host(frame, schema.RANK_OUTLIER))
+    return (flagged.astype(bool) | far) & ~decided
+
+
 def balance(frame, ledger: Ledger, cfg: BalanceConfig):
     """-> (frame with the BALANCE columns, BalanceStats)."""
     n = len(frame)
@@ -102,18 +116,12 @@ def balance(frame, ledger: Ledger, cfg: BalanceConfig):
     reviewed, has_reviewed = _host_or(frame, ledger, schema.REVIEW_LABEL, None, n)
     source, _ = _host_or(frame, ledger, schema.REVIEW_SOURCE, None, n)
     loss, scored = _host_or(frame, ledger, schema.RANK_LOSS, 0.0, n)
-    flagged, _ = _host_or(frame, ledger, schema.RANK_FLAG, False, n)
-    far = np.zeros(n, bool)
-    if schema.RANK_OUTLIER in frame.columns:
-        from gpupipe.models.outlier import is_far     # on use: it imports torch, which a ranked run has loaded
-
-        far = is_far(*ledger.host(frame, schema.RANK_OUTLIER))
 
     label = np.where(has_reviewed, reviewed, given).astype(object)
     has_label = has_reviewed | has_given
     decided = np.isin(status, [schema.STATUS_CERTIFIED, schema.STATUS_RELABELED])
     reason = np.full(n, None, object)
-    for cond, why in ((~has_label, "unlabelled"), ((flagged.astype(bool) | far) & ~decided, "suspect"),
+    for cond, why in ((~has_label, "unlabelled"), (suspects(frame, ledger, decided), "suspect"),
                       (status == schema.STATUS_REMOVED, "removed"), (~keep.astype(bool), "duplicate"),
                       (invalid.astype(bool), "invalid")):          # the last one written wins
         reason[cond] = why

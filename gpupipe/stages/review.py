@@ -28,6 +28,7 @@ import pyarrow as pa
 from gpupipe import schema
 from gpupipe.models.outlier import FAR, is_far
 from gpupipe.models.score import with_votes
+from gpupipe.stages.balance import suspects
 from gpupipe.stages.rank import Rows, rows_of
 from gpupipe.table import Ledger
 from gpupipe.xputil import apportion, splitmix64
@@ -323,8 +324,8 @@ def audit_queue(frame, ledger: Ledger, classes: list[str], *, open_rows: int | N
       the given label (`given_label_support`, highest first: the evidence
       for undoing it);
     * in turn with them, one for one, the **open** rows the curated set keeps
-      with their given label (undecided, neither flagged nor far from every
-      class: not balance's suspects), by the review order's label key
+      with their given label (undecided, not `balance.suspects`: neither
+      flagged nor far from every class), by the review order's label key
       (`label_suspicion`); ``open_rows`` of them (default: as many as the
       relabels, at least `AUDIT_OPEN_MIN`);
     * then its **removes**, by the support for their given label (a wrong
@@ -361,9 +362,7 @@ def audit_queue(frame, ledger: Ledger, classes: list[str], *, open_rows: int | N
     open_ = np.zeros(0, np.int64)
     if schema.RANK_LOSS in frame.columns:
         loss, scored = ledger.host(frame, schema.RANK_LOSS)
-        flagged = ledger.host(frame, schema.RANK_FLAG)[0].astype(bool) if schema.RANK_FLAG in frame.columns \
-            else np.zeros(len(frame), bool)
-        keep = rows.eligible & ~rows.certified & scored & ~flagged & ~is_far(_outlier(frame, ledger))
+        keep = rows.eligible & ~rows.certified & scored & ~suspects(frame, ledger, rows.certified)
         key = label_suspicion(loss, ledger.host(frame, schema.RANK_PROB_GIVEN)[0], _vote_given(frame, ledger))
         open_ = np.flatnonzero(keep)
         open_ = open_[np.argsort(-key[open_], kind="stable")]
