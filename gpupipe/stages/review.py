@@ -353,10 +353,10 @@ def audit_queue(frame, ledger: Ledger, classes: list[str], *, open_rows: int | N
     given, _ = ledger.host(frame, schema.LABEL)
     auto = has_source & (source == schema.SOURCE_AUTO)
     relabeled, removed = auto & (status == schema.STATUS_RELABELED), auto & (status == schema.STATUS_REMOVED)
-    support = np.nan_to_num(given_label_support(frame, ledger, classes), nan=-1.0)
+    support = given_label_support(frame, ledger, classes)
 
-    def by_support(pos: np.ndarray) -> np.ndarray:
-        return pos[np.argsort(-support[pos], kind="stable")]
+    def by_support(pos: np.ndarray) -> np.ndarray:                # unscored rows (NaN) last
+        return pos[np.argsort(-np.nan_to_num(support[pos], nan=-1.0), kind="stable")]
 
     relabels, removes = by_support(np.flatnonzero(relabeled)), by_support(np.flatnonzero(removed))
     open_ = np.zeros(0, np.int64)
@@ -374,7 +374,7 @@ def audit_queue(frame, ledger: Ledger, classes: list[str], *, open_rows: int | N
     out.insert(out.columns.get_loc("label") + 1, "given_label", given[pos])
     out["auto_action"] = action
     out["auto_round"] = np.where(action == "open", 0, rnd[pos])
-    out["given_support"] = np.where(support[pos] < 0, np.nan, support[pos])
+    out["given_support"] = support[pos]
     out["suggested_action"] = ""
     sugg = out["suggested_label"].to_numpy(object) if "suggested_label" in out else np.full(len(pos), None)
     out["new_label"] = np.where(action == "relabel", given[pos], sugg)
