@@ -29,9 +29,12 @@ def _add_dedup_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shift-distance", type=int, default=None, metavar="BITS",
                    help="shift-key Hamming distance for the second candidate search, which finds shifted "
                         "and cropped copies (default: %(default)s -> 8; -1 turns it off)")
-    p.add_argument("--verify", choices=("pixels", "none"), default="pixels",
+    p.add_argument("--verify", choices=("pixels", "photo", "none"), default="pixels",
                    help="check of each candidate pair: 'pixels' (default) the same-picture similarity of "
-                        "the two thumbnails (aligned, band-passed correlation), 'none' accept every "
+                        "the two thumbnails (aligned, band-passed correlation); 'photo' that, or else the "
+                        "registered similarity (zoom 0.8-1.25, shift, colour shift absorbed) >= 0.85 and significant at z >= 6, with "
+                        "zoomed queries for candidates: real photographs' crop-rescale-recolour copies "
+                        "(on CIFAR-10's ciFAIR pairs, benchmarks/RESULTS.md); 'none' accept every "
                         "candidate as hash-only tools do")
     p.add_argument("--min-similarity", type=float, default=None, metavar="S",
                    help="for --verify pixels: similarity (-1..1) from which two images are the same "
@@ -361,9 +364,13 @@ def _recall_lines(r: dict) -> list[str]:
     if not r:
         return []
     kinds = ", ".join(f"{k} {v['recall']:.2f}" for k, v in r["by_kind"].items())
-    return [f"  recall measured on this input ({r['sample']} of its images, {r['copies']} edited copies in memory): "
-            f"{r['recall']:.3f}, false matches {r['false_matches']}",
-            f"    by kind: {kinds}"]
+    out = [f"  recall measured on this input ({r['sample']} of its images, edited copies in memory), "
+           f"false matches {r['false_matches']}:",
+           f"    single edits ({r['copies']} copies, one edit each): {r['recall']:.3f}"]
+    if r.get("composite_recall") is not None:
+        out.append(f"    real-photo edits (crop 0-20% + rescale, colour, contrast, gamma, JPEG 50-95 at once; "
+                   f"the nearest to real same-shot duplicates): {r['composite_recall']:.3f}")
+    return out + [f"    by kind: {kinds}"]
 
 
 def format_summary(s) -> str:

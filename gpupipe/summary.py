@@ -60,9 +60,14 @@ def counts(t: pa.Table) -> dict[str, Any]:
 def recall_summary(per_kind: dict, sample: int) -> dict[str, Any]:
     if not per_kind:
         return {}
-    copies = sum(v["copies"] for v in per_kind.values())
-    found = sum(v["found"] for v in per_kind.values())
+    from gpupipe.transforms import COMPOSITE_KIND
+
+    single = {k: v for k, v in per_kind.items() if k != COMPOSITE_KIND}
+    copies = sum(v["copies"] for v in single.values())
+    found = sum(v["found"] for v in single.values())
+    comp = per_kind.get(COMPOSITE_KIND)
     return {"sample": sample, "copies": copies, "recall": round(found / copies, 4) if copies else None,
+            "composite_recall": comp["recall"] if comp else None,
             "false_matches": sum(v["false_matches"] for v in per_kind.values()), "by_kind": per_kind}
 
 

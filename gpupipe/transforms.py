@@ -19,7 +19,11 @@ writers' digits are not near duplicates):
   by p% of the shorter side (at least 1 px), for images of any size;
 - ``crop_5``: a 95% x 95% window at a random position (a crop that also
   moves the content by up to 5%);
-- ``blur``: Gaussian blur, radius 0.6 px; ``noise``: Gaussian noise, sigma 4.
+- ``blur``: Gaussian blur, radius 0.6 px; ``noise``: Gaussian noise, sigma 4;
+- ``composite``: what real same-shot duplicates of photographs combine (ciFAIR's
+  pairs in CIFAR-10): a crop of 0-20% of the side (aspect kept) at a random offset,
+  rescaled back to the original size, a per-channel colour gain of 0.9-1.1, a
+  contrast of 0.85-1.15 and a gamma of 0.8-1.25, then JPEG at quality 50-95.
 
 Pillow encodes (the decode side is always gpupipe's own DALI path).  Every
 random choice comes from the ``rng`` passed in.
@@ -41,8 +45,10 @@ EXTRA_KINDS: tuple[str, ...] = ("contrast_-15", "blur", "noise")
 #: Per-run probe kinds: shifts relative to the image size (1 and 2 px at 28 px).
 PROBE_KINDS: tuple[str, ...] = (
     "jpeg_q60", "jpeg_q75", "brightness_+10", "brightness_-10", "contrast_-15", "resize_90", "upscale_2x",
-    "shift_4pct", "shift_7pct", "crop_5", "blur", "noise",
+    "shift_4pct", "shift_7pct", "crop_5", "blur", "noise", "composite",
 )
+#: The probe kind that stands for real duplicates of photographs (reported apart).
+COMPOSITE_KIND = "composite"
 _DIRECTIONS = ((0, 1), (0, -1), (1, 0), (-1, 0), (1, 1), (-1, 1), (1, -1), (-1, -1))
 
 
@@ -82,6 +88,20 @@ def _shift_pixels(kind: str, img: np.ndarray) -> int:
     raise ValueError(f"unknown shift kind {kind!r}")
 
 
+def _composite(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The ``composite`` kind's pixels before its JPEG encode."""
+    h, w = img.shape[:2]
+    c = rng.uniform(0.0, 0.2)                                  # crop fraction of the side, aspect kept
+    ch, cw = max(1, round(h * (1 - c))), max(1, round(w * (1 - c)))
+    y, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    out = resize(np.ascontiguousarray(img[y:y + ch, x0:x0 + cw]), w, h).astype(np.float32) / 255.0
+    if out.ndim == 3:
+        out = out * rng.uniform(0.9, 1.1, size=3).astype(np.float32)
+    m = out.mean()
+    out = np.clip((out - m) * rng.uniform(0.85, 1.15) + m, 0, 1) ** rng.uniform(0.8, 1.25)
+    return np.ascontiguousarray(np.clip(np.rint(out * 255), 0, 255).astype(np.uint8))
+
+
 def near_copy(img: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[bytes, np.ndarray | None]:
     """Encoded bytes of an edited copy of ``img`` and, for lossless outputs,
     its pixels (None for JPEG, whose pixels only its decoder knows).
@@ -118,6 +138,8 @@ def near_copy(img: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[byt
         out = np.asarray(_pil().fromarray(np.ascontiguousarray(img)).filter(ImageFilter.GaussianBlur(0.6)))
     elif kind == "noise":
         out = np.clip(np.rint(x + rng.normal(0.0, 4.0, img.shape)), 0, 255)
+    elif kind == COMPOSITE_KIND:
+        return encode(_composite(img, rng), "JPEG", quality=int(rng.integers(50, 96))), None
     else:
         raise ValueError(f"unknown near-duplicate kind {kind!r}")
     out = np.ascontiguousarray(out.astype(np.uint8))

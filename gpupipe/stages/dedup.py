@@ -61,9 +61,10 @@ LOSSY_FORMATS = ("jpeg",)
 class DedupConfig:
     max_distance: int | None = None          # pHash Hamming threshold; None -> DEFAULT_MAX_DISTANCE
     shift_distance: int | None = None        # shift-key threshold; None -> DEFAULT_SHIFT_DISTANCE; -1: off
-    verify: VerifyMode = "pixels"            # check of each candidate (gpupipe.hashing.verify)
+    verify: VerifyMode = "pixels"            # check of each candidate (gpupipe.hashing.verify); "photo": + zoom
     max_checks: int | None = None            # pairs checked per image, closest first; None -> DEFAULT_MAX_CHECKS; 0: all
-    min_similarity: float | None = None      # for verify="pixels"; None -> verify.DEFAULT_MIN_SIMILARITY
+    min_similarity: float | None = None      # for verify="pixels"|"photo"; None -> verify.DEFAULT_MIN_SIMILARITY
+    min_registered: float | None = None      # for verify="photo": z; None -> verify.DEFAULT_MIN_REGISTERED_Z
     seed: int = 0                            # for the near-neighbour search's bit permutations
 
     def resolved_distance(self) -> int:
@@ -79,8 +80,13 @@ class DedupConfig:
         if self.verify == "none":
             return {"mode": "none"}
         t = verify.DEFAULT_MIN_SIMILARITY if self.min_similarity is None else float(self.min_similarity)
-        return {"mode": "pixels", "min_similarity": t, "min_similarity_moved": round(t + verify.MOVED_MARGIN, 6),
-                "max_checks_per_image": _max_checks(self)}
+        out = {"mode": self.verify, "min_similarity": t, "min_similarity_moved": round(t + verify.MOVED_MARGIN, 6),
+               "max_checks_per_image": _max_checks(self)}
+        if self.verify == "photo":
+            out["min_registered_z"] = (verify.DEFAULT_MIN_REGISTERED_Z if self.min_registered is None
+                                       else float(self.min_registered))
+            out["zoom_queries"] = list(ZOOM_QUERIES)
+        return out
 
 
 @dataclass(frozen=True)
@@ -145,7 +151,8 @@ def dedup(frame, ledger: Ledger, config: DedupConfig = DedupConfig(), *, thumbs=
     m = int(node_codes.shape[0])
     stats = DedupStats(nodes=m)
     # Stage 3: candidates from both keys, as direct pairs (each one is verified on its own).
-    ei, ej, qi, qj = _candidates(ph[first_rows], sk[first_rows], probes, config, stats, xp)
+    zoomed = _zoomed_keys(thumbs, host(first_rows), xp) if config.verify == "photo" and thumbs is not None else None
+    ei, ej, qi, qj = _candidates(ph[first_rows], sk[first_rows], probes, config, stats, xp, zoomed=zoomed)
     stats.seconds["search"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     mode = config.verify if thumbs is not None else "none"
@@ -156,10 +163,14 @@ def dedup(frame, ledger: Ledger, config: DedupConfig = DedupConfig(), *, thumbs=
         t_all = _Thumbs(thumbs, host(first_rows[involved]), None if probes is None else probes.thumbs, xp)
     else:
         t_all = None
-    check = pair_check(t_all, mode=mode, min_similarity=config.min_similarity, xp=xp)
+    check = pair_check(t_all, mode=mode, min_similarity=config.min_similarity,
+                       min_registered=config.min_registered, xp=xp)
     e = int(ei.shape[0])
     if e and hasattr(check, "gate_score"):
-        keep = _closest(ei, ej, check.gate_score(pos[:e], pos[e:2 * e]), _max_checks(config), xp)
+        score = check.gate_score(pos[:e], pos[e:2 * e])
+        if mode == "photo":        # the registered route sees every candidate, the closest first
+            score = xp.minimum(score, xp.float32(1.0))
+        keep = _closest(ei, ej, score, _max_checks(config), xp)
         stats.checked = int(keep.sum())
         ei, ej, pos = ei[keep], ej[keep], xp.concatenate([pos[:e][keep], pos[e:2 * e][keep], pos[2 * e:]])
         e = int(ei.shape[0])
@@ -276,26 +287,69 @@ def _as_rgb(probe_thumbs, like):
     return np.repeat(probe_thumbs[..., None], 3, axis=-1)
 
 
-def _candidates(ph, sk, probes, config: DedupConfig, stats: DedupStats, xp):
+ZOOM_QUERIES = (1.08, 1.15)    # --verify photo: each image zoomed in by these also queries both keys
+
+
+def _zoomed_keys(thumbs, rows: np.ndarray, xp, chunk: int = 16384):
+    """(pHash (Z*m,), shift key (Z*m,)) of the thumbnails ``rows`` zoomed in about their
+    centre by each of ZOOM_QUERIES (zoom-major): queries that find the crop-and-rescale
+    copies of real photographs (ciFAIR's pairs: 70% proposed by the two keys at zoom 1,
+    88% with these two zooms as well; benchmarks/RESULTS.md "Real duplicates")."""
+    from gpupipe.hashing.verify import _sandwich, _zoom
+    from gpupipe.stages.hashing import image_keys
+
+    out_p, out_s = [], []
+    for z in ZOOM_QUERIES:
+        for s in range(0, len(rows), chunk):
+            t = xp.asarray(np.asarray(thumbs[rows[s:s + chunk]]))
+            g = (to_gray(t, xp) if t.ndim == 4 else t).astype(xp.float32)[:, None]
+            g = xp.clip(xp.rint(_sandwich(g, _zoom(g.shape[-1], z), xp)[:, 0]), 0, 255).astype(xp.uint8)
+            p, k = image_keys(g, xp)
+            out_p.append(p)
+            out_s.append(k)
+    empty = xp.zeros(0, dtype=xp.uint64)
+    return (xp.concatenate(out_p) if out_p else empty), (xp.concatenate(out_s) if out_s else empty)
+
+
+def _candidates(ph, sk, probes, config: DedupConfig, stats: DedupStats, xp, zoomed=None):
     """Node pairs (i < j) proposed by either key, each once; and probe pairs
-    (probe index, node, probe kind index) proposed by either key."""
-    m = int(ph.shape[0])
+    (probe index, node) proposed by either key.  zoomed: the nodes'
+    `_zoomed_keys` (``--verify photo``), searched as queries whose pairs join the
+    node pairs; the probes then take part as a real image would: their own
+    zoomed keys query the nodes, and the nodes' zoomed keys query the probes."""
+    m = max(int(ph.shape[0]), 1)
+    n_probe = 0 if probes is None else len(probes.phash)
     parts, qparts = [], []
-    searches = [(ph, None if probes is None else probes.phash, config.resolved_distance(), "candidates_phash")]
+    pz = None
+    if zoomed is not None and n_probe:
+        pz = _zoomed_keys(probes.thumbs, np.arange(n_probe), xp)
+    keys = [(ph, 0, "candidates_phash", config.resolved_distance())]
     if config.resolved_shift_distance() >= 0:
-        searches.append((sk, None if probes is None else probes.shift, config.resolved_shift_distance(),
-                         "candidates_shift"))
-    for key, queries, dist, name in searches:
+        keys.append((sk, 1, "candidates_shift", config.resolved_shift_distance()))
+    for key, which, name, dist in keys:
+        # queries: the probes (at zoom 1, then zoomed), then the zoomed nodes
+        q = ([] if probes is None else [xp.asarray(probes.phash if which == 0 else probes.shift)]) + \
+            ([] if pz is None else [pz[which]]) + ([] if zoomed is None else [zoomed[which]])
+        n_pq = n_probe * (1 + (0 if pz is None else len(ZOOM_QUERIES)))
         out = near_pairs(key, max_distance=dist, xp=xp, seed=config.seed, direct=True, max_per_hash=MAX_PER_HASH,
-                         queries=None if queries is None else xp.asarray(queries))
+                         queries=xp.concatenate(q) if q else None)
         setattr(stats, name, int(out[0].shape[0]))
-        parts.append(out[0] * max(m, 1) + out[1])
-        if queries is not None:
-            qparts.append(out[3] * max(m, 1) + out[4])
+        parts.append(out[0] * m + out[1])
+        if not q:
+            continue
+        probe = out[3] < n_pq
+        qparts.append((out[3][probe] % max(n_probe, 1)) * m + out[4][probe])
+        zi, zj = (out[3][~probe] - n_pq) % m, out[4][~probe]               # zoomed node -> node
+        other = zi != zj
+        parts.append(xp.minimum(zi[other], zj[other]) * m + xp.maximum(zi[other], zj[other]))
+        if zoomed is not None and n_probe:                                   # zoomed node -> probe
+            back = near_pairs(xp.asarray(probes.phash if which == 0 else probes.shift), max_distance=dist, xp=xp,
+                              seed=config.seed, direct=True, queries=zoomed[which])
+            qparts.append(back[4] * m + back[3] % m)
     key = unique(xp.concatenate(parts), xp) if parts else xp.empty(0, dtype=xp.int64)
     stats.candidates = int(key.shape[0])
     qkey = unique(xp.concatenate(qparts), xp) if qparts else xp.empty(0, dtype=xp.int64)
-    return key // max(m, 1), key % max(m, 1), qkey // max(m, 1), qkey % max(m, 1)
+    return key // m, key % m, qkey // m, qkey % m
 
 
 def _representative_rank(frame, ledger: Ledger):
