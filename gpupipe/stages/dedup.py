@@ -64,7 +64,7 @@ class DedupConfig:
     verify: VerifyMode = "pixels"            # check of each candidate (gpupipe.hashing.verify); "photo": + zoom
     max_checks: int | None = None            # pairs checked per image, closest first; None -> DEFAULT_MAX_CHECKS; 0: all
     min_similarity: float | None = None      # for verify="pixels"|"photo"; None -> verify.DEFAULT_MIN_SIMILARITY
-    min_registered: float | None = None      # for verify="photo": z; None -> verify.DEFAULT_MIN_REGISTERED_Z
+    min_registered: float | None = None      # for verify="photo": z; None -> photo.DEFAULT_MIN_REGISTERED_Z
     seed: int = 0                            # for the near-neighbour search's bit permutations
 
     def resolved_distance(self) -> int:
@@ -75,7 +75,7 @@ class DedupConfig:
 
     def resolved_verify(self) -> dict:
         """The verification actually applied, for the run summary."""
-        from gpupipe.hashing import verify
+        from gpupipe.hashing import photo, verify
 
         if self.verify == "none":
             return {"mode": "none"}
@@ -83,7 +83,7 @@ class DedupConfig:
         out = {"mode": self.verify, "min_similarity": t, "min_similarity_moved": round(t + verify.MOVED_MARGIN, 6),
                "max_checks_per_image": _max_checks(self)}
         if self.verify == "photo":
-            out["min_registered_z"] = (verify.DEFAULT_MIN_REGISTERED_Z if self.min_registered is None
+            out["min_registered_z"] = (photo.DEFAULT_MIN_REGISTERED_Z if self.min_registered is None
                                        else float(self.min_registered))
             out["zoom_queries"] = list(ZOOM_QUERIES)
         return out
