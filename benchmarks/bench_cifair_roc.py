@@ -38,22 +38,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_cifair import SHARED, halves  # noqa: E402
 from gpupipe import schema  # noqa: E402
 from gpupipe.hashing.neighbors import hamming, near_pairs  # noqa: E402
-from gpupipe.hashing.verify import PairCheck, _sandwich, _zoom, to_gray  # noqa: E402
-from gpupipe.stages.dedup import ZOOM_QUERIES  # noqa: E402
+from gpupipe.hashing.verify import PairCheck, to_gray  # noqa: E402
+from gpupipe.stages.dedup import ZOOM_QUERIES, _zoomed_keys  # noqa: E402
 from gpupipe.stages.hashing import image_keys  # noqa: E402
 
 RULES = [(r, z) for z in (0, 6, 7, 8) for r in (0.85, 0.9)]
 
 
-def zoom_keys(gray: np.ndarray, z: float):
-    g = np.clip(np.rint(_sandwich(gray.astype(np.float32)[:, None], _zoom(32, z), np)[:, 0]), 0, 255).astype(np.uint8)
-    return image_keys(g, np)
+def zoom_keys(gray: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per zoom of ZOOM_QUERIES, the stage's (pHash, shift key) of every image zoomed in."""
+    ph, sk = _zoomed_keys(gray, np.arange(len(gray)), np)
+    m = len(gray)
+    return [(ph[k * m:(k + 1) * m], sk[k * m:(k + 1) * m]) for k in range(len(ZOOM_QUERIES))]
 
 
 def candidates(gray: np.ndarray, zoomed: bool, bits: int = 8) -> np.ndarray:
     """(K, 2) candidate pairs (i < j) of distinct pixels, as the dedup stage proposes them."""
     keys = image_keys(gray, np)
-    zk = [zoom_keys(gray, z) for z in ZOOM_QUERIES] if zoomed else []
+    zk = zoom_keys(gray) if zoomed else []
     m, out = len(gray), []
     for w in (0, 1):
         q = np.concatenate([k[w] for k in zk]) if zk else None
@@ -125,7 +127,7 @@ def main() -> None:
               f"{neg['fashion']} |")
     # candidate recall of the same-shot pairs: which key search proposes them
     keys0 = image_keys(gray, np)
-    zk = {z: zoom_keys(gray, z) for z in ZOOM_QUERIES}
+    zk = dict(zip(ZOOM_QUERIES, zoom_keys(gray)))
     j1 = pos[jd == 1]
     print("| candidates | same-shot pairs proposed |")
     print("|---|---|")
