@@ -31,10 +31,11 @@ def _add_dedup_options(p: argparse.ArgumentParser) -> None:
                         "and cropped copies (default: %(default)s -> 8; -1 turns it off)")
     p.add_argument("--verify", choices=("pixels", "photo", "none"), default="pixels",
                    help="check of each candidate pair: 'pixels' (default) the same-picture similarity of "
-                        "the two thumbnails (aligned, band-passed correlation); 'photo' that, or else the "
-                        "registered similarity (zoom 0.8-1.25, shift, colour shift absorbed) >= 0.85 and significant at z >= 6, with "
-                        "zoomed queries for candidates: real photographs' crop-rescale-recolour copies "
-                        "(on CIFAR-10's ciFAIR pairs, benchmarks/RESULTS.md); 'none' accept every "
+                        "the two thumbnails (aligned, band-passed correlation); 'photo' that, or else, for "
+                        "colour images, the registered similarity (zoom 0.8-1.25, shift, colour shift "
+                        "absorbed) >= 0.85 and significant at z >= 6, with zoomed queries for candidates: "
+                        "real photographs' crop-rescale-recolour copies (on CIFAR-10's ciFAIR pairs, "
+                        "benchmarks/RESULTS.md); 'none' accept every "
                         "candidate as hash-only tools do")
     p.add_argument("--min-similarity", type=float, default=None, metavar="S",
                    help="for --verify pixels: similarity (-1..1) from which two images are the same "

@@ -42,13 +42,13 @@ NEAR_KINDS: tuple[str, ...] = (
 )
 #: Extra kinds the per-run recall probe also measures (not planted by default).
 EXTRA_KINDS: tuple[str, ...] = ("contrast_-15", "blur", "noise")
+#: The probe kind that stands for real duplicates of photographs (reported apart).
+COMPOSITE_KIND = "composite"
 #: Per-run probe kinds: shifts relative to the image size (1 and 2 px at 28 px).
 PROBE_KINDS: tuple[str, ...] = (
     "jpeg_q60", "jpeg_q75", "brightness_+10", "brightness_-10", "contrast_-15", "resize_90", "upscale_2x",
-    "shift_4pct", "shift_7pct", "crop_5", "blur", "noise", "composite",
+    "shift_4pct", "shift_7pct", "crop_5", "blur", "noise", COMPOSITE_KIND,
 )
-#: The probe kind that stands for real duplicates of photographs (reported apart).
-COMPOSITE_KIND = "composite"
 _DIRECTIONS = ((0, 1), (0, -1), (1, 0), (-1, 0), (1, 1), (-1, 1), (1, -1), (-1, -1))
 
 

@@ -364,6 +364,10 @@ class PairCheck:
     def gate(self, i, j):
         return self.gate_score(i, j) <= 1.0
 
+    def _photo_pairs(self, i, j):
+        """(M,) bool: the pairs the photo route applies to, both images in colour."""
+        return self._is_colour[i] & self._is_colour[j]
+
     def registered_similarity(self, i, j):
         """(M,) float32 `gpupipe.hashing.photo.registered_similarity` of each pair,
         (M,) its significance `~gpupipe.hashing.photo.registered_z`, and (M,) the zoom
@@ -387,7 +391,7 @@ class PairCheck:
         photo route on, a pair's registered similarity counts where it is higher."""
         out = self._pixel_similarity(i, j, gate=gate, full=full)
         if self.registered:
-            both = self.xp.nonzero(self._is_colour[i] & self._is_colour[j])[0]
+            both = self.xp.nonzero(self._photo_pairs(i, j))[0]
             if int(both.shape[0]):
                 out[both] = self.xp.maximum(out[both], self.registered_similarity(i[both], j[both])[0])
         return out
@@ -419,7 +423,7 @@ class PairCheck:
         unmoved = self.unmoved(i, j)
         ok = sim >= xp.where(unmoved, xp.float32(self.min_similarity), xp.float32(self.min_similarity + MOVED_MARGIN))
         if self.registered:   # colour pairs only: on gray digits it merged different writers' digits
-            rest = xp.nonzero(~ok & self._is_colour[i] & self._is_colour[j])[0]
+            rest = xp.nonzero(~ok & self._photo_pairs(i, j))[0]
             if int(rest.shape[0]):
                 r, z, _ = self.registered_similarity(i[rest], j[rest])
                 ok[rest] = (r >= self._photo.REG_MIN_R) & (z >= self.min_registered)
@@ -448,21 +452,16 @@ class PairCheck:
         b, norms = self._fine_images(j[live])
         av = _centre(a, MARGIN, xp)
         # zoom 1 for every pair; the other zooms (crops) only where it is close
-        score = self._fine_peaks(av, b, dy, dx, norms=norms)
+        score = _peaks_at(av, b, dy, dx, 1, xp, norms=norms)
         top = self.min_similarity + MOVED_MARGIN
         near = xp.arange(q) if full else xp.nonzero((score < top) & (score >= top - ZOOM_WITHIN))[0]
         if int(near.shape[0]):
             for z in ZOOMS:
                 if z != 1.0:
                     bz = _sandwich(b[near], _zoom(THUMB, z), xp)
-                    score[near] = xp.maximum(score[near], self._fine_peaks(av[near], bz, dy[near], dx[near], 2))
+                    score[near] = xp.maximum(score[near], _peaks_at(av[near], bz, dy[near], dx[near], 2, xp))
         out[live] = score
         return out
-
-    def _fine_peaks(self, av, b, dy, dx, radius: int = 1, norms=None):
-        """Sub-pixel peak of the correlations at shifts within ``radius`` of each
-        pair's coarse shift (dy, dx), at 32 px (`_peaks_at`)."""
-        return _peaks_at(av, b, dy, dx, radius, self.xp, norms=norms)
 
 
 def _to_host(a) -> np.ndarray:
