@@ -88,10 +88,12 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 def _add_augment_options(p: argparse.ArgumentParser) -> None:
     a = p.add_argument_group("augmentation (DALI; 0 turns one off)")
-    a.add_argument("--augment", choices=("auto", "method", "light", "none"), default="auto",
+    a.add_argument("--augment", choices=("auto", "method", "light", "photo", "none"), default="auto",
                    help="the set to start from: method (rotation 0.05, contrast 0.5, translation 0.2, 2 black "
-                        "and 2 white spots, 1 dashed line), light (0.02, 0.2, 0.08, 1, 1, 0), none; auto: "
-                        "method for a certified seed set, light out-of-fold (default: auto)")
+                        "and 2 white spots, 1 dashed line), light (0.02, 0.2, 0.08, 1, 1, 0), photo (random "
+                        "resized crop 50-100%% of the area, horizontal flip, brightness, contrast and saturation "
+                        "+-0.3), none; auto: photo for colour images, else method for a certified seed set and "
+                        "light out-of-fold (default: auto)")
     a.add_argument("--rotation", type=float, default=None, help="fraction of a full turn (method: 0.05 = 18 deg)")
     a.add_argument("--contrast", type=float, default=None, help="factor range 1 +- this (method: 0.5)")
     a.add_argument("--translation", type=float, default=None, help="fraction of each side (method: 0.2)")
@@ -119,7 +121,7 @@ def _augment_config(args, *, mode: str = "certified"):
         return None
     if preset == "auto" and not overrides and not strokes:
         return "auto"
-    base = {"method": AugmentConfig(), "light": AugmentConfig.light(),
+    base = {"method": AugmentConfig(), "light": AugmentConfig.light(), "photo": AugmentConfig.photo(),
             "auto": AugmentConfig.light() if mode == "oof" else AugmentConfig()}[preset]
     return replace(base, **overrides, strokes=replace(base.strokes, **strokes))
 
@@ -144,6 +146,8 @@ def _rank_options(args):
         raise ValueError("--tta must be at least 0")
     if args.image_size < 8:
         raise ValueError("--image-size must be at least 8")
+    if args.min_precision is not None and not 0 <= args.min_precision <= 1:
+        raise ValueError("--min-precision must be a probability in 0..1, or off")
     for name in ("accept_prob", "relabel_prob", "remove_prob"):
         if not 0 <= getattr(args, name) <= 1:
             raise ValueError(f"--{name.replace('_', '-')} must be a probability in 0..1")
@@ -157,7 +161,7 @@ def _rank_options(args):
         worst=args.worst, best=args.best, max_rounds=args.max_rounds, review_budget=args.review_budget,
         policy=AutoPolicy(accept_prob=args.accept_prob, relabel_prob=args.relabel_prob,
                           remove_prob=args.remove_prob,
-                          remove_outlier=args.remove_outlier),
+                          remove_outlier=args.remove_outlier, min_precision=args.min_precision),
         train=train, channels=args.channels, score_batch=args.score_batch, seed=args.seed,
         workers=args.workers, scheduler=args.scheduler, torch_threads=args.torch_threads, tta=args.tta)
 
@@ -250,6 +254,10 @@ def _add_rank_options(p: argparse.ArgumentParser, *, folds_flag: str, review_def
                    help="auto: also remove as an image of no class a row whose rank_outlier_score (a robust "
                         "z-score) is at least Z, unless the model confirms its label (default: 8; 5, the value "
                         "the review order uses, removes clean rows too over several rounds)")
+    p.add_argument("--min-precision", type=_off_or_float, default=0.9, metavar="P|off",
+                   help="auto: of the decisions the thresholds above propose, make only those expected to be "
+                        "right at least this often (calibrated probabilities and the label noise estimated "
+                        "from them); the rest stay open for a person (default: 0.9; off: the thresholds alone)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
     _add_train_options(p)
 

@@ -113,3 +113,34 @@ def test_file_pipeline_scores_every_row_once_in_order_and_trains_in_permutations
     epochs = [np.concatenate([r for _, r in train]) for _ in range(2)]
     assert all(np.array_equal(np.sort(e), rows) for e in epochs)
     assert not np.array_equal(epochs[0], epochs[1]) and not np.array_equal(epochs[0], rows)
+
+
+def test_the_photo_set_flips_crops_and_jitters_real_photos():
+    """The photo set on tiles of scikit-learn's two real photos: about half the
+    images come back mirrored left-right, the rest are crops of at least half
+    the area (a zoom in, never out), colours change, shapes stay."""
+    from sklearn.datasets import load_sample_images
+
+    from PIL import Image
+
+    photos = load_sample_images().images                      # two 427x640 RGB photos
+    tiles = np.stack([np.asarray(Image.fromarray(p[y:y + 128, x:x + 128]).resize((S, S), Image.Resampling.BOX))
+                      for p in photos for y in (0, 150, 290) for x in (0, 200, 400, 510)])       # (24, 32, 32, 3)
+    tiles = np.concatenate([tiles] * 4)                                                       # 96
+    s = show(DEV, tiles, AugmentConfig.photo(), seed=5)
+    assert s.images.shape == tiles.shape and s.images.dtype == np.uint8
+    assert (s.angles == 0).all() and (s.offsets == 0).all() and (s.masks == 0).all()          # no page edits
+    a, b = s.images.astype(np.float64), tiles.astype(np.float64)
+
+    def corr(x, y):                                 # structure only: each image's gray, mean-free
+        x, y = x.mean(-1), y.mean(-1)
+        x, y = x - x.mean((1, 2), keepdims=True), y - y.mean((1, 2), keepdims=True)
+        return (x * y).sum((1, 2)) / np.sqrt((x * x).sum((1, 2)) * (y * y).sum((1, 2)) + 1e-9)
+
+    mirrored = corr(a, b[:, :, ::-1]) > corr(a, b)
+    assert 0.3 <= mirrored.mean() <= 0.7, mirrored.mean()
+    same = np.where(mirrored, corr(a, b[:, :, ::-1]), corr(a, b))
+    assert np.median(same) > 0.6                    # still the same picture
+    assert (np.abs(a - np.where(mirrored[:, None, None, None], b[:, :, ::-1], b)).mean((1, 2, 3)) > 1).mean() > 0.9
+    again = show(DEV, tiles, AugmentConfig.photo(), seed=5)
+    assert np.array_equal(again.images, s.images)

@@ -10,10 +10,11 @@ decoder and the operator placement), used three ways:
   random parameters as extra outputs (tests and the augmentation grid).
 
 Images are resized for the model in memory, never on disk.  Augmentations, in
-order: rotation and translation (one ``warp_affine``; areas moved in from
-outside repeat the border pixel), contrast around each channel's mean (as
-Keras ``RandomContrast``), then pen-stroke black and white spots and dashed
-lines from `gpupipe.dali.strokes`.  Every random draw is seeded: the same seed
+order: a random resized crop and a horizontal flip (the photo set), rotation
+and translation (one ``warp_affine``; areas moved in from outside repeat the
+border pixel), contrast around each channel's mean (as Keras
+``RandomContrast``) and brightness, saturation (colour images), then pen-stroke
+black and white spots and dashed lines from `gpupipe.dali.strokes`.  Every random draw is seeded: the same seed
 and the same inputs give the same batches.
 """
 
@@ -38,18 +39,28 @@ READER = "reader"
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """The method's augmentations, each with its parameter (0 turns one off).
+    """The method's augmentations, each with its parameter (0 turns one off),
+    and the photo set's (off in the method's set).
 
     rotation: angle uniform in +-``rotation`` of a full turn (0.05 -> +-18 degrees).
     contrast: factor uniform in [1 - contrast, 1 + contrast], around each channel's mean.
     translation: offset uniform in +-``translation`` of the side, per axis.
     strokes: how many black spots, white spots and dashed lines (0..max each).
+    crop_area: random resized crop keeping ``crop_area``..1 of the area (aspect
+        3/4..4/3), resized back to the side; 1: off.
+    flip: a horizontal flip with probability 1/2.
+    brightness / saturation: factors uniform in 1 +- each (saturation: colour
+        images only).
     """
 
     rotation: float = 0.05
     contrast: float = 0.5
     translation: float = 0.2
     strokes: StrokeSpec = field(default_factory=StrokeSpec)
+    crop_area: float = 1.0
+    flip: bool = False
+    brightness: float = 0.0
+    saturation: float = 0.0
 
     @classmethod
     def light(cls) -> "AugmentConfig":
@@ -60,7 +71,31 @@ class AugmentConfig:
         return cls(rotation=0.02, contrast=0.2, translation=0.08,
                    strokes=StrokeSpec(black_spots=1, white_spots=1, dashed_lines=0))
 
+    @classmethod
+    def photo(cls) -> "AugmentConfig":
+        """The standard set of photo classifiers: random resized crop (50-100%
+        of the area), horizontal flip, brightness, contrast and saturation
+        jitter; no rotation, no strokes (a photo is not a page).  `--augment
+        auto` picks it for colour images.  CIFAR-10N: benchmarks/bench_cifar10n.py,
+        RESULTS.md §19."""
+        return cls(rotation=0.0, contrast=0.2, translation=0.0,
+                   strokes=StrokeSpec(black_spots=0, white_spots=0, dashed_lines=0),
+                   crop_area=0.8, flip=True, brightness=0.2, saturation=0.2)
+
+    @classmethod
+    def auto(cls, *, channels: int, mode: str) -> "AugmentConfig":
+        """``--augment auto``: `photo` for colour images; for gray ones (digits,
+        characters, documents) the method's set for a certified seed set and
+        `light` out-of-fold."""
+        if channels == 3:
+            return cls.photo()
+        return cls.light() if mode == "oof" else cls()
+
     def __post_init__(self):
+        if not 0 < self.crop_area <= 1:
+            raise ValueError("crop_area is a fraction of the area in (0, 1]")
+        if not (0 <= self.brightness < 1 and 0 <= self.saturation < 1):
+            raise ValueError("brightness and saturation must be in [0, 1)")
         if not 0 <= self.rotation <= 0.5:
             raise ValueError("rotation is a fraction of a full turn in 0..0.5")
         if not 0 <= self.contrast < 1:
@@ -79,9 +114,16 @@ def _threads(n: int | None) -> int:
     return n or max(1, min(os.cpu_count() or 1, 4))
 
 
-def _augment(img, cfg: AugmentConfig, *, size: int, batch_size: int, seed: int, gpu: bool):
+def _augment(img, cfg: AugmentConfig, *, size: int, batch_size: int, seed: int, gpu: bool, channels: int):
     """The augmentation graph over uint8 HWC ``size x size`` images.
     Returns (images uint8, mask, angle degrees, offset px (2,), contrast factor)."""
+    if cfg.crop_area < 1:
+        img = fn.random_resized_crop(img, size=[size, size], random_area=[cfg.crop_area, 1.0],
+                                     random_aspect_ratio=[0.75, 4.0 / 3.0])
+    if cfg.flip:
+        img = fn.flip(img, horizontal=fn.random.coin_flip())
+    if cfg.saturation > 0 and channels == 3:
+        img = fn.hsv(img, saturation=_uniform(cfg.saturation, centre=1.0))
     half = size / 2.0
     angle = _uniform(360.0 * cfg.rotation, centre=0.0)
     offset = _uniform(cfg.translation * size, centre=0.0, shape=2)
@@ -91,6 +133,9 @@ def _augment(img, cfg: AugmentConfig, *, size: int, batch_size: int, seed: int, 
     factor = _uniform(cfg.contrast, centre=1.0)
     mean = fn.reductions.mean(img, axes=(0, 1), keep_dims=True)
     img = mean + (factor.gpu() if gpu else factor) * (fn.cast(img, dtype=types.FLOAT) - mean)
+    if cfg.brightness > 0:
+        bright = _uniform(cfg.brightness, centre=1.0)
+        img = img * (bright.gpu() if gpu else bright)
     img = fn.cast(dmath.clamp(img, 0.0, 255.0), dtype=types.UINT8)
     mask = fn.external_source(source=StrokeMasks(cfg.strokes, size=size, batch_size=batch_size, seed=seed),
                               batch=True, device="cpu", layout="HWC")
@@ -150,7 +195,8 @@ def file_pipeline(
                                 output_type=types.GRAY if channels == 1 else types.RGB)
         img = fn.resize(img, size=[size, size], antialias=True, dtype=types.UINT8)
         if augment is not None:
-            img = _augment(img, augment, size=size, batch_size=batch_size, seed=seed + 1, gpu=gpu)[0]
+            img = _augment(img, augment, size=size, batch_size=batch_size, seed=seed + 1, gpu=gpu,
+                           channels=channels)[0]
         return _to_model(img), row
 
     pipe = _pipe()
@@ -242,7 +288,7 @@ def show(device: Device, images: np.ndarray, augment: AugmentConfig, *, seed: in
                   exec_async=False, exec_pipelined=False)
     def _pipe():
         img = fn.external_source(name="images", layout="HWC", device="gpu" if gpu else "cpu")
-        return _augment(img, augment, size=size, batch_size=b, seed=seed + 1, gpu=gpu)
+        return _augment(img, augment, size=size, batch_size=b, seed=seed + 1, gpu=gpu, channels=images.shape[3])
 
     pipe = _pipe()
     pipe.build()

@@ -291,7 +291,7 @@ def rank(frame, ledger: Ledger, device: Device, cfg: RankConfig, *, round_no: in
     channels = cfg.channels or probe_channels(device, list(rows.paths[rows.eligible]))
     tcfg, k = cfg.train, len(rows.classes)
     if tcfg.augment == "auto":
-        tcfg = replace(tcfg, augment=AugmentConfig.light() if cfg.mode == "oof" else AugmentConfig())
+        tcfg = replace(tcfg, augment=AugmentConfig.auto(channels=channels, mode=cfg.mode))
     t_train = t_score = 0.0
     parts: list[Scores] = []
     epochs: list[int] = []
