@@ -91,8 +91,8 @@ def _add_augment_options(p: argparse.ArgumentParser) -> None:
     a.add_argument("--augment", choices=("auto", "method", "light", "photo", "none"), default="auto",
                    help="the set to start from: method (rotation 0.05, contrast 0.5, translation 0.2, 2 black "
                         "and 2 white spots, 1 dashed line), light (0.02, 0.2, 0.08, 1, 1, 0), photo (random "
-                        "resized crop 50-100%% of the area, horizontal flip, brightness, contrast and saturation "
-                        "+-0.3), none; auto: photo for colour images, else method for a certified seed set and "
+                        "resized crop 80-100%% of the area, horizontal flip, brightness, contrast and saturation "
+                        "+-0.2), none; auto: photo for colour images, else method for a certified seed set and "
                         "light out-of-fold (default: auto)")
     a.add_argument("--rotation", type=float, default=None, help="fraction of a full turn (method: 0.05 = 18 deg)")
     a.add_argument("--contrast", type=float, default=None, help="factor range 1 +- this (method: 0.5)")
@@ -124,12 +124,6 @@ def _augment_config(args, *, mode: str = "certified"):
     base = {"method": AugmentConfig(), "light": AugmentConfig.light(), "photo": AugmentConfig.photo(),
             "auto": AugmentConfig.light() if mode == "oof" else AugmentConfig()}[preset]
     return replace(base, **overrides, strokes=replace(base.strokes, **strokes))
-
-
-def _method_if_auto(aug):
-    from gpupipe.dali.augment import AugmentConfig
-
-    return AugmentConfig() if aug == "auto" else aug
 
 
 def _rank_options(args):
@@ -459,7 +453,6 @@ def main(argv: list[str] | None = None) -> int:
             if args.samples < 1 or args.variants < 1 or args.image_size < 8:
                 raise ValueError("--samples and --variants must be >= 1, --image-size >= 8")
             aug = _augment_config(args)
-            aug = _method_if_auto(aug)
             if aug is None:
                 raise ValueError("--no-augment leaves nothing to show")
             path = write_augment_grid(args.run_dir, args.out, augment=aug, image_size=args.image_size,

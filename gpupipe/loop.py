@@ -283,6 +283,8 @@ def _rounds(run_dir: Path, options: RankOptions, cfg, device, ledger: Ledger, fr
             d = rv.auto_decisions(frame, ledger, options.policy, round_no=r)
         frame, entries = rv.apply(frame, ledger, d)
         entry.update(decided=len(d), source=d.source, **_tally(d))
+        if d.summary is not None:
+            entry["policy"] = d.summary
         state["rounds"].append(entry)
         rounds.append(entry)
         state["stopped"] = NOTHING_DECIDED if len(d) == 0 else None
@@ -291,7 +293,7 @@ def _rounds(run_dir: Path, options: RankOptions, cfg, device, ledger: Ledger, fr
         _save(run_dir, ledger, frame, state, entries)        # the round and its stop reason together
         log(f"round {r}: scored {stats.scored} ({stats.score_images_per_second:.0f} img/s), "
             f"val acc {stats.val_accuracy if stats.val_accuracy is None else round(stats.val_accuracy, 3)}; "
-            f"{d.source} decided {len(d)} {_tally(d)}")
+            f"{d.source} decided {len(d)} {_tally(d)}{_declined(d)}")
     if state.get("stopped") != stopped:
         state["stopped"] = stopped
         RunDir(run_dir).commit({RANK_STATE: state})
@@ -302,6 +304,15 @@ def _rounds(run_dir: Path, options: RankOptions, cfg, device, ledger: Ledger, fr
         log(f"for a person to check, the most doubtful first: {audit} ({len(q)} rows: the automatic relabels "
             f"in turn with rows left open, then the removes; apply with `gpupipe review {run_dir} FILE`)")
     return LoopResult(stopped, rounds, counts(frame, ledger), audit=audit)
+
+
+def _declined(d: rv.Decisions) -> str:
+    """The automatic policy's declined decisions, for the round's log line."""
+    g = d.summary or {}
+    if "declined" not in g:
+        return ""
+    wrong = f", expected wrong {g['expected_wrong']}" if "expected_wrong" in g else ""
+    return f"; declined {g['declined']} ({g['declined_because']}){wrong}"
 
 
 def _tally(d: rv.Decisions) -> dict[str, int]:
@@ -355,8 +366,9 @@ def write_augment_grid(run_dir: str | os.PathLike, out: str | os.PathLike, *, au
                        channels: int | None = None, samples: int = 8, variants: int = 8, seed: int = 0,
                        device: DeviceRequest = "auto") -> Path:
     """A PNG: one row per sample (random eligible rows of the run), the model's
-    input first, then ``variants`` augmentations of it, as the model trains on them."""
-    from gpupipe.dali.augment import file_pipeline, show
+    input first, then ``variants`` augmentations of it, as the model trains on them
+    (``augment="auto"``: the set a certified seed set of these images gets)."""
+    from gpupipe.dali.augment import AugmentConfig, file_pipeline, show
     from gpupipe.sheets import image_grid
 
     dev = resolve_device(device)
@@ -368,6 +380,8 @@ def write_augment_grid(run_dir: str | os.PathLike, out: str | os.PathLike, *, au
         raise ValueError(f"{run_dir}: no eligible (valid, kept, labelled) images to show")
     pick = np.sort(np.random.default_rng(seed).choice(elig, min(samples, len(elig)), replace=False))
     ch = channels or rank_stage.probe_channels(dev, list(rows.paths[elig]))
+    if augment == "auto":                        # what a certified seed set trains on
+        augment = AugmentConfig.auto(channels=ch, mode="certified")
     x, _ = next(iter(file_pipeline(dev, list(rows.paths[pick]), pick, size=image_size, channels=ch,
                                    batch_size=len(pick))))
     base = np.rint(x.float().cpu().numpy().transpose(0, 2, 3, 1) * 255).astype(np.uint8)
