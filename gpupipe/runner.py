@@ -119,6 +119,18 @@ class CurateResult:
     queue: str | None = None
 
 
+
+def _policy_totals(rounds: list[dict]) -> dict:
+    """The automatic policy's account over the rounds (`stages.review.auto_decisions`):
+    decisions it declined (estimated precision too low; left open for a person)
+    and the decisions it made that it expected to be wrong."""
+    pol = [r["policy"] for r in rounds if "declined" in r.get("policy", {})]
+    if not pol:
+        return {}
+    declined = {a: sum(p["declined"].get(a, 0) for p in pol) for a in ("confirm", "relabel", "remove")}
+    return {"auto_declined": declined,
+            "auto_expected_wrong": round(sum(p.get("expected_wrong", 0.0) for p in pol), 1)}
+
 def _check(frame, stage: str, when: str) -> None:
     cols = schema.columns(stage)
     missing = [c.name for c in cols if c.name not in frame.columns]
@@ -309,7 +321,8 @@ def _run_curate(run: RunDir, src: Path, options: CurateOptions, progress, log) -
                 return CurateResult("awaiting review", {**done, **out}, res.queue)
             rank_state = run.read_json(RANK_STATE)
             record("rank", {"fingerprint": fp, "done": True, "seconds": round(time.perf_counter() - t, 2),
-                            "stats": {"stopped": res.stopped, "rounds": len(rank_state["rounds"]), **res.counts}})
+                            "stats": {"stopped": res.stopped, "rounds": len(rank_state["rounds"]), **res.counts,
+                                      **_policy_totals(rank_state["rounds"])}})
         else:
             out["rank"] = {"skipped": True}
         prev = fp

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from gpupipe import schema
+from gpupipe.dali.augment import AugmentConfig
 from gpupipe.loop import RANK_STATE, RankOptions, run_rank
 from gpupipe.models.train import TrainConfig
 from gpupipe.stages.rank import rows_of
@@ -60,6 +61,36 @@ def test_flipped_labels_rank_far_above_clean_ones(certified_round, digits_noisy)
     assert precision >= 0.75 and recall >= 0.75
     state = json.loads((run / RANK_STATE).read_text())
     assert state["rounds"][0]["trained_on"] == 180 and state["rounds"][0]["validated_on"] == 20
+
+
+def _auto_changes(ledger, digits_noisy) -> tuple[int, int]:
+    """(rows the automatic policy relabeled or removed, of which right: relabeled to
+    the true digit, or removed with a flipped label)."""
+    d = ledger.to_pandas()
+    auto = d[d[schema.REVIEW_SOURCE] == schema.SOURCE_AUTO]
+    rel = auto[auto[schema.REVIEW_STATUS] == schema.STATUS_RELABELED]
+    rem = auto[auto[schema.REVIEW_STATUS] == schema.STATUS_REMOVED]
+    right = (rel[schema.REVIEW_LABEL] == rel[schema.REL_PATH].map(digits_noisy["truth"])).sum() \
+        + rem[schema.REL_PATH].isin(digits_noisy["flipped"]).sum()
+    return len(rel) + len(rem), int(right)
+
+
+def test_the_automatic_policy_makes_the_decisions_it_expects_to_be_right(certified_round, digits_noisy):
+    """`--review auto` on real digits with 10% flips: the round's summary says
+    what the thresholds proposed, what the policy made and what it declined
+    (estimated precision below 0.9); what it changed is right at least 90% of
+    the time, and what it expected to get wrong is of the size it got wrong."""
+    run, res, ledger = certified_round
+    pol = res.rounds[0]["policy"]
+    for a in ("confirm", "relabel", "remove"):
+        assert pol["made"][a] + pol["declined"][a] == pol["proposed"][a]
+        assert pol["made"][a] == res.rounds[0][a]
+    changed, right = _auto_changes(ledger, digits_noisy)
+    print(f"auto: changed {changed}, right {right}, expected wrong {pol['expected_wrong']}, "
+          f"noise estimated {pol['estimated_noise_rate']}, declined {pol['declined']}")
+    assert changed >= 50 and right >= 0.9 * changed
+    assert pol["expected_wrong"] <= 0.1 * (changed + pol["made"]["confirm"])
+    assert 0.03 <= pol["estimated_noise_rate"] <= 0.2          # planted: 10%
 
 
 def test_scores_are_joined_to_their_rows(certified_round):
@@ -113,6 +144,10 @@ def test_out_of_fold_scores_every_eligible_row(noisy_run, digits_noisy):
     n_flipped = sum(r in digits_noisy["flipped"] for r in kept[schema.REL_PATH])
     p_at_l, _ = _top(ledger, digits_noisy["flipped"], n_flipped)
     assert p_at_l >= 0.6      # measured 0.8 with these few epochs (0.96 with the defaults)
+    # A weaker model (4 epochs): the policy still changes only rows it is right about.
+    changed, right = _auto_changes(ledger, digits_noisy)
+    print(f"auto after 4 epochs: changed {changed}, right {right}, {res.rounds[0]['policy']}")
+    assert right >= 0.9 * changed
 
 
 def test_colour_images_of_mixed_sizes_and_three_classes(tmp_path):
@@ -133,7 +168,8 @@ def test_colour_images_of_mixed_sizes_and_three_classes(tmp_path):
         Image.fromarray(rgb).resize(size, Image.Resampling.BICUBIC).save(folder / f"{n}.png")
     before = {p: p.read_bytes() for p in (tmp_path / "src").rglob("*.png")}
     run_dedup(tmp_path / "src", tmp_path / "run", DedupOptions(device="cpu"))
-    quick = TrainConfig(max_epochs=3, epoch_samples=512, image_size=24)
+    # Digits, though in colour: the light set (auto would pick the photo set, which needs more than 3 epochs).
+    quick = TrainConfig(max_epochs=3, epoch_samples=512, image_size=24, augment=AugmentConfig.light())
     res = run_rank(tmp_path / "run", RankOptions(device="cpu", mode="oof", folds=2, review="auto", max_rounds=1,
                                                  train=quick))
     assert res.rounds[0]["channels"] == 3 and res.rounds[0]["classes"] == ["class_0", "class_1", "class_2"]
