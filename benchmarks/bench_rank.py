@@ -45,7 +45,7 @@ from gpupipe.models.train import TrainConfig
 from gpupipe.runner import LEDGER, DedupOptions, run_dedup
 
 
-AUGMENT = {"method": AugmentConfig(), "light": AugmentConfig.light(), "none": None}
+AUGMENT = {"method": AugmentConfig(), "light": AugmentConfig.light(), "photo": AugmentConfig.photo(), "none": None}
 
 
 def prepare(args) -> tuple[Path, dict]:
@@ -102,9 +102,10 @@ def main() -> int:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--model", default="small-cnn")
-    ap.add_argument("--augment", choices=("method", "light", "none"), default="light",
+    ap.add_argument("--augment", choices=tuple(AUGMENT), default="light",
                     help="training augmentation of the out-of-fold models: light (gpupipe's default "
-                         "out-of-fold), the method's (its default for a certified seed set), or none")
+                         "out-of-fold for gray images), the method's (its default for a certified seed set), "
+                         "photo (the default for colour images), or none")
     ap.add_argument("--worst", type=int, default=None, help="L per loop round (default: errors / 4)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
