@@ -67,6 +67,13 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default="small-cnn",
                    help="small-cnn (fast on CPU), resnet50-layer1 (the Data-Centric AI competition's model), "
                         "or package.module:function returning a torch.nn.Module (default: %(default)s)")
+    g.add_argument("--backbone", default=None, metavar="package.module:function",
+                   help="a feature extractor of your own instead of training a CNN: the function returns a "
+                        "torch.nn.Module mapping images (float B,C,S,S in 0..1, S = --image-size) to features; "
+                        "each image's features are extracted once per round and linear heads (per fold, or on "
+                        "the certified rows) trained on them")
+    g.add_argument("--backbone-weights", default=None, metavar="FILE",
+                   help="a state_dict (torch.save) loaded into --backbone strictly; nothing is downloaded")
     g.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the model's own)")
     g.add_argument("--image-size", type=int, default=32, help="side images are resized to, in memory (default: 32)")
     g.add_argument("--channels", type=int, choices=(1, 3), default=None,
@@ -157,7 +164,20 @@ def _rank_options(args):
                           remove_prob=args.remove_prob,
                           remove_outlier=args.remove_outlier, min_precision=args.min_precision),
         train=train, channels=args.channels, score_batch=args.score_batch, seed=args.seed,
-        workers=args.workers, scheduler=args.scheduler, torch_threads=args.torch_threads, tta=args.tta)
+        workers=args.workers, scheduler=args.scheduler, torch_threads=args.torch_threads, tta=args.tta,
+        backbone=_backbone(args))
+
+
+def _backbone(args):
+    from gpupipe.models.backbone import BackboneSpec, load
+
+    if args.backbone is None:
+        if args.backbone_weights is not None:
+            raise ValueError("--backbone-weights needs --backbone")
+        return None
+    spec = BackboneSpec(args.backbone, args.backbone_weights)
+    load(spec)                       # a bad name, import or weights file fails here, before any work
+    return spec
 
 
 def _add_curate_options(p: argparse.ArgumentParser) -> None:

@@ -35,6 +35,7 @@ import torch
 
 from gpupipe import schema
 from gpupipe.device import DeviceRequest, resolve_device
+from gpupipe.models.backbone import BackboneSpec
 from gpupipe.models.train import TrainConfig
 from gpupipe.rundir import DECISIONS, GROUP_DECISIONS, LEDGER, RANK_STATE, RunDir
 from gpupipe.scale.executor import make_executor
@@ -80,6 +81,7 @@ class RankOptions:
     scheduler: str | None = None     # or an existing Dask cluster
     torch_threads: int | None = None
     tta: int = 0                     # test-time augmentations averaged into each score (stages.rank.TTA)
+    backbone: BackboneSpec | None = None  # a user's feature extractor (models.backbone): linear heads, no CNN
 
 
 @dataclass
@@ -193,7 +195,7 @@ def _run_rank(run_dir, options: RankOptions, log: Callable[[str], None], progres
     truth = rv.load_oracle(options.oracle) if options.oracle else None
     cfg = rank_stage.RankConfig(mode=options.mode, folds=options.folds, train=options.train,
                                 channels=options.channels, score_batch=options.score_batch,
-                                torch_threads=options.torch_threads, tta=options.tta)
+                                torch_threads=options.torch_threads, tta=options.tta, backbone=options.backbone)
     with make_executor(workers=options.workers, scheduler=options.scheduler, gpu=device.is_gpu) as executor:
         return _rounds(run_dir, options, cfg, device, ledger, frame, state, truth, executor, log, progress)
 

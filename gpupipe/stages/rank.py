@@ -30,6 +30,7 @@ from gpupipe.dali.augment import AugmentConfig, file_pipeline
 from gpupipe.dali.strokes import StrokeSpec
 from gpupipe.device import Device
 from gpupipe.models import outlier
+from gpupipe.models.backbone import BackboneSpec
 from gpupipe.models.score import Scores, flag_label_issues, per_sample, score
 from gpupipe.models.train import TrainConfig, train
 from gpupipe.table import Ledger
@@ -47,6 +48,7 @@ class RankConfig:
     score_partition: int = 65536     # rows scored per job (certified mode): the unit spread over workers
     torch_threads: int | None = None  # CPU threads per job (None: torch's default in-process, cores/workers on Dask)
     tta: int = 0                     # test-time augmentations averaged with the plain pass (seeded; 0: off)
+    backbone: BackboneSpec | None = None  # a user's feature extractor: linear heads on its features, no CNN trained
 
 
 @dataclass
@@ -298,7 +300,9 @@ def rank(frame, ledger: Ledger, device: Device, cfg: RankConfig, *, round_no: in
     val_acc: list[float] = []
     trained = validated = 0
     model = None
-    if cfg.mode == "certified":
+    if cfg.backbone is not None:
+        parts, trained, t_train, t_score, oof = _backbone_scores(device, cfg, rows, channels, seed)
+    elif cfg.mode == "certified":
         tr = np.flatnonzero(rows.certified & ~rows.holdout)
         va = np.flatnonzero(rows.holdout)
         if len(tr) == 0:
@@ -359,6 +363,53 @@ def rank(frame, ledger: Ledger, device: Device, cfg: RankConfig, *, round_no: in
     stats = RankStats(cfg.mode, rows.classes, channels, sum(len(p.rows) for p in parts), trained, validated,
                       float(np.mean(val_acc)) if val_acc else None, epochs, t_train, t_score)
     return frame, stats, model
+
+
+def _backbone_scores(device, cfg: RankConfig, rows: Rows, channels: int, seed: int):
+    """`RankConfig.backbone`: the backbone's features of every eligible row, once
+    (`gpupipe.models.backbone`), then linear heads: one per fold out-of-fold
+    (each scores its held-out fold), or one on the certified rows that scores
+    the rest.  Outlier distances and votes from each head's training rows, in
+    feature space.  -> (parts, rows trained on, seconds training, seconds
+    scoring incl. extraction, oof)."""
+    import torch
+
+    from gpupipe.models import backbone as bb
+
+    k = len(rows.classes)
+    elig = np.flatnonzero(rows.eligible)
+    t = time.perf_counter()
+    model = bb.load(cfg.backbone)
+    feats = bb.features(device, model, list(rows.paths[elig]), elig, size=cfg.train.image_size, channels=channels,
+                        batch_size=cfg.score_batch or (4096 if device.is_gpu else 256))
+    t_score = time.perf_counter() - t
+    at = np.full(len(rows.y), -1, np.int64)
+    at[elig] = np.arange(len(elig))
+    if cfg.mode == "oof":
+        if cfg.folds < 2:
+            raise ValueError("oof mode needs at least 2 folds")
+        fold = _stratified_folds(rows.y[elig], cfg.folds, np.random.default_rng(seed))
+        splits = [(elig[fold != f], elig[fold == f]) for f in range(cfg.folds)]
+    else:
+        tr = np.flatnonzero(rows.certified)
+        if len(tr) == 0:
+            raise NothingCertified("no certified rows to train on: certify a seed set first")
+        splits = [(tr, np.flatnonzero(rows.eligible & ~rows.certified))]
+    parts, trained, t_train = [], 0, 0.0
+    for f, (tr, sc) in enumerate(splits):
+        t = time.perf_counter()
+        head = bb.linear_head(feats[at[tr]], rows.y[tr], k)
+        t_train += time.perf_counter() - t
+        trained += len(tr)
+        t = time.perf_counter()
+        out = per_sample(head.logits(feats[at[sc]]), torch.as_tensor(rows.y[sc], dtype=torch.int64))
+        s = Scores(sc, *(out[n].numpy() for n in ("loss", "pred", "prob_given", "margin", "probs")))
+        ref = outlier.reference_rows(tr, seed + f)
+        s.outlier = outlier.knn_distances(feats[at[sc]], feats[at[ref]], rows.y[ref], device=device.torch_device)
+        s.votes = outlier.knn_vote(feats[at[sc]], feats[at[ref]], rows.y[ref], k, device=device.torch_device)
+        t_score += time.perf_counter() - t
+        parts.append(s)
+    return parts, trained, t_train, t_score, cfg.mode == "oof"
 
 
 def _merge(frame, ledger: Ledger, rows: Rows, parts: list[Scores], k: int, *, round_no: int, oof: bool):
