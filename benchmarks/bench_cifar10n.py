@@ -3,6 +3,7 @@
     python benchmarks/bench_cifar10n.py --cifar /tmp/cifar10 \
         --labels ../shared/data/cifar10/cifar10n_labels_dev.csv --part choose|judge \
         [--noise aggre|worse] [--augment auto|light|photo|method] [--n 10000]
+        [--backbone backbones:small_cnn_features --backbone-weights W.pt]
 
 10,000 CIFAR-10 training images filed under the labels Mechanical Turk workers
 gave them (CIFAR-10N ``aggre``: the majority of three, 9% differ from the
@@ -23,7 +24,10 @@ reported).
    fixed (relabeled to the truth), errors removed, clean rows relabeled or
    removed (damage), and damage as a share of the rows it changed.
 
-Prints Markdown and writes ``results-<augment>.json`` next to the data
+With ``--backbone`` the round is linear heads on that backbone's features
+(`gpupipe.models.backbone`) instead of the small CNN trained per fold.
+
+Prints Markdown and writes ``results-<augment|backbone>.json`` next to the data
 (``--data``, default ``.bench``).
 """
 
@@ -147,7 +151,9 @@ def _policy(d, err: np.ndarray, true: np.ndarray) -> dict:
 def markdown(out: dict) -> str:
     f, c, p = out["flags"], out["cleanlab"], out["policy"]
     lines = [f"CIFAR-10N {out['args']['noise']}, part {out['args']['part']} ({out['scored']} scored, "
-             f"{out['errors']} errors), augment {out['args']['augment']}",
+             f"{out['errors']} errors), "
+             + (f"backbone {out['args']['backbone']}" if out["args"].get("backbone") else
+                f"augment {out['args']['augment']}"),
              f"- out-of-fold accuracy vs truth {out['oof_accuracy_vs_truth']}, vs given {out['oof_accuracy_vs_given']}",
              f"- flags: P {f['precision']} R {f['recall']} F1 {f['f1']} ({f['flagged']} flagged); "
              f"cleanlab same probabilities: P {c['precision']} R {c['recall']} F1 {c['f1']} ({c['flagged']})",
@@ -174,10 +180,12 @@ def main() -> int:
     ap.add_argument("--augment", default="auto", help="rank's --augment (auto, light, photo, method, none)")
     ap.add_argument("--data", default=".bench")
     ap.add_argument("--policy-only", action="store_true", help="re-read the policy on the kept ledger")
+    ap.add_argument("--backbone", default=None, help="rank's --backbone (see benchmarks/backbones.py)")
+    ap.add_argument("--backbone-weights", default=None)
     args = ap.parse_args()
     data = prepare(args)
     truth = json.loads((data / "truth.json").read_text())
-    run = data / f"oof-{args.augment}"
+    run = data / (f"oof-{args.augment}" if args.backbone is None else "oof-backbone")
     out = {"machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
                       f"{torch.get_num_threads()} torch threads", "args": vars(args),
            "date": time.strftime("%Y-%m-%d")}
@@ -185,7 +193,10 @@ def main() -> int:
         from gpupipe.cli import _rank_options, build_parser
 
         cli = build_parser().parse_args(["rank", str(run), "--mode", "oof", "--augment", args.augment,
-                                         "--device", "cpu", "--max-rounds", "1"])
+                                         "--device", "cpu", "--max-rounds", "1"]
+                                        + (["--backbone", args.backbone] if args.backbone else [])
+                                        + (["--backbone-weights", args.backbone_weights]
+                                           if args.backbone_weights else []))
         if run.exists():
             shutil.rmtree(run)
         shutil.copytree(data / "dedup", run)
@@ -196,7 +207,7 @@ def main() -> int:
         out["round"] = res.rounds[0]
     out.update(evaluate(run, truth))
     print(markdown(out))
-    (data / f"results-{args.augment}.json").write_text(json.dumps(out, indent=2, default=str))
+    (data / f"results-{run.name[4:]}.json").write_text(json.dumps(out, indent=2, default=str))
     return 0
 
 

@@ -314,6 +314,8 @@ def _declined(d: rv.Decisions) -> str:
     if "declined" not in g:
         return ""
     wrong = f", expected wrong {g['expected_wrong']}" if "expected_wrong" in g else ""
+    if not any(g["declined"].values()):
+        return f"; declined none{wrong}"
     return f"; declined {g['declined']} ({g['declined_because']}){wrong}"
 
 

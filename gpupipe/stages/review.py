@@ -484,7 +484,10 @@ def auto_decisions(frame, ledger: Ledger, policy: AutoPolicy, *, round_no: int) 
     action = np.concatenate([np.full(len(accept), "confirm", object),
                              np.where(np.isin(change, relabel), "relabel", "remove").astype(object)])
     new = np.where(action == "relabel", pred[pos], None)
-    summary["made"] = {a: int((action == a).sum()) for a in ACTIONS}
+    outlier_removed = (action == "remove") & far[pos]
+    summary["made"] = {"confirm": int((action == "confirm").sum()), "relabel": int((action == "relabel").sum()),
+                       "remove": int(((action == "remove") & ~outlier_removed).sum()),
+                       "remove_outlier": int(outlier_removed.sum())}
     return Decisions(pos, action, new, schema.SOURCE_AUTO, round_no, summary=summary)
 
 

@@ -1,0 +1,65 @@
+"""Backbones for `rank --backbone` benchmarks, and a way to make honest weights here.
+
+    python benchmarks/backbones.py --cifar /tmp/cifar10 --out .bench/cifar-test-small-cnn.pt [--epochs 30]
+
+trains gpupipe's small-cnn on CIFAR-10's **test** split (10,000 images with
+their original labels: other images than the training images CIFAR-10N
+judges, as a user's ImageNet or in-house checkpoint would be) with the photo
+augmentations, and saves the weights of its feature part (everything before
+the dropout and the dense layer: 128 features).  Then::
+
+    python benchmarks/bench_cifar10n.py --part judge --backbone backbones:small_cnn_features \
+        --backbone-weights .bench/cifar-test-small-cnn.pt
+
+(``benchmarks/`` is on the path when the bench runs, so ``backbones`` imports.)
+Nothing trained on CIFAR-10 labels ships in the project.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def small_cnn_features(channels: int = 3) -> torch.nn.Module:
+    """gpupipe's small-cnn up to its global average pooling: (B, C, S, S) -> (B, 128)."""
+    from gpupipe.models.nets import small_cnn
+
+    return small_cnn(10, channels)[:-2]
+
+
+def main() -> int:
+    from gpupipe.dali.augment import AugmentConfig
+    from gpupipe.device import resolve_device
+    from gpupipe.models.train import TrainConfig, train
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cifar", default="/tmp/cifar10")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--epochs", type=int, default=30)
+    args = ap.parse_args()
+    files = sorted(Path(args.cifar, "test").glob("*/*.jpg"))
+    classes = sorted({f.parent.name for f in files})
+    y = np.array([classes.index(f.parent.name) for f in files])
+    val = np.random.default_rng(0).random(len(files)) < 0.1
+    f = np.array([str(p) for p in files], object)
+    res = train(resolve_device("cpu"), list(f[~val]), y[~val], list(f[val]), y[val], num_classes=10, channels=3,
+                config=TrainConfig(max_epochs=args.epochs, patience=args.epochs, augment=AugmentConfig.photo()),
+                seed=0)
+    print(f"trained {res.epochs} epochs, best {res.best_epoch}, validation accuracy "
+          f"{res.val_accuracy[res.best_epoch - 1]:.3f} (CIFAR-10 test split, held-out 10%)")
+    body = small_cnn_features()
+    body.load_state_dict({k: v for k, v in res.model.state_dict().items() if k.split(".")[0].isdigit()
+                          and int(k.split(".")[0]) < len(body)})
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(body.state_dict(), args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
