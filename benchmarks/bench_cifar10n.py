@@ -104,10 +104,7 @@ def evaluate(run: Path, truth: dict) -> dict:
     given = ledger.host(frame, schema.LABEL)[0].astype(str)
     true = np.array([truth.get(r, "") for r in rel])
     err = given != true
-    probs = np.full((len(rel), len(classes)), np.nan)
-    p_list = ledger.host(frame, schema.RANK_PROBS)[0]
-    for i in np.flatnonzero(scored):
-        probs[i] = p_list[i]
+    probs = ledger.host(frame, schema.RANK_PROBS)[0].astype(np.float64)      # (N, K), NaN where unscored
     s = np.flatnonzero(scored)
     lab = np.array([classes.index(g) for g in given[s]])
     pred = np.array(classes)[probs[s].argmax(1)]

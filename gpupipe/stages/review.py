@@ -499,7 +499,7 @@ def _gate(rows: Rows, scored: np.ndarray, probs: np.ndarray, pred: np.ndarray, c
     noise the estimate rests on."""
     k = len(rows.classes)
     s = np.flatnonzero(scored & rows.eligible & (rows.y >= 0))
-    p = np.stack([np.asarray(v, np.float64) for v in probs[s]]) if len(s) else np.zeros((0, k))
+    p = probs[s].astype(np.float64)                      # the ledger's (N, K) probabilities, scored rows
     if k < 2 or len(s) < 2 or p.shape[1] != k:
         return confirm & False, relabel & False, unusable & False, {
             "declined": {"confirm": int(confirm.sum()), "relabel": int(relabel.sum()), "remove": int(unusable.sum())},
