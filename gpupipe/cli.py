@@ -7,6 +7,7 @@
     gpupipe augment RUN_DIR --out GRID.png
     gpupipe curate SRC --out RUN_DIR    all of it: dedup, rank, balance, split, export, report
     gpupipe demo [--out DIR]        the embedded default dataset, found vs planted
+    gpupipe bench SRC [--limit N] [--json FILE]   each stage's speed here, against the decode ceiling
 
 Bad input ends with a one-line message and exit status 2, never a traceback.
 """
@@ -338,6 +339,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dedup_options(m)
     _add_curate_options(m)
     _add_rank_options(m, folds_flag="--oof-folds", review_default="auto", mode_default="oof", rounds_default=3)
+    b = sub.add_parser("bench", help="time each stage on a sample of SRC on this hardware, against the decode "
+                                     "ceiling (a DALI decode-only pass); reads SRC, writes nothing but --json")
+    b.add_argument("src", help="a dataset as for dedup")
+    b.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    g = b.add_mutually_exclusive_group()
+    g.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="hash and decode on a local Dask cluster of N processes (rates per worker and in total)")
+    g.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="an existing Dask cluster (its workers must see --scratch)")
+    b.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="time a seeded sample of N images (default: all of SRC)")
+    b.add_argument("--seed", type=int, default=0, help="the sample's seed (default: 0)")
+    b.add_argument("--repeat", type=int, default=1, metavar="R",
+                   help="alternate the dedup run and the decode ceiling R times; rows are the median round")
+    b.add_argument("--model", default="small-cnn", help="the auxiliary model scored and trained (as for rank)")
+    b.add_argument("--image-size", type=int, default=32, help="the model's input side (default: 32)")
+    b.add_argument("--train-limit", type=int, default=8192, metavar="N",
+                   help="most images in the timed training epoch (default: %(default)s)")
+    b.add_argument("--no-rank", action="store_true", help="time dedup only, not scoring and training")
+    b.add_argument("--batch-size", type=int, default=512, help="images per DALI batch (default: 512)")
+    b.add_argument("--recall-sample", type=int, default=100, metavar="N",
+                   help="as for dedup; 0 times dedup without the recall probe (default: 100)")
+    b.add_argument("--verify", choices=("pixels", "photo", "none"), default="pixels", help="as for dedup")
+    b.add_argument("--image-column", default=None, metavar="NAME", help="as for dedup")
+    b.add_argument("--label-column", default=None, metavar="NAME", help="as for dedup")
+    b.add_argument("--scratch", default=None, metavar="DIR",
+                   help="where the temporary run directory goes (default: the system's temp; removed after)")
+    b.add_argument("--json", default=None, metavar="FILE", help="also write the result as JSON")
+    b.add_argument("--quiet", action="store_true", help="print the table only")
     return parser
 
 
@@ -419,6 +449,32 @@ def format_summary(s) -> str:
     return "\n".join(lines)
 
 
+def _bench(args) -> int:
+    import json
+
+    from gpupipe.bench import BenchOptions, bench, format_table
+    from gpupipe.table import atomic_file
+
+    for name in ("limit", "workers", "repeat", "batch_size", "train_limit"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.recall_sample < 0:
+        raise ValueError("--recall-sample must be 0 or more")
+    options = BenchOptions(device=args.device, workers=args.workers, scheduler=args.scheduler, limit=args.limit,
+                           seed=args.seed, repeat=args.repeat, batch_size=args.batch_size,
+                           recall_sample=args.recall_sample, verify=args.verify, image_column=args.image_column,
+                           label_column=args.label_column, rank=not args.no_rank, model=args.model,
+                           image_size=args.image_size, train_limit=args.train_limit, scratch=args.scratch)
+    log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    result = bench(args.src, options, log=log)
+    print(format_table(result))
+    if args.json:
+        with atomic_file(args.json, "w") as fh:
+            json.dump(result, fh, indent=2)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from gpupipe.dali.decode import DaliMissing
@@ -480,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
                                       device=args.device)
             print(f"gpupipe augment: wrote {path}")
             return 0
+        if args.command == "bench":
+            return _bench(args)
         options = _options(args)
         if args.command == "dedup":
             from gpupipe.runner import run_dedup

@@ -44,6 +44,23 @@ class Device:
         """Any xp array -> numpy (a no-op on CPU)."""
         return array.get() if hasattr(array, "get") else np.asarray(array)
 
+    def memory_in_use(self) -> int | None:
+        """Bytes in use on the GPU (every process and allocator: DALI, CuPy,
+        torch), None on the CPU."""
+        if not self.is_gpu:
+            return None
+        with self.xp.cuda.Device(self.gpu_id):
+            free, total = self.xp.cuda.runtime.memGetInfo()
+        return int(total - free)
+
+    def name(self) -> str:
+        """The GPU's name and memory ("NVIDIA H200, 139.8 GiB"), or "cpu"."""
+        if not self.is_gpu:
+            return "cpu"
+        props = self.xp.cuda.runtime.getDeviceProperties(self.gpu_id)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+        return f"{name}, {props['totalGlobalMem'] / 2**30:.1f} GiB"
+
 
 @functools.lru_cache(maxsize=None)
 def _probe_cupy(gpu_id: int) -> tuple[types.ModuleType | None, str]:

@@ -36,6 +36,7 @@ the same ledger, decisions and export as a run never interrupted
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -64,7 +65,7 @@ from gpupipe.stages import hashing
 from gpupipe.stages import probe as probe_stage
 from gpupipe.stages.balance import BalanceConfig, balance
 from gpupipe.stages.export import ExportConfig, export
-from gpupipe.stages.ingest import ingest
+from gpupipe.stages.ingest import IngestResult, ingest
 from gpupipe.stages.split import SplitConfig, split
 from gpupipe.summary import RunSummary
 from gpupipe.table import Ledger, atomic_file, write_npy_atomic, write_parquet_atomic
@@ -144,23 +145,32 @@ def run_dedup(
     options: DedupOptions = DedupOptions(),
     *,
     progress: Callable[[str, int, int], None] | None = None,
+    ingested: IngestResult | None = None,
+    executor=None,
 ) -> RunSummary:
     """ingest -> hash (per partition) -> dedup; commits the ledger, thumbs.npy
     and summary.json.  ``progress(stage, done, total)`` is called as
     partitions finish.  Holds RUN_DIR's lock (`gpupipe.lock`): a second
     process stops with `RunLocked`.  A run directory that holds rank
-    decisions is refused (they would no longer match the new ledger)."""
+    decisions is refused (they would no longer match the new ledger).
+
+    ``ingested``: SRC's rows as `ingest` listed them (or a sample of them),
+    used instead of listing SRC again; ``executor``: a started executor
+    (`gpupipe.scale.executor`) used instead of starting one from
+    ``options.workers``/``options.scheduler``.  `gpupipe.bench` passes both,
+    so that its timings hold neither the listing nor a cluster's start."""
     with RunDir.open(run_dir) as run:
         if (run / RANK_STATE).exists() or (run / DECISIONS).exists():
             raise StaleRun(f"{run_dir} holds rank/review decisions; deduplicating again would drop them: "
                            "use a new --out (or `gpupipe curate --restart`)")
-        summary, files, moves = _dedup(run, src, options, progress)
+        summary, files, moves = _dedup(run, src, options, progress, ingested, executor)
         run.commit(files, moves=moves)
         shutil.rmtree(run / PARTS, ignore_errors=True)      # the ledger and thumbs.npy now hold everything
         return summary
 
 
-def _dedup(run: RunDir, src, options: DedupOptions, progress) -> tuple[RunSummary, dict[str, Content], dict]:
+def _dedup(run: RunDir, src, options: DedupOptions, progress, ingested: IngestResult | None = None,
+           executor=None) -> tuple[RunSummary, dict[str, Content], dict]:
     """The dedup stages up to their commit: -> (summary, files, moves) for `RunDir.commit`."""
     t_all = time.perf_counter()
     device: Device = resolve_device(options.device)
@@ -168,15 +178,18 @@ def _dedup(run: RunDir, src, options: DedupOptions, progress) -> tuple[RunSummar
     seconds: dict[str, float] = {}
 
     t = time.perf_counter()
-    ing = ingest(src, image_column=options.image_column, label_column=options.label_column)
+    ing = ingested if ingested is not None else ingest(src, image_column=options.image_column,
+                                                       label_column=options.label_column)
     seconds["ingest"] = time.perf_counter() - t
     n = ing.table.num_rows
 
     t = time.perf_counter()
     parts_dir = run / PARTS
-    with make_executor(workers=options.workers, scheduler=options.scheduler, gpu=device.is_gpu) as ex:
+    owned = executor is None
+    with (make_executor(workers=options.workers, scheduler=options.scheduler, gpu=device.is_gpu) if owned
+          else contextlib.nullcontext(executor)) as ex:
         # Partitions do not depend on the executor, so a rerun with other workers reuses them.
-        per_part = options.partition_rows or max(256, min(16384, -(-n // 8)))
+        per_part = partition_rows(n, options.partition_rows)
         dali_threads = None if ex.name == "in-process" else threads_per_worker(ex.n_workers)
         config = hashing.HashConfig(device=device.kind, batch_size=options.batch_size, dali_threads=dali_threads)
         parts = [(k, p, _part_fingerprint(p, config)) for k, p in
@@ -368,6 +381,11 @@ def _run_curate(run: RunDir, src: Path, options: CurateOptions, progress, log) -
 
 
 # --- per-partition checkpoints (hash) -------------------------------------------
+def partition_rows(n: int, asked: int | None = None) -> int:
+    """Rows per hash partition: ``asked``, else N/8 within 256..16384."""
+    return asked or max(256, min(16384, -(-n // 8)))
+
+
 def _partitions(table: pa.Table, rows: int) -> list[pa.Table]:
     return [table.slice(i, rows) for i in range(0, table.num_rows, rows)] or [table]
 

@@ -236,3 +236,48 @@ def _short(err: Exception) -> str:
         if "nvImageCodec" in line or "Unsupported" in line or "failed" in line.lower():
             return line.strip()[:200]
     return msg.splitlines()[0][:200] if msg else type(err).__name__
+
+
+def decode_only(device: Device, refs: list, *, batch_size: int = 512, num_threads: int | None = None) -> int:
+    """The decode ceiling: read and decode every one of ``refs`` once, and
+    nothing else (the pixels are dropped), in DALI's pipelined executor with a
+    prefetch queue, with the decoder the hash stage uses on ``device``.
+
+    refs: paths of loose files (DALI's file reader), or (path, locator) pairs
+    for samples inside shards or Parquet files (read by
+    `gpupipe.io.sources.read_many` into an ``external_source``, as
+    `gpupipe.dali.augment.file_pipeline` does).  Every ref must decode: pass
+    the rows the hash stage found valid.  Returns the number of images decoded.
+    ``gpupipe bench`` times it beside the stages.
+    """
+    from gpupipe.dali.augment import READER, _ByteBatches
+
+    if _DALI_ERROR is not None:
+        raise DaliMissing(f"NVIDIA DALI is not installed ({_DALI_ERROR})")
+    if not refs:
+        return 0
+    files = [r[0] if isinstance(r, tuple) else r for r in refs]
+    locs = [r[1] if isinstance(r, tuple) else None for r in refs]
+    inside = any(loc is not None for loc in locs)
+    threads = num_threads or max(1, min(os.cpu_count() or 1, 8))
+
+    @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=device.dali_device_id,
+                  prefetch_queue_depth=2)
+    def _pipeline():
+        if inside:
+            enc, _ = fn.external_source(source=_ByteBatches(files, locs, list(range(len(files))), batch_size,
+                                                            False, 0),
+                                        num_outputs=2, batch=True, cycle="raise", dtype=[types.UINT8, types.INT64])
+        else:
+            enc, _ = fn.readers.file(files=files, name=READER, pad_last_batch=True)
+        return fn.decoders.image(enc, device="mixed" if device.decoder == "mixed" else "cpu", output_type=types.RGB)
+
+    pipe = _pipeline()
+    pipe.build()
+    batches = -(-len(files) // batch_size)
+    try:
+        for _ in range(batches):
+            pipe.run()
+    except StopIteration:   # the external source's epoch ended (its last batch was padded)
+        pass
+    return len(files)

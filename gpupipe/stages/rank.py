@@ -119,6 +119,11 @@ def sample_refs(frame, ledger: Ledger) -> np.ndarray:
     return out
 
 
+def default_score_batch(device: Device) -> int:
+    """Images per scoring batch when none is asked for."""
+    return 4096 if device.is_gpu else 1024
+
+
 def probe_channels(device: Device, paths: list[str]) -> int:
     """1 when up to 64 of ``paths`` all decode with equal R, G and B; else 3."""
     sample = paths[:64]
@@ -193,7 +198,7 @@ def run_job(job: Job) -> JobResult:
             model = nets.build(spec, job.num_classes, job.channels, seed=0)
             model.load_state_dict(job.state)
         t = time.perf_counter()
-        batch = job.score_batch or (4096 if device.is_gpu else 1024)
+        batch = job.score_batch or default_score_batch(device)
         epochs = file_pipeline(device, job.score_refs, job.score_rows, size=job.config.image_size,
                                channels=job.channels, batch_size=batch)
         out.scores = score(model, epochs, job.y, torch_device=device.torch_device, embed=job.ref_refs is not None)
