@@ -482,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from gpupipe.runner import StaleRun
     from gpupipe.lock import RunLocked
-    from gpupipe.loop import PendingReview
+    from gpupipe.rundir import PendingReview
 
     try:
         if args.command == "rank":

@@ -37,7 +37,7 @@ from gpupipe import schema
 from gpupipe.device import DeviceRequest, resolve_device
 from gpupipe.models.backbone import BackboneSpec
 from gpupipe.models.train import TrainConfig
-from gpupipe.rundir import DECISIONS, GROUP_DECISIONS, LEDGER, RANK_STATE, RunDir
+from gpupipe.rundir import DECISIONS, GROUP_DECISIONS, LEDGER, RANK_STATE, PendingReview, RunDir
 from gpupipe.scale.executor import make_executor
 from gpupipe.stages import rank as rank_stage
 from gpupipe.stages import review as rv
@@ -49,10 +49,6 @@ AUDIT = "audit"                  # RUN_DIR/review/audit.csv (`stages.review.audi
 MODELS_DIR = "models"
 ReviewMode = Literal["person", "auto", "oracle"]
 NOTHING_DECIDED = "a round decided nothing"
-
-
-class PendingReview(RuntimeError):
-    """A person's review of the last queue is still outstanding."""
 
 
 @dataclass(frozen=True)

@@ -163,3 +163,7 @@ def _write(path: Path, content: Content) -> None:
         text = content if isinstance(content, str) else json.dumps(content, indent=2, default=str)
         with atomic_file(path, "w") as fh:
             fh.write(text)
+
+
+class PendingReview(RuntimeError):
+    """A person's review of the last queue is still outstanding (`gpupipe.loop`)."""

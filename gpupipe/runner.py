@@ -44,7 +44,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -56,7 +56,6 @@ from gpupipe import summary as summ
 from gpupipe.device import Device, DeviceRequest, resolve_device
 from gpupipe.hashing.verify import VerifyMode
 from gpupipe.io.rows import NpyRows
-from gpupipe.loop import RankOptions, run_rank
 from gpupipe.rundir import (CURATE_STATE, DECISIONS, GROUP_DECISIONS, LEDGER, PARTS, RANK_STATE, SUMMARY, THUMBS,
                             Content, RunDir)
 from gpupipe.scale.executor import make_executor, threads_per_worker
@@ -69,6 +68,9 @@ from gpupipe.stages.ingest import IngestResult, ingest
 from gpupipe.stages.split import SplitConfig, split
 from gpupipe.summary import RunSummary
 from gpupipe.table import Ledger, atomic_file, write_npy_atomic, write_parquet_atomic
+
+if TYPE_CHECKING:
+    from gpupipe.loop import RankOptions
 
 __all__ = ["LEDGER", "THUMBS", "PARTS", "SUMMARY", "DedupOptions", "CurateOptions", "RunSummary", "StaleRun",
            "run_dedup", "run_curate"]
@@ -98,6 +100,13 @@ class DedupOptions:
     label_column: str | None = None     # Parquet: label column; WebDataset: label member's extension
 
 
+def _rank_options(**kw) -> "RankOptions":
+    # gpupipe.loop imports torch (a second on start-up): `gpupipe dedup` does not need it
+    from gpupipe.loop import RankOptions
+
+    return RankOptions(**kw)
+
+
 class StaleRun(RuntimeError):
     """RUN_DIR holds a dedup or rank stage made with other settings."""
 
@@ -105,7 +114,7 @@ class StaleRun(RuntimeError):
 @dataclass(frozen=True)
 class CurateOptions:
     dedup: DedupOptions = field(default_factory=DedupOptions)
-    rank: RankOptions | None = field(default_factory=lambda: RankOptions(review="auto", mode="oof", max_rounds=3))
+    rank: RankOptions | None = field(default_factory=lambda: _rank_options(review="auto", mode="oof", max_rounds=3))
     balance: BalanceConfig = field(default_factory=BalanceConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
@@ -265,11 +274,13 @@ def _fingerprint(previous: str, stage: str, settings) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def run_curate(src: str | os.PathLike, run_dir: str | os.PathLike, options: CurateOptions = CurateOptions(), *,
+def run_curate(src: str | os.PathLike, run_dir: str | os.PathLike, options: CurateOptions | None = None, *,
                progress: Callable | None = None, log: Callable[[str], None] = lambda s: None) -> CurateResult:
     """Every stage, in order, on RUN_DIR (see the module doc), holding its lock.
     When a person reviews (``--review person``), it stops at each queue;
-    `gpupipe review` applies the decisions and the next `run_curate` carries on."""
+    `gpupipe review` applies the decisions and the next `run_curate` carries on.
+    ``options``: None = `CurateOptions()`."""
+    options = CurateOptions() if options is None else options
     with RunDir.open(run_dir, log=log) as run:
         return _run_curate(run, Path(src), options, progress, log)
 
@@ -329,6 +340,8 @@ def _run_curate(run: RunDir, src: Path, options: CurateOptions, progress, log) -
                            "(this drops its rank decisions)")
         if not rec.get("done"):
             t = time.perf_counter()
+            from gpupipe.loop import run_rank
+
             res = run_rank(run.path, options.rank, log=log, progress=progress)
             if res.stopped == "awaiting review":
                 return CurateResult("awaiting review", {**done, **out}, res.queue)

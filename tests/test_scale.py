@@ -149,3 +149,17 @@ def test_partitions_hashed_in_two_threads_at_once_equal_one_at_a_time(digits_pla
         together = list(pool.map(lambda p: hashing.hash_partition(p, cfg), parts))
     for (t1, _, th1), (t2, _, th2) in zip(alone, together):
         assert t1.equals(t2) and (th1 == th2).all()
+
+
+def test_a_local_cluster_leaves_this_process_environment_as_it_was():
+    """distributed's nanny sets OMP_NUM_THREADS=1 (and more) for its workers in
+    the parent's os.environ; a process started afterwards (a resumed run, a
+    test's subprocess) ran torch on one thread and rounded differently."""
+    import os
+
+    from gpupipe.scale.executor import make_executor
+
+    before = dict(os.environ)
+    with make_executor(workers=1) as ex:
+        assert ex.map(os.getenv, ["OMP_NUM_THREADS"]) == ["1"]      # the workers keep theirs
+    assert dict(os.environ) == before

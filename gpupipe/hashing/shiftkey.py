@@ -12,7 +12,7 @@ Construction (``ring_code``), from a 32x32 grayscale thumbnail:
    centred Gaussian window (sigma = 10 px), so content entering or leaving at
    the border matters little;
 2. take the magnitudes |F(u, v)| of the low frequencies u^2 + v^2 <= r^2
-   (one of each conjugate pair);
+   (one of each conjugate pair), computed as a partial DFT (two GEMMs);
 3. each bit compares two frequencies of about the same radius, drawn once
    from a fixed seed: bit = |F(k_a)| > |F(k_b)|.  Comparing within a ring
    cancels the 1/f fall-off of natural images, so every bit is balanced
@@ -62,6 +62,21 @@ def ring_pairs(radius: int, n_bits: int, seed: int) -> tuple[np.ndarray, np.ndar
     return rows, cols, pairs
 
 
+@functools.lru_cache(maxsize=8)
+def _dft(radius: int, n_bits: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The partial DFT of a code's frequencies, F(u, v) = sum_y,x z[y, x] e^(-2 pi i (u y + v x) / 32)
+    for |u| <= radius, 0 <= v <= radius: left (2U, 32) = [cos; sin] of u y, right (32, 2V) =
+    [cos | sin] of v x (float32), and at (K,) the flat index in the U x V grid of each
+    frequency `ring_pairs` lists."""
+    rows, cols, _ = ring_pairs(radius, n_bits, seed)
+    us, vs, x = np.arange(-radius, radius + 1), np.arange(radius + 1), np.arange(THUMB)
+    a, b = 2 * np.pi * np.outer(us, x) / THUMB, 2 * np.pi * np.outer(x, vs) / THUMB
+    left = np.concatenate([np.cos(a), np.sin(a)], axis=0).astype(np.float32)
+    right = np.concatenate([np.cos(b), np.sin(b)], axis=1).astype(np.float32)
+    u = np.where(rows > THUMB // 2, rows - THUMB, rows)
+    return left, right, (u + radius) * len(vs) + cols
+
+
 @functools.lru_cache(maxsize=2)
 def _window() -> np.ndarray:
     y = np.arange(THUMB, dtype=np.float64) - (THUMB - 1) / 2
@@ -86,11 +101,20 @@ def ring_code(gray32, *, radius: int = GATE_RADIUS, n_bits: int = 256, seed: int
     if b > chunk:
         return xp.concatenate([ring_code(gray32[s:s + chunk], radius=radius, n_bits=n_bits, seed=seed, xp=xp)
                                for s in range(0, b, chunk)])
-    rows, cols, pairs = ring_pairs(radius, n_bits, seed)
+    _, _, pairs = ring_pairs(radius, n_bits, seed)
+    left, right, at = _dft(radius, n_bits, seed)
+    u, v = left.shape[0] // 2, right.shape[1] // 2
     g = gray32.reshape(b, THUMB, THUMB).astype(xp.float32)
     border = xp.concatenate([g[:, 0], g[:, -1], g[:, 1:-1, 0], g[:, 1:-1, -1]], axis=1)
     z = (g - xp.median(border, axis=1)[:, None, None]) * xp.asarray(_window())
-    mag = xp.abs(xp.fft.rfft2(z))[:, xp.asarray(rows), xp.asarray(cols)]          # (B, K)
+    # Only the low frequencies the code compares, as two real GEMMs (a partial DFT):
+    # 2.7x faster than a full rfft2 on the CPU; the same 64-bit keys on all 60,000
+    # CIFAR-10 images, and 3 of them with one of 256 gate bits flipped (float rounding).
+    x = xp.matmul(z.reshape(b * THUMB, THUMB), xp.asarray(right)).reshape(b, THUMB, 2 * v)   # [sum cos | sum sin] over x
+    y = xp.matmul(xp.asarray(left), x)                                    # (B, 2U, 2V), rows [cos; sin] over y
+    re = y[:, :u, :v] - y[:, u:, v:]
+    im = y[:, u:, :v] + y[:, :u, v:]
+    mag = xp.sqrt(re * re + im * im).reshape(b, u * v)[:, xp.asarray(at)]       # (B, K) |F(u, v)|
     bits = (mag[:, xp.asarray(pairs[:, 0])] > mag[:, xp.asarray(pairs[:, 1])]).astype(xp.uint64)
     return (bits.reshape(b, n_bits // 64, 64) * xp.asarray(_BIT_WEIGHTS)).sum(axis=2, dtype=xp.uint64)
 

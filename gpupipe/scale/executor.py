@@ -49,18 +49,26 @@ class DaskExecutor(InProcess):
             self.client = Client(scheduler)
             self.name = f"dask scheduler {scheduler}"
         else:
-            if gpu:
-                from dask_cuda import LocalCUDACluster
+            # distributed's nanny writes its workers' settings (OMP_NUM_THREADS=1,
+            # MKL_NUM_THREADS=1, ...) into this process's os.environ and leaves them there:
+            # every process started from here afterwards would run torch on one thread.
+            saved = dict(os.environ)
+            try:
+                if gpu:
+                    from dask_cuda import LocalCUDACluster
 
-                self._cluster = LocalCUDACluster(n_workers=workers, threads_per_worker=1)
-            else:
-                from distributed import LocalCluster
+                    self._cluster = LocalCUDACluster(n_workers=workers, threads_per_worker=1)
+                else:
+                    from distributed import LocalCluster
 
-                self._cluster = LocalCluster(
-                    n_workers=workers, threads_per_worker=1, processes=True,
-                    dashboard_address=None, silence_logs=logging.ERROR,
-                )
-            self.client = Client(self._cluster)
+                    self._cluster = LocalCluster(
+                        n_workers=workers, threads_per_worker=1, processes=True,
+                        dashboard_address=None, silence_logs=logging.ERROR,
+                    )
+                self.client = Client(self._cluster)
+            finally:
+                os.environ.clear()
+                os.environ.update(saved)
             self.name = f"dask local {'CUDA ' if gpu else ''}cluster, {workers} workers"
         self.n_workers = max(1, len(self.client.scheduler_info().get("workers", {})) or (workers or 1))
 

@@ -28,6 +28,7 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 import xxhash
+from threadpoolctl import threadpool_limits
 
 from gpupipe import schema
 from gpupipe.device import Device, DeviceRequest, resolve_device
@@ -122,55 +123,66 @@ def hash_partition(
     thumbs = np.zeros((n, THUMB, THUMB, 3), dtype=np.uint8)
     counts = HashCounts(rows=n)
     chunk = max(1, config.batch_size * 4)
-    with ThreadPoolExecutor(max_workers=config.io_threads) as pool, ThreadPoolExecutor(max_workers=1) as decode_pool:
-        # Reads of the next chunk run in the pool while this one is decoded.
+    # One BLAS thread for the hash kernels: DALI's threads decode on the other cores
+    # meanwhile, and OpenBLAS's own threads competing with them cost more than they gave
+    # (CIFAR-10, 2 cores: 7.8 core-s for the stage with them, benchmarks/RESULTS.md §20).
+    with ThreadPoolExecutor(max_workers=config.io_threads) as pool, ThreadPoolExecutor(max_workers=1) as decode_pool, \
+            threadpool_limits(limits=1, user_api="blas"):
+        # Three steps overlap: the reads of chunk k+2 (io pool), the decoding of chunk
+        # k+1 (the decode thread; DALI releases the GIL), and here, the hashing of chunk k.
+        pending: set[str] = set()        # byte hashes queued for decoding, not settled yet
         ahead = _submit_reads(pool, paths[0:chunk], locators[0:chunk], config.io_threads)
-        for start in range(0, n, chunk):
-            stop = min(n, start + chunk)
-            t0 = time.perf_counter()
-            datas = [d for f in ahead for d in f.result()]
-            ahead = _submit_reads(pool, paths[stop:stop + chunk], locators[stop:stop + chunk],
-                                  config.io_threads)   # [] after the last
-            t_sniff = 0.0
-            to_decode: list[tuple[int, str, np.ndarray]] = []
-            waiting: list[tuple[int, str]] = []
-            pending: set[str] = set()
-            for i, data in zip(range(start, stop), datas):
-                if isinstance(data, OSError):
-                    out["reason"][i] = _read_reason(data)
-                    continue
-                counts.read += 1
-                bh = xxhash.xxh3_128_hexdigest(data)
-                out["bytes"][i] = bh
-                t1 = time.perf_counter()
-                s = sniff(data, max_pixels=config.max_pixels, min_side=config.min_side)
-                t_sniff += time.perf_counter() - t1
-                out["fmt"][i], out["w"][i], out["h"][i] = s.format, s.width, s.height
-                if s.invalid_reason is not None:
-                    out["reason"][i] = s.invalid_reason
-                elif bh in settled or bh in pending:
-                    waiting.append((i, bh))
-                else:
-                    pending.add(bh)
-                    to_decode.append((i, bh, np.frombuffer(data, dtype=np.uint8)))
-            counts.s_sniff += t_sniff
-            counts.s_read += time.perf_counter() - t0 - t_sniff
-            # DALI decodes batch k+1 in its own thread (it releases the GIL)
-            # while this thread hashes batch k.
-            batches = [to_decode[b:b + config.batch_size] for b in range(0, len(to_decode), config.batch_size)]
-            futures = [decode_pool.submit(_decode, decoder, batch) for batch in batches]
-            for batch, fut in zip(batches, futures):
-                decoded, seconds = fut.result()
-                counts.s_decode += seconds
-                _hash_decoded(device, batch, decoded, settled, counts)
-                counts.decoded += len(batch)
-            for i, bh, _ in to_decode:
-                _settle(out, thumbs, i, settled[bh])
-            for i, bh in waiting:
-                counts.byte_twins += 1
-                _settle(out, thumbs, i, settled[bh])
-            if progress is not None:
-                progress(stop - start)
+        current = None
+        for start in [*range(0, n, chunk), n]:
+            queued = None
+            if start < n:
+                stop = min(n, start + chunk)
+                t0 = time.perf_counter()
+                datas = [d for f in ahead for d in f.result()]
+                ahead = _submit_reads(pool, paths[stop:stop + chunk], locators[stop:stop + chunk],
+                                      config.io_threads)   # [] after the last
+                t_sniff = 0.0
+                to_decode: list[tuple[int, str, np.ndarray]] = []
+                waiting: list[tuple[int, str]] = []
+                for i, data in zip(range(start, stop), datas):
+                    if isinstance(data, OSError):
+                        out["reason"][i] = _read_reason(data)
+                        continue
+                    counts.read += 1
+                    bh = xxhash.xxh3_128_hexdigest(data)
+                    out["bytes"][i] = bh
+                    t1 = time.perf_counter()
+                    s = sniff(data, max_pixels=config.max_pixels, min_side=config.min_side)
+                    t_sniff += time.perf_counter() - t1
+                    out["fmt"][i], out["w"][i], out["h"][i] = s.format, s.width, s.height
+                    if s.invalid_reason is not None:
+                        out["reason"][i] = s.invalid_reason
+                    elif bh in settled or bh in pending:
+                        waiting.append((i, bh))
+                    else:
+                        pending.add(bh)
+                        to_decode.append((i, bh, np.frombuffer(data, dtype=np.uint8)))
+                counts.s_sniff += t_sniff
+                counts.s_read += time.perf_counter() - t0 - t_sniff
+                batches = [to_decode[b:b + config.batch_size] for b in range(0, len(to_decode), config.batch_size)]
+                queued = (stop - start, to_decode, waiting, batches,
+                          [decode_pool.submit(_decode, decoder, batch) for batch in batches])
+            if current is not None:
+                rows, to_dec, wait, batches, futures = current
+                for batch, fut in zip(batches, futures):
+                    decoded, seconds = fut.result()
+                    counts.s_decode += seconds
+                    _hash_decoded(device, batch, decoded, settled, counts)
+                    counts.decoded += len(batch)
+                for i, bh, _ in to_dec:
+                    pending.discard(bh)
+                    _settle(out, thumbs, i, settled[bh])
+                for i, bh in wait:
+                    counts.byte_twins += 1
+                    _settle(out, thumbs, i, settled[bh])
+                if progress is not None:
+                    progress(rows)
+            current = queued
     invalid = [r is not None for r in out["reason"]]
     counts.invalid = sum(invalid)
     table = pa.table(
