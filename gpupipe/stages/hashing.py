@@ -125,7 +125,7 @@ def hash_partition(
     chunk = max(1, config.batch_size * 4)
     # One BLAS thread for the hash kernels: DALI's threads decode on the other cores
     # meanwhile, and OpenBLAS's own threads competing with them cost more than they gave
-    # (CIFAR-10, 2 cores: 7.8 core-s for the stage with them, benchmarks/RESULTS.md §20).
+    # (CIFAR-10's 60,000 on 2 cores: 7.4-7.8 core-s with them, 4.6-4.8 with one; RESULTS.md §20.1).
     with ThreadPoolExecutor(max_workers=config.io_threads) as pool, ThreadPoolExecutor(max_workers=1) as decode_pool, \
             threadpool_limits(limits=1, user_api="blas"):
         # Three steps overlap: the reads of chunk k+2 (io pool), the decoding of chunk

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_outlier import add_data_args, average_precision, build, set_name  # noqa: E402
 
 from gpupipe import schema  # noqa: E402

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 K_VOTES = 30          # rank's neighbours (`models.outlier.knn_vote`, k=30)
 GUARDS = (1, 2, 3, 4, 6)

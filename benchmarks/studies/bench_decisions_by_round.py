@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_downstream import add_runs_args, original_positions, recorded_runs, train_positions  # noqa: E402
 
 from gpupipe.datasets import flip_labels  # noqa: E402
