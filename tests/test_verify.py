@@ -143,3 +143,18 @@ def test_check_equal_on_gpu(digit_pairs):
     gpu = PairCheck(cp.asarray(thumbs), xp=cp).similarity(cp.asarray(i), cp.asarray(j), gate=False, full=True)
     assert np.allclose(cpu, cp.asnumpy(gpu), atol=2e-3)
     assert np.array_equal(ring_code(thumbs[..., 0]), cp.asnumpy(ring_code(cp.asarray(thumbs[..., 0]), xp=cp)))
+
+
+def test_a_full_cache_gives_the_same_similarities(digit_pairs, monkeypatch):
+    """Past CACHE_BYTES nothing more is kept and the band-passes are computed
+    again for each call: the same numbers as with room for every image."""
+    from gpupipe.hashing import verify
+
+    thumbs, n0, src, _, _ = digit_pairs
+    i = np.concatenate([n0 + np.arange(len(src)), np.repeat(np.arange(n0), 3)])     # originals in 1 + 3 pairs
+    j = np.concatenate([src, np.random.default_rng(0).integers(0, len(thumbs), 3 * n0)])
+    full = PairCheck(thumbs).similarity(i, j, gate=False, full=True)
+    monkeypatch.setattr(verify, "CACHE_BYTES", 40 * 4 * (32 * 32 + 11 * 11))     # room for 40 gray images
+    small = PairCheck(thumbs)
+    assert np.array_equal(small.similarity(i, j, gate=False, full=True), full)
+    assert int((small._fine_cache.slot >= 0).sum()) <= 40
