@@ -315,7 +315,7 @@ def _rank_rows(rows: _Rows, device: Device, refs: list, labels: list, options: B
     index = {c: k for k, c in enumerate(classes)}
     y = np.array([index.get(str(v), 0) if v is not None else 0 for v in labels], np.int64)
     k = max(2, len(classes))       # unlabelled images: timed with placeholder classes
-    channels = probe_channels(device, [r for r in refs[:64]])
+    channels = probe_channels(device, refs[:64])
     size, batch = options.image_size, default_score_batch(device)
     model = nets.build(nets.resolve_model(options.model), k, channels, seed=0).to(device.torch_device)
     rows_all = np.arange(len(refs))

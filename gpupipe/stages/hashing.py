@@ -147,47 +147,14 @@ def hash_partition(
                 datas = [d for f in ahead for d in f.result()]
                 ahead = _submit_reads(pool, paths[stop:stop + chunk], locators[stop:stop + chunk],
                                       config.io_threads)   # [] after the last
-                t_sniff = 0.0
-                to_decode: list[tuple[int, str, np.ndarray]] = []
-                waiting: list[tuple[int, str]] = []
-                for i, data in zip(range(start, stop), datas):
-                    if isinstance(data, OSError):
-                        out["reason"][i] = _read_reason(data)
-                        continue
-                    counts.read += 1
-                    bh = xxhash.xxh3_128_hexdigest(data)
-                    out["bytes"][i] = bh
-                    t1 = time.perf_counter()
-                    s = sniff(data, max_pixels=config.max_pixels, min_side=config.min_side)
-                    t_sniff += time.perf_counter() - t1
-                    out["fmt"][i], out["w"][i], out["h"][i] = s.format, s.width, s.height
-                    if s.invalid_reason is not None:
-                        out["reason"][i] = s.invalid_reason
-                    elif bh in settled or bh in pending:
-                        waiting.append((i, bh))
-                    else:
-                        pending.add(bh)
-                        to_decode.append((i, bh, np.frombuffer(data, dtype=np.uint8)))
-                counts.s_sniff += t_sniff
-                counts.s_read += time.perf_counter() - t0 - t_sniff
+                to_decode, waiting = _read_chunk(datas, start, out, settled, pending, config, counts, t0)
                 batches = [to_decode[b:b + config.batch_size] for b in range(0, len(to_decode), config.batch_size)]
                 queued = (stop - start, to_decode, waiting, batches,
                           [decode_pool.submit(_decode, decoder, batch) for batch in batches])
             if current is not None:
-                rows, to_dec, wait, batches, futures = current
-                for batch, fut in zip(batches, futures):
-                    decoded, seconds = fut.result()
-                    counts.s_decode += seconds
-                    _hash_decoded(device, batch, decoded, settled, counts)
-                    counts.decoded += len(batch)
-                for i, bh, _ in to_dec:
-                    pending.discard(bh)
-                    _settle(out, thumbs, i, settled[bh])
-                for i, bh in wait:
-                    counts.byte_twins += 1
-                    _settle(out, thumbs, i, settled[bh])
+                _hash_chunk(device, current, out, thumbs, settled, pending, counts)
                 if progress is not None:
-                    progress(rows)
+                    progress(current[0])
             current = queued
     invalid = [r is not None for r in out["reason"]]
     counts.invalid = sum(invalid)
@@ -207,6 +174,53 @@ def hash_partition(
         schema=OUTPUT_SCHEMA,
     )
     return table, counts, thumbs
+
+
+def _read_chunk(datas, start: int, out, settled, pending: set, config: HashConfig, counts: HashCounts,
+                t0: float):
+    """Stages 1 and 0 of one chunk's files (read results ``datas``, rows from
+    ``start``): byte hash, header sniff; -> (to_decode [(row, byte hash, bytes)]:
+    the first of each byte hash not seen before, waiting [(row, byte hash)]: its twins)."""
+    t_sniff = 0.0
+    to_decode: list[tuple[int, str, np.ndarray]] = []
+    waiting: list[tuple[int, str]] = []
+    for i, data in enumerate(datas, start):
+        if isinstance(data, OSError):
+            out["reason"][i] = _read_reason(data)
+            continue
+        counts.read += 1
+        bh = xxhash.xxh3_128_hexdigest(data)
+        out["bytes"][i] = bh
+        t1 = time.perf_counter()
+        s = sniff(data, max_pixels=config.max_pixels, min_side=config.min_side)
+        t_sniff += time.perf_counter() - t1
+        out["fmt"][i], out["w"][i], out["h"][i] = s.format, s.width, s.height
+        if s.invalid_reason is not None:
+            out["reason"][i] = s.invalid_reason
+        elif bh in settled or bh in pending:
+            waiting.append((i, bh))
+        else:
+            pending.add(bh)
+            to_decode.append((i, bh, np.frombuffer(data, dtype=np.uint8)))
+    counts.s_sniff += t_sniff
+    counts.s_read += time.perf_counter() - t0 - t_sniff
+    return to_decode, waiting
+
+
+def _hash_chunk(device: Device, queued, out, thumbs: np.ndarray, settled, pending: set, counts: HashCounts) -> None:
+    """Hash a chunk whose batches were queued for decoding, then settle its rows and their byte twins."""
+    _, to_decode, waiting, batches, futures = queued
+    for batch, fut in zip(batches, futures):
+        decoded, seconds = fut.result()
+        counts.s_decode += seconds
+        _hash_decoded(device, batch, decoded, settled, counts)
+        counts.decoded += len(batch)
+    for i, bh, _ in to_decode:
+        pending.discard(bh)
+        _settle(out, thumbs, i, settled[bh])
+    for i, bh in waiting:
+        counts.byte_twins += 1
+        _settle(out, thumbs, i, settled[bh])
 
 
 def _read_reason(err: OSError) -> str:
