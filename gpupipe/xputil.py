@@ -36,6 +36,10 @@ def unique(a, xp=np, *, return_index: bool = False, return_inverse: bool = False
     return_inverse: also, per element of ``a``, the position of its value.
     """
     n = int(a.shape[0])
+    if not (return_index or return_inverse):
+        # the values alone: a plain sort (numpy's SIMD quicksort: 9x a stable argsort at 20M)
+        s = xp.sort(a)
+        return s[run_starts(s, xp)]
     # Stable order (ties by index), so return_index gives first occurrences;
     # lexsort on (index, value) guarantees it where argsort has no kind=.
     order = xp.argsort(a, kind="stable") if xp is np else xp.lexsort(xp.stack([xp.arange(n), a]))
@@ -63,8 +67,19 @@ def top_k_pairs(i, j, score, k: int, xp=np):
         return xp.zeros(0, dtype=bool)
     # Both ends of pair p at positions 2p and 2p+1, so a stable sort breaks ties by pair order.
     node = xp.stack([i, j], axis=1).reshape(-1).astype(xp.int64)
+    pos_bits = int(2 * e - 1).bit_length()
+    node_bits = int(node.max()).bit_length()
     s = score.astype(xp.float32) if score.dtype != xp.float64 else None
-    if s is not None and int(node.max()) < 2 ** 31:
+    if score.dtype.kind in "iu" and int(score.min()) >= 0 and int(score.max()) < 256 \
+            and node_bits + 8 + pos_bits <= 63:
+        # Small integer scores (Hamming distances): node, score and position packed into one
+        # int64 and sorted as plain numbers, the position read back from the low bits: the
+        # same order as the stable sort below, at a plain sort's cost (9x less at 20M).
+        key = (node << (8 + pos_bits)) | (xp.repeat(score.astype(xp.int64), 2) << pos_bits) \
+            | xp.arange(2 * e, dtype=xp.int64)
+        key = xp.sort(key)
+        order = key & ((1 << pos_bits) - 1)
+    elif s is not None and int(node.max()) < 2 ** 31:
         # One int64 key, node then score: float32 bits made order-preserving (negatives
         # flipped), one stable argsort instead of a three-key lexsort (2.7x faster at 6M).
         bits = xp.repeat(s + xp.float32(0), 2).view(xp.int32).astype(xp.int64)   # + 0: -0.0 -> 0.0

@@ -329,7 +329,7 @@ def near_pairs(hashes, *, max_distance: int, xp: types.ModuleType | None = None,
 def _prune(codes, uniq, u: int, k: int, xp):
     """Pair codes a * u + b kept among the k closest (Hamming) partners of a or of b."""
     a, b = codes // u, codes % u
-    d = _popcount(uniq[a] ^ uniq[b], xp).astype(xp.float32)
+    d = _popcount(uniq[a] ^ uniq[b], xp)        # integers 0..64: top_k_pairs' packed-key sort
     return codes[top_k_pairs(a, b, d, k, xp)]
 
 
