@@ -3,6 +3,8 @@
 `unique` is sort-based on purpose: numpy 2.4's ``np.unique`` takes a hash-table
 path that measured 10-20x slower than one stable argsort here (1.1 s for 3 calls
 on 70,000-730,000 int64 values; 13 s on 10M), and CuPy's is sort-based anyway.
+Where only the values are wanted, a plain sort (numpy's SIMD quicksort) is 15x
+faster again than the stable argsort (28M int64: 0.45 s against 6.7 s).
 """
 
 from __future__ import annotations
