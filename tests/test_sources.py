@@ -236,3 +236,22 @@ def test_parquet_row_groups_are_read_once_for_shuffled_rows(tmp_path, digits_pla
         got = read_many([str(f)] * len(batch), [f"parquet:{r}:image" for r in batch])
         assert [g for g in got] == [samples[r][3] for r in batch]
     assert sorted(reads) == list(range(6))                    # each row group read once
+
+
+def test_the_decode_ceiling_reads_members_in_place(three_layouts):
+    """`gpupipe bench`'s decode ceiling (`decode_only`) over samples inside shards and
+    Parquet files: every valid one decoded, through the same locators the stages use."""
+    from gpupipe.dali.decode import decode_only
+    from gpupipe.device import cpu_device
+
+    runs, _ = three_layouts
+    for name in ("webdataset", "parquet"):
+        t = runs[name][0]
+        valid = np.flatnonzero(~t.column(schema.IS_INVALID).to_numpy(zero_copy_only=False))[:700]
+        refs = [(t.column(schema.PATH)[int(i)].as_py(), t.column(schema.LOCATOR)[int(i)].as_py()) for i in valid]
+        assert decode_only(cpu_device(), refs, batch_size=256) == len(refs) == 700      # 3 batches, the last padded
+        # it really decodes each member: an invalid one (a corrupt file the hash stage flagged) fails it
+        bad = int(np.flatnonzero(t.column(schema.INVALID_REASON).to_numpy(zero_copy_only=False) == "undecodable")[0])
+        with pytest.raises(RuntimeError):
+            decode_only(cpu_device(), refs[:10] + [(t.column(schema.PATH)[bad].as_py(),
+                                                     t.column(schema.LOCATOR)[bad].as_py())], batch_size=256)

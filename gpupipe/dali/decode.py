@@ -265,12 +265,14 @@ def decode_only(device: Device, refs: list, *, batch_size: int = 512, num_thread
                   prefetch_queue_depth=2)
     def _pipeline():
         if inside:
-            enc, _ = fn.external_source(source=_ByteBatches(files, locs, list(range(len(files))), batch_size,
-                                                            False, 0),
-                                        num_outputs=2, batch=True, cycle="raise", dtype=[types.UINT8, types.INT64])
+            enc, row = fn.external_source(source=_ByteBatches(files, locs, list(range(len(files))), batch_size,
+                                                              False, 0),
+                                          num_outputs=2, batch=True, cycle="raise", dtype=[types.UINT8, types.INT64])
         else:
-            enc, _ = fn.readers.file(files=files, name=READER, pad_last_batch=True)
-        return fn.decoders.image(enc, device="mixed" if device.decoder == "mixed" else "cpu", output_type=types.RGB)
+            enc, row = fn.readers.file(files=files, name=READER, pad_last_batch=True)
+        # the rows are returned too (unused): DALI warns about an external source output left unused
+        return fn.decoders.image(enc, device="mixed" if device.decoder == "mixed" else "cpu",
+                                 output_type=types.RGB), row
 
     pipe = _pipeline()
     pipe.build()
