@@ -68,39 +68,31 @@ def top_k_pairs(i, j, score, k: int, xp=np):
     if e == 0:
         return xp.zeros(0, dtype=bool)
     # Both ends of pair p at positions 2p and 2p+1, so a stable sort breaks ties by pair order.
-    pairs = xp.stack([i, j], axis=1).astype(xp.int64)                     # (E, 2)
+    node = xp.stack([i, j], axis=1).reshape(-1).astype(xp.int64)
     pos_bits = int(2 * e - 1).bit_length()
-    shift = 8 + pos_bits
+    node_bits = int(node.max()).bit_length()
+    s = score.astype(xp.float32) if score.dtype != xp.float64 else None
     if score.dtype.kind in "iu" and int(score.min()) >= 0 and int(score.max()) < 256 \
-            and int(pairs.max()).bit_length() + shift <= 63:
+            and node_bits + 8 + pos_bits <= 63:
         # Small integer scores (Hamming distances): node, score and position packed into one
-        # int64 and sorted as plain numbers, node and position read back from its bits: the
-        # same order as the stable sort below, at a plain sort's cost (4.5x less at 14M pairs).
-        key = pairs << shift
-        key |= (score.astype(xp.int64) << pos_bits)[:, None]
-        key |= xp.arange(2 * e, dtype=xp.int64).reshape(e, 2)
-        key = xp.sort(key.reshape(-1))
+        # int64 and sorted as plain numbers, the position read back from the low bits: the
+        # same order as the stable sort below, at a plain sort's cost (9x less at 20M).
+        key = (node << (8 + pos_bits)) | (xp.repeat(score.astype(xp.int64), 2) << pos_bits) \
+            | xp.arange(2 * e, dtype=xp.int64)
+        key = xp.sort(key)
         order = key & ((1 << pos_bits) - 1)
-        sorted_node = key >> shift
-        del key
+    elif s is not None and int(node.max()) < 2 ** 31:
+        # One int64 key, node then score: float32 bits made order-preserving (negatives
+        # flipped), one stable argsort instead of a three-key lexsort (2.7x faster at 6M).
+        bits = xp.repeat(s + xp.float32(0), 2).view(xp.int32).astype(xp.int64)   # + 0: -0.0 -> 0.0
+        bits = xp.where(bits < 0, bits ^ 0x7FFFFFFF, bits) + 2 ** 31
+        order = xp.argsort((node << 32) | bits, kind="stable")
     else:
-        node = pairs.reshape(-1)
-        s = score.astype(xp.float32) if score.dtype != xp.float64 else None
-        if s is not None and int(node.max()) < 2 ** 31:
-            # One int64 key, node then score: float32 bits made order-preserving (negatives
-            # flipped), one stable argsort instead of a three-key lexsort (2.7x faster at 6M).
-            bits = xp.repeat(s + xp.float32(0), 2).view(xp.int32).astype(xp.int64)   # + 0: -0.0 -> 0.0
-            bits = xp.where(bits < 0, bits ^ 0x7FFFFFFF, bits) + 2 ** 31
-            order = xp.argsort((node << 32) | bits, kind="stable")
-        else:
-            pair = xp.repeat(xp.arange(e), 2)
-            order = xp.lexsort(xp.stack([pair, xp.repeat(score, 2).astype(xp.float64), node.astype(xp.float64)]))
-        sorted_node = node[order]
-    # rank of each element within its node's run: its index minus the index where the run starts
-    first = run_starts(sorted_node, xp)
-    idx = xp.arange(2 * e, dtype=xp.int64)
-    rank = idx - xp.maximum.accumulate(xp.where(first, idx, 0)) if xp is np else \
-        idx - xp.nonzero(first)[0][xp.cumsum(first) - 1]
+        pair = xp.repeat(xp.arange(e), 2)
+        order = xp.lexsort(xp.stack([pair, xp.repeat(score, 2).astype(xp.float64), node.astype(xp.float64)]))
+    first = run_starts(node[order], xp)
+    run_begin = xp.nonzero(first)[0]
+    rank = xp.arange(2 * e) - run_begin[xp.cumsum(first) - 1]
     top = xp.zeros(2 * e, dtype=bool)
     top[order] = rank < k
     return top.reshape(e, 2).any(axis=1)
