@@ -91,9 +91,12 @@ class _Memory:
                 pass
         return total
 
+    def _sample(self) -> tuple[float, int, int | None]:
+        return time.perf_counter(), self._rss(), self._device.memory_in_use()
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._samples.append((time.perf_counter(), self._rss(), self._device.memory_in_use()))
+            self._samples.append(self._sample())
             self._stop.wait(self._every)
 
     def __enter__(self) -> "_Memory":
@@ -104,13 +107,15 @@ class _Memory:
         self._stop.set()
         self._thread.join()
 
-    def peak(self, t0: float, t1: float) -> tuple[int | None, int | None]:
-        seen = [s for s in list(self._samples) if t0 <= s[0] <= t1]
-        if not seen:     # a step shorter than one sample: the nearest sample after its start
-            later = [s for s in list(self._samples) if s[0] >= t0]
-            seen = later[:1]
+    def peak(self, t0: float, t1: float) -> tuple[int, int | None]:
+        samples = list(self._samples)
+        seen = [s for s in samples if t0 <= s[0] <= t1]
         if not seen:
-            return None, None
+            # a step shorter than the sampling interval: the samples just before and just
+            # after it (one taken now if the sampler has not run since: a busy machine)
+            before = [s for s in samples if s[0] < t0][-1:]
+            after = [s for s in samples if s[0] > t1][:1] or [self._sample()]
+            seen = before + after
         dev = [s[2] for s in seen if s[2] is not None]
         return max(s[1] for s in seen), (max(dev) if dev else None)
 
