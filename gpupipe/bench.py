@@ -180,17 +180,17 @@ def _refs(table) -> list:
     return [p if loc is None else (p, loc) for p, loc in zip(paths, locs)]
 
 
-def _warm(refs: list, threads: int = 8) -> float:
-    """Read every ref once (the page cache then holds SRC for every timed step); -> seconds."""
-    from gpupipe.io.sources import read_many
+def _warm(table, threads: int = 8) -> float:
+    """Read every row's bytes once (the page cache then holds SRC for every timed step); -> seconds."""
+    from gpupipe.stages.hashing import _submit_reads
 
     t = time.perf_counter()
-    step = 256
+    paths = table.column(schema.PATH).to_pylist()
+    locators = (table.column(schema.LOCATOR).to_pylist() if schema.LOCATOR in table.column_names
+                else [None] * len(paths))
     with ThreadPoolExecutor(threads) as pool:
-        for i in range(0, len(refs), step):
-            chunk = refs[i:i + step]
-            pool.submit(read_many, [r[0] if isinstance(r, tuple) else r for r in chunk],
-                        [r[1] if isinstance(r, tuple) else None for r in chunk])
+        for f in _submit_reads(pool, paths, locators, max(threads, len(paths) // 256)):
+            f.result()
     return time.perf_counter() - t
 
 
@@ -226,7 +226,7 @@ def bench(src, options: BenchOptions = BenchOptions(), *, log=lambda m: None) ->
     refs = _refs(ing.table)
     log(f"gpupipe bench: {n:,} of {full.table.num_rows:,} images ({ing.layout}) on {device.kind}; "
         f"reading them once first")
-    t_warm = _warm(refs)
+    t_warm = _warm(ing.table)
     rows = _Rows()
     dedup_options = DedupOptions(device=device.kind, verify=options.verify, recall_sample=options.recall_sample,
                                  batch_size=options.batch_size, seed=options.seed,

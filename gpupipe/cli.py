@@ -21,6 +21,13 @@ from pathlib import Path
 from gpupipe.device import DeviceError
 
 
+def _add_executor_options(p: argparse.ArgumentParser, workers_help: str, scheduler_help: str) -> None:
+    """--workers N | --scheduler ADDRESS, one or the other."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--workers", type=int, default=None, metavar="N", help=workers_help)
+    g.add_argument("--scheduler", default=None, metavar="ADDRESS", help=scheduler_help)
+
+
 def _add_dedup_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
                    help="where to decode and hash (auto: a working GPU if there is one)")
@@ -46,11 +53,8 @@ def _add_dedup_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recall-sample", type=int, default=100, metavar="N",
                    help="images whose edited copies (made in memory) measure this run's recall per kind "
                         "of near duplicate (default: %(default)s; 0 turns it off)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="start a local Dask cluster of N worker processes (GPU: one per GPU)")
-    g.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                   help="run on an existing Dask cluster, e.g. tcp://host:8786")
+    _add_executor_options(p, "start a local Dask cluster of N worker processes (GPU: one per GPU)",
+                          "run on an existing Dask cluster, e.g. tcp://host:8786")
     p.add_argument("--batch-size", type=int, default=512, help="images per DALI batch")
     p.add_argument("--partition-rows", type=int, default=None, metavar="N",
                    help="rows per partition, the unit of work and of resume (default: N/8, 256..16384)")
@@ -300,11 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "loss, and run the review loop (person, oracle or automatic)")
     r.add_argument("run_dir", help="a run directory written by gpupipe dedup")
     r.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
-    g = r.add_mutually_exclusive_group()
-    g.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="run the folds (oof) or scoring partitions on a local Dask cluster of N processes "
-                        "(GPU: one per GPU)")
-    g.add_argument("--scheduler", default=None, metavar="ADDRESS", help="run them on an existing Dask cluster")
+    _add_executor_options(r, "run the folds (oof) or scoring partitions on a local Dask cluster of N processes "
+                             "(GPU: one per GPU)", "run them on an existing Dask cluster")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_rank_options(r, folds_flag="--folds", review_default="person")
     v = sub.add_parser("review", help="apply a person's decisions (confirm / relabel / remove) to the ledger, "
@@ -343,11 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "ceiling (a DALI decode-only pass); reads SRC, writes nothing but --json")
     b.add_argument("src", help="a dataset as for dedup")
     b.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
-    g = b.add_mutually_exclusive_group()
-    g.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="hash and decode on a local Dask cluster of N processes (rates per worker and in total)")
-    g.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                   help="an existing Dask cluster (its workers must see --scratch)")
+    _add_executor_options(b, "hash and decode on a local Dask cluster of N processes (rates per worker and in total)",
+                          "an existing Dask cluster (its workers must see --scratch)")
     b.add_argument("--limit", type=int, default=None, metavar="N",
                    help="time a seeded sample of N images (default: all of SRC)")
     b.add_argument("--seed", type=int, default=0, help="the sample's seed (default: 0)")

@@ -48,6 +48,11 @@ class DaliMissing(RuntimeError):
     pass
 
 
+def default_threads() -> int:
+    """DALI threads when none are asked for: this process's cores, up to 8."""
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
 def dali_version() -> str | None:
     try:
         import nvidia.dali as dali
@@ -101,7 +106,7 @@ class Decoder:
 
     def _build(self):
         dev = self.device
-        threads = self.num_threads or max(1, min(os.cpu_count() or 1, 8))
+        threads = self.num_threads or default_threads()
         gpu = dev.decoder == "mixed"
 
         @pipeline_def(
@@ -259,7 +264,7 @@ def decode_only(device: Device, refs: list, *, batch_size: int = 512, num_thread
     files = [r[0] if isinstance(r, tuple) else r for r in refs]
     locs = [r[1] if isinstance(r, tuple) else None for r in refs]
     inside = any(loc is not None for loc in locs)
-    threads = num_threads or max(1, min(os.cpu_count() or 1, 8))
+    threads = num_threads or default_threads()
 
     @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=device.dali_device_id,
                   prefetch_queue_depth=2)

@@ -19,7 +19,6 @@ Reads: sample_id, path, ingest_locator.  Adds: `schema.HASH`.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -84,7 +83,7 @@ def _decoder(config: HashConfig):
     kept: a DALI pipeline is fed and run by one caller at a time, and a Dask
     worker may run several partitions at once in threads (one per process
     was not safe then)."""
-    from gpupipe.dali.decode import Decoder
+    from gpupipe.dali.decode import Decoder, default_threads
 
     cache = _local.__dict__.setdefault("decoders", {})
     if config not in cache:
@@ -93,7 +92,7 @@ def _decoder(config: HashConfig):
         # batch while DALI decodes the next, and the extra thread keeps the cores busy
         # (CIFAR-10's 60,000 on 2 cores: 2.68-2.78 s against 2.89-3.02 s with two threads, 4
         # alternating rounds, benchmarks/bench_hash_stage.py --dali-cores 1 2).
-        cores = config.dali_threads or max(1, min(os.cpu_count() or 1, 8))
+        cores = config.dali_threads or default_threads()
         cache[config] = Decoder(device, batch_size=config.batch_size, num_threads=cores + 1).setup()
     return cache[config]
 
