@@ -19,7 +19,8 @@ proposed it:
   forced on, to show why).
 Prints, per rule (r >= R and z >= Z), the share of positives accepted and the
 count of negatives accepted; then the candidate recall of ciFAIR's pairs with
-and without the zoomed queries.
+and without the zoomed queries; then the same-shot pairs that only the
+nearest-neighbour search proposes, per half, with their z.
 """
 
 from __future__ import annotations
@@ -142,6 +143,33 @@ def main() -> None:
                 hit |= hamming(zk[z][w][j1[:, 1]], keys0[w][j1[:, 0]]) <= bits
         print(f"| pHash or shift key within {bits} bits | {hit0.mean():.3f} |")
         print(f"| ... or either image zoomed by {ZOOM_QUERIES} | {hit.mean():.3f} |")
+        if bits == 8:
+            hit8 = hit
+    nearest_only(thumbs, pos, jd, choose, hit8)
+
+
+def nearest_only(thumbs: np.ndarray, pos: np.ndarray, jd: np.ndarray, choose: np.ndarray, keyed: np.ndarray) -> None:
+    """The same-shot pairs that the stage's nearest-neighbour search proposes (any view of
+    either image has the other as its nearest, `gpupipe.hashing.knn`) and the 8-bit keys
+    (``keyed``) do not: per half, how many, and their (r, z): what MIN_Z_NEAREST_ONLY was
+    chosen on (the choose half's lowest z among them)."""
+    from gpupipe.hashing.knn import KNN_NEIGHBOURS
+    from gpupipe.stages.dedup import _nearest_candidates, _photo_views
+
+    m = len(thumbs)
+    _, views = _photo_views(thumbs, np.arange(m), np)
+    near, _ = _nearest_candidates(views, m, None, 0, np)
+    j1 = pos[jd == 1]
+    code = np.minimum(j1[:, 0], j1[:, 1]).astype(np.int64) * m + np.maximum(j1[:, 0], j1[:, 1])
+    by_knn = np.isin(code, near)
+    r, z = scores(thumbs, j1)
+    print(f"nearest-neighbour candidates ({KNN_NEIGHBOURS} per view): {len(near)} pairs")
+    print("| half | same-shot proposed (keys or nearest) | nearest only | their z (r >= 0.85), ascending |")
+    print("|---|---|---|---|")
+    for name, sel in (("choose", choose[jd == 1]), ("judge", ~choose[jd == 1])):
+        only = sel & by_knn & ~keyed
+        zs = sorted(round(float(v), 2) for v, rr in zip(z[only], r[only]) if rr >= 0.85)
+        print(f"| {name} | {((by_knn | keyed) & sel).sum()} / {sel.sum()} | {only.sum()} | {zs} |")
 
 
 if __name__ == "__main__":

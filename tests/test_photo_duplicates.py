@@ -88,3 +88,37 @@ def test_composite_copies_of_photos_are_grouped_and_other_shots_are_not(photo_tr
     assert together.mean() >= 0.8           # recall
     assert not mixed.any()                  # precision: no group holds two shots
     assert together.sum() >= base_together.sum() + 0.3 * n
+
+
+def test_nearest_neighbour_candidates_find_the_shot_of_each_copy(photo_tree):
+    """`gpupipe.hashing.knn`: over every view (zoom 1 and the zoomed queries), a copy's
+    nearest image is its own shot for most copies, an image is never its own neighbour,
+    flat images take no part, and the same input gives the same candidates."""
+    from PIL import Image
+
+    from gpupipe.hashing.knn import NearestIndex, dct_descriptor
+    from gpupipe.stages.dedup import _nearest_candidates, _photo_views
+
+    root, n = photo_tree
+    files = sorted(root.rglob("*.jpg"))
+    thumbs = np.stack([np.asarray(Image.open(f).convert("RGB").resize((32, 32), Image.Resampling.BILINEAR))
+                       for f in files] + [np.full((32, 32, 3), 128, np.uint8)])   # + one flat image
+    shot = [f.stem.split("_")[0] for f in files] + ["flat"]
+    m = len(thumbs)
+    _, views = _photo_views(thumbs, np.arange(m), np)
+    assert not views[1][m - 1]                      # the flat image has no descriptor
+    near, _ = _nearest_candidates(views, m, None, 0, np)
+    assert np.array_equal(near, _nearest_candidates(views, m, None, 0, np)[0])      # reproducible
+    i, j = near // m, near % m
+    assert (i != j).all() and not np.isin(m - 1, np.concatenate([i, j]))
+    pairs = set(zip(i.tolist(), j.tolist()))
+    copy_of = {s: [k for k in range(m) if shot[k] == s] for s in set(shot) - {"flat"}}
+    found = sum(tuple(sorted(v)) in pairs for v in copy_of.values())
+    print(f"nearest-neighbour candidates: {len(near)} pairs for {m} images; {found}/{n} shot-copy pairs proposed")
+    assert found >= 0.85 * n
+    assert len(near) <= 3 * m                       # bounded: one per view and image
+    d, ok = dct_descriptor(np.zeros((2, 32, 32), np.uint8))
+    assert not ok.any() and not d.any()
+    idx = NearestIndex(views[0][:m], views[1][:m])
+    rows, sims = idx.search(views[0][:m], np.arange(m), 2)
+    assert not (rows == np.arange(m)[:, None]).any() and (np.diff(sims, axis=1) <= 1e-6).all()

@@ -418,14 +418,15 @@ class PairCheck:
             out[k] = self._score(i[k], j[k], full)
         return out
 
-    def __call__(self, i, j):
+    def __call__(self, i, j, min_registered=None):
         """The decision: similarity >= min_similarity where the 256-bit DCT hashes
         agree (within GATE_FINE_BITS: the content did not move), and >=
         min_similarity + MOVED_MARGIN where they do not (a shift, crop or zoom
         was needed to align them, and look-alike samples align too).  With the
         photo route on, a colour pair that fails this is still the same picture
         when its registered similarity reaches photo.REG_MIN_R at significance z >=
-        min_registered (`gpupipe.hashing.photo`)."""
+        min_registered (`gpupipe.hashing.photo`); ``min_registered`` given ((M,) or a
+        number) replaces that floor per pair."""
         xp = self.xp
         sim = self._pixel_similarity(i, j)
         unmoved = self.unmoved(i, j)
@@ -434,7 +435,9 @@ class PairCheck:
             rest = xp.nonzero(~ok & self._photo_pairs(i, j))[0]
             if int(rest.shape[0]):
                 r, z, _ = self.registered_similarity(i[rest], j[rest])
-                ok[rest] = (r >= self._photo.REG_MIN_R) & (z >= self.min_registered)
+                floor = self.min_registered if min_registered is None else \
+                    xp.broadcast_to(xp.asarray(min_registered, dtype=xp.float32), ok.shape)[rest]
+                ok[rest] = (r >= self._photo.REG_MIN_R) & (z >= floor)
         self.stats.accepted += int(ok.sum())
         return ok
 

@@ -86,6 +86,9 @@ class DedupConfig:
             out["min_registered_z"] = (photo.DEFAULT_MIN_REGISTERED_Z if self.min_registered is None
                                        else float(self.min_registered))
             out["zoom_queries"] = list(ZOOM_QUERIES)
+            from gpupipe.hashing import knn
+            out["nearest_neighbours"] = knn.KNN_NEIGHBOURS
+            out["min_registered_z_nearest_only"] = max(out["min_registered_z"], knn.MIN_Z_NEAREST_ONLY)
         return out
 
 
@@ -110,6 +113,7 @@ class DedupStats:
     candidates: int = 0       # pairs proposed by pHash or the shift key (stage 3)
     candidates_phash: int = 0
     candidates_shift: int = 0
+    candidates_knn: int = 0   # pairs proposed by the nearest-neighbour search (--verify photo)
     checked: int = 0          # candidates among each image's DEFAULT_MAX_CHECKS closest (by the gate's hashes)
     gated: int = 0            # of the candidates checked, passing the hash gate of the check
     verified: int = 0         # candidates the check calls the same picture
@@ -151,8 +155,9 @@ def dedup(frame, ledger: Ledger, config: DedupConfig = DedupConfig(), *, thumbs=
     m = int(node_codes.shape[0])
     stats = DedupStats(nodes=m)
     # Stage 3: candidates from both keys, as direct pairs (each one is verified on its own).
-    zoomed = _zoomed_keys(thumbs, host(first_rows), xp) if config.verify == "photo" and thumbs is not None else None
-    ei, ej, qi, qj = _candidates(ph[first_rows], sk[first_rows], probes, config, stats, xp, zoomed=zoomed)
+    views = _photo_views(thumbs, host(first_rows), xp) if config.verify == "photo" and thumbs is not None else None
+    ei, ej, qi, qj, strict, qstrict = _candidates(ph[first_rows], sk[first_rows], probes, config, stats, xp,
+                                                  views=views)
     stats.seconds["search"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     mode = config.verify if thumbs is not None else "none"
@@ -173,12 +178,14 @@ def dedup(frame, ledger: Ledger, config: DedupConfig = DedupConfig(), *, thumbs=
         keep = _closest(ei, ej, score, _max_checks(config), xp)
         stats.checked = int(keep.sum())
         ei, ej, pos = ei[keep], ej[keep], xp.concatenate([pos[:e][keep], pos[e:2 * e][keep], pos[2 * e:]])
+        strict = None if strict is None else strict[keep]
         e = int(ei.shape[0])
+    floor = _registered_floor(config, strict, xp)
     if e:
         ok = xp.zeros(e, dtype=bool)
         for a in range(0, e, CHECK_SLICE):
             b = min(e, a + CHECK_SLICE)
-            ok[a:b] = check(pos[a:b], pos[e + a:e + b])
+            ok[a:b] = check(pos[a:b], pos[e + a:e + b], *(() if floor is None else (floor[a:b],)))
             if progress is not None:
                 progress("check pairs", b, e)
         ei, ej = ei[ok], ej[ok]
@@ -197,7 +204,8 @@ def dedup(frame, ledger: Ledger, config: DedupConfig = DedupConfig(), *, thumbs=
     stats.seconds["verify"] = time.perf_counter() - t1
     if probes is not None:
         t2 = time.perf_counter()
-        stats.probe = _probe_results(probes, qi, qj, pos[2 * e:], comp_node, node_of_row, n_real, check, xp, host)
+        stats.probe = _probe_results(probes, qi, qj, pos[2 * e:], comp_node, node_of_row, n_real, check, xp, host,
+                                     floor=_registered_floor(config, qstrict, xp))
         stats.seconds["probe"] = time.perf_counter() - t2
     comp = xp.full(n, -1, dtype=xp.int64)
     comp[rows_valid] = comp_node[node_of_valid]
@@ -235,6 +243,18 @@ def dedup(frame, ledger: Ledger, config: DedupConfig = DedupConfig(), *, thumbs=
         schema.DEDUP_LABEL_CONFLICT: (label_conflict, None),
         schema.DEDUP_SPLIT_LEAK: (split_leak, None),
     }), stats)
+
+
+def _registered_floor(config: DedupConfig, strict, xp):
+    """(E,) float32 z floor of the photo route per candidate: the configured one, and
+    `gpupipe.hashing.knn.MIN_Z_NEAREST_ONLY` where only the nearest-neighbour search proposed
+    the pair (None when there is no such candidate)."""
+    if strict is None or not int(strict.sum()):
+        return None
+    from gpupipe.hashing import knn, photo
+
+    base = photo.DEFAULT_MIN_REGISTERED_Z if config.min_registered is None else float(config.min_registered)
+    return xp.where(strict, xp.float32(max(base, knn.MIN_Z_NEAREST_ONLY)), xp.float32(base))
 
 
 def _max_checks(config: DedupConfig) -> int:
@@ -295,34 +315,98 @@ def _zoomed_keys(thumbs, rows: np.ndarray, xp, chunk: int = 16384):
     centre by each of ZOOM_QUERIES (zoom-major): queries that find the crop-and-rescale
     copies of real photographs (ciFAIR's pairs: 70% proposed by the two keys at zoom 1,
     88% with these two zooms as well; benchmarks/RESULTS.md "Real duplicates")."""
+    return _photo_views(thumbs, rows, xp, chunk)[0]
+
+
+def _photo_views(thumbs, rows: np.ndarray, xp, chunk: int = 16384):
+    """The photo route's queries of the thumbnails ``rows``: (`_zoomed_keys`' pair, and
+    ((1 + Z) * m, 63) float32 host `gpupipe.hashing.knn.dct_descriptor` of each view, zoom 1
+    then each zoom of ZOOM_QUERIES (view-major), with its (V * m,) bool "has structure")."""
+    from gpupipe.hashing.knn import dct_descriptor
     from gpupipe.hashing.verify import _sandwich, _zoom
     from gpupipe.stages.hashing import image_keys
 
-    out_p, out_s = [], []
-    for z in ZOOM_QUERIES:
+    out_p, out_s, desc, ok = [], [], [], []
+    for z in (1.0, *ZOOM_QUERIES):
         for s in range(0, len(rows), chunk):
             t = xp.asarray(np.asarray(thumbs[rows[s:s + chunk]]))
             g = (to_gray(t, xp) if t.ndim == 4 else t).astype(xp.float32)[:, None]
-            g = xp.clip(xp.rint(_sandwich(g, _zoom(g.shape[-1], z), xp)[:, 0]), 0, 255).astype(xp.uint8)
-            p, k = image_keys(g, xp)
-            out_p.append(p)
-            out_s.append(k)
+            if z != 1.0:
+                g = xp.clip(xp.rint(_sandwich(g, _zoom(g.shape[-1], z), xp)), 0, 255)
+            g = g[:, 0].astype(xp.uint8)
+            if z != 1.0:
+                p, k = image_keys(g, xp)
+                out_p.append(p)
+                out_s.append(k)
+            d, o = dct_descriptor(g, xp)
+            desc.append(_to_host(d))
+            ok.append(_to_host(o))
     empty = xp.zeros(0, dtype=xp.uint64)
-    return (xp.concatenate(out_p) if out_p else empty), (xp.concatenate(out_s) if out_s else empty)
+    keys = ((xp.concatenate(out_p) if out_p else empty), (xp.concatenate(out_s) if out_s else empty))
+    return keys, ((np.concatenate(desc) if desc else np.zeros((0, 63), np.float32)),
+                  (np.concatenate(ok) if ok else np.zeros(0, bool)))
 
 
-def _candidates(ph, sk, probes, config: DedupConfig, stats: DedupStats, xp, zoomed=None):
+def _to_host(a) -> np.ndarray:
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+def _nearest_candidates(views, m: int, probe_views, n_probe: int, xp):
+    """The photo route's bounded candidates (`gpupipe.hashing.knn`): node pairs (i, j) where
+    one view of i has j among its KNN_NEIGHBOURS nearest nodes; probe pairs (probe, node)
+    found as if each probe were one more indexed image: the node is among the probe's
+    views' nearest, or the probe is at least as close to a node's view as that view's
+    KNN_NEIGHBOURS-th nearest node.  -> (node codes i * m + j, probe codes p * m + node), xp."""
+    from gpupipe.hashing.knn import KNN_NEIGHBOURS, NearestIndex
+
+    desc, ok = views
+    k = KNN_NEIGHBOURS
+    index = NearestIndex(desc[:m], ok[:m])
+    n_views = len(desc) // max(m, 1)
+    own = np.tile(np.arange(m, dtype=np.int64), n_views)
+    live = np.flatnonzero(ok)
+    nbr, sim = index.search(desc[live], own[live], k)
+    a, b = np.repeat(own[live], k), nbr.ravel()
+    hit = b >= 0
+    a, b = a[hit], b[hit]
+    node = np.unique(np.minimum(a, b) * max(m, 1) + np.maximum(a, b))
+    probe = np.zeros(0, np.int64)
+    if n_probe:
+        pdesc, pok = probe_views
+        plive = np.flatnonzero(pok)
+        pn, _ = index.search(pdesc[plive], None, k)
+        pa, pb = np.repeat(plive % n_probe, k), pn.ravel()
+        parts = [(pa * m + pb)[pb >= 0]]
+        base = pdesc[:n_probe][pok[:n_probe]]                 # probes at zoom 1, as indexed images are
+        base_id = np.flatnonzero(pok[:n_probe])
+        kth = sim[:, k - 1]
+        for s in range(0, len(live), 1 << 16):
+            close = desc[live[s:s + (1 << 16)]] @ base.T >= kth[s:s + (1 << 16), None]
+            qi, pj = np.nonzero(close)
+            parts.append(base_id[pj] * m + own[live[s + qi]])
+        probe = np.unique(np.concatenate(parts))
+    return xp.asarray(node), xp.asarray(probe)
+
+
+def _candidates(ph, sk, probes, config: DedupConfig, stats: DedupStats, xp, views=None):
     """Node pairs (i < j) proposed by either key, each once; and probe pairs
-    (probe index, node) proposed by either key.  zoomed: the nodes'
-    `_zoomed_keys` (``--verify photo``), searched as queries whose pairs join the
-    node pairs; the probes then take part as a real image would: their own
-    zoomed keys query the nodes, and the nodes' zoomed keys query the probes."""
+    (probe index, node) proposed by either key.  views: the nodes'
+    `_photo_views` (``--verify photo``): their zoomed keys are searched as queries
+    whose pairs join the node pairs, and each view's nearest nodes by descriptor
+    (`_nearest_candidates`) join them too; the probes then take part as a real image
+    would: their own zoomed keys query the nodes, the nodes' zoomed keys query the
+    probes, and both take part in the nearest-neighbour proposals."""
     m = max(int(ph.shape[0]), 1)
     n_probe = 0 if probes is None else len(probes.phash)
     parts, qparts = [], []
-    pz = None
-    if zoomed is not None and n_probe:
-        pz = _zoomed_keys(probes.thumbs, np.arange(n_probe), xp)
+    pz = zoomed = None
+    if views is not None:
+        zoomed = views[0]
+        pviews = _photo_views(probes.thumbs, np.arange(n_probe), xp) if n_probe else None
+        pz = pviews[0] if n_probe else None
+        near, qnear = _nearest_candidates(views[1], m, None if pviews is None else pviews[1],
+                                          n_probe, xp)
+        stats.candidates_knn = int(near.shape[0])
     keys = [(ph, 0, "candidates_phash", config.resolved_distance())]
     if config.resolved_shift_distance() >= 0:
         keys.append((sk, 1, "candidates_shift", config.resolved_shift_distance()))
@@ -347,9 +431,19 @@ def _candidates(ph, sk, probes, config: DedupConfig, stats: DedupStats, xp, zoom
                               seed=config.seed, direct=True, queries=zoomed[which])
             qparts.append(back[4] * m + back[3] % m)
     key = unique(xp.concatenate(parts), xp) if parts else xp.empty(0, dtype=xp.int64)
-    stats.candidates = int(key.shape[0])
     qkey = unique(xp.concatenate(qparts), xp) if qparts else xp.empty(0, dtype=xp.int64)
-    return key // m, key % m, qkey // m, qkey % m
+    strict = qstrict = None
+    if views is not None:      # pairs only the nearest-neighbour search proposed: the stricter floor
+        key, strict = _with_only(key, near, xp)
+        qkey, qstrict = _with_only(qkey, qnear, xp)
+    stats.candidates = int(key.shape[0])
+    return key // m, key % m, qkey // m, qkey % m, strict, qstrict
+
+
+def _with_only(keys, extra, xp):
+    """(sorted union of ``keys`` and ``extra``, (U,) bool: the code is in ``extra`` only)."""
+    both = unique(xp.concatenate([keys, extra]), xp)
+    return both, ~xp.isin(both, keys)
 
 
 def _representative_rank(frame, ledger: Ledger):
@@ -425,7 +519,8 @@ def _similarity_to_rep(kind_code, rep, node_of_row, involved, check, xp):
     return out
 
 
-def _probe_results(probes: Probes, qi, qj, qpos, comp_node, node_of_row, n_real: int, check, xp, host) -> dict:
+def _probe_results(probes: Probes, qi, qj, qpos, comp_node, node_of_row, n_real: int, check, xp, host,
+                   floor=None) -> dict:
     """Recall per kind and false matches of the probes (see `gpupipe.stages.probe`).
 
     qi, qj: candidate (probe, node) pairs; qpos: position of each node among
@@ -434,7 +529,8 @@ def _probe_results(probes: Probes, qi, qj, qpos, comp_node, node_of_row, n_real:
     final group; every verified pair to any other node is a *false match*.
     """
     src_comp = comp_node[node_of_row[xp.asarray(probes.source_row)]]
-    ok = check(n_real + qi, qpos) if int(qi.shape[0]) else xp.zeros(0, dtype=bool)
+    ok = check(n_real + qi, qpos, *(() if floor is None else (floor,))) if int(qi.shape[0]) \
+        else xp.zeros(0, dtype=bool)
     same = comp_node[qj] == src_comp[qi]
     found = np.zeros(len(probes.kind), bool)
     proposed = np.zeros(len(probes.kind), bool)
