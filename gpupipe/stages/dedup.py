@@ -323,7 +323,7 @@ def _photo_views(thumbs, rows: np.ndarray, xp, chunk: int = 16384):
     ((1 + Z) * m, 63) float32 host `gpupipe.hashing.knn.dct_descriptor` of each view, zoom 1
     then each zoom of ZOOM_QUERIES (view-major), with its (V * m,) bool "has structure")."""
     from gpupipe.hashing.knn import dct_descriptor
-    from gpupipe.hashing.verify import _sandwich, _zoom
+    from gpupipe.hashing.verify import _sandwich, _to_host, _zoom
     from gpupipe.stages.hashing import image_keys
 
     out_p, out_s, desc, ok = [], [], [], []
@@ -345,10 +345,6 @@ def _photo_views(thumbs, rows: np.ndarray, xp, chunk: int = 16384):
     keys = ((xp.concatenate(out_p) if out_p else empty), (xp.concatenate(out_s) if out_s else empty))
     return keys, ((np.concatenate(desc) if desc else np.zeros((0, 63), np.float32)),
                   (np.concatenate(ok) if ok else np.zeros(0, bool)))
-
-
-def _to_host(a) -> np.ndarray:
-    return a.get() if hasattr(a, "get") else np.asarray(a)
 
 
 def _nearest_candidates(views, m: int, probe_views, n_probe: int, xp):
