@@ -43,10 +43,52 @@ def tree(tmp_path_factory) -> Path:
     return root
 
 
+# Each curate is a real process, killed by a real SIGKILL, but forked from a
+# forkserver that imported gpupipe, torch (with torch._dynamo, which the first
+# optimizer imports), cleanlab and DALI once: ~4 s of imports per process
+# otherwise, 21 processes in the first test.  The forkserver never runs a torch
+# op or a DALI pipeline, so its children start with no thread pools to inherit.
+_PRELOAD = ["gpupipe.cli", "gpupipe.runner", "gpupipe.loop", "gpupipe.stages.rank", "torch", "torch._dynamo",
+            "cleanlab", "nvidia.dali"]
+
+
+def _curate_child(argv: list[str], env: dict, out: str, err: str) -> None:
+    """Body of one forked curate: the CLI in this process, its output to files."""
+    for k in [k for k in os.environ if k.startswith("GPUPIPE_")]:
+        del os.environ[k]
+    os.environ.update(env)
+    for fd, path in ((1, out), (2, err)):
+        f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(f, fd)
+        os.close(f)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)
+    sys.stderr = open(2, "w", buffering=1, closefd=False)
+    from gpupipe.cli import main
+
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
+
+
 def _curate(root: Path, run: Path, **env) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "gpupipe.cli", "curate", str(root), "--out", str(run), *QUICK]
-    full = {k: v for k, v in os.environ.items() if not k.startswith("GPUPIPE_")}
-    return subprocess.run(cmd, env={**full, **env}, capture_output=True, text=True, timeout=900)
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(_PRELOAD)
+    argv = ["curate", str(root), "--out", str(run), *QUICK]
+    out, err = run.parent / f".{run.name}.out", run.parent / f".{run.name}.err"
+    child = ctx.Process(target=_curate_child, args=(argv, env, str(out), str(err)))
+    child.start()
+    child.join(900)
+    assert child.exitcode is not None, "curate ran for 15 minutes"
+    done = subprocess.CompletedProcess(argv, child.exitcode, out.read_text(), err.read_text())
+    out.unlink()
+    err.unlink()
+    return done
 
 
 def _outputs(run: Path) -> dict:
