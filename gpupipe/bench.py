@@ -336,7 +336,7 @@ def _rank_rows(rows: _Rows, device: Device, refs: list, labels: list, options: B
                  t1 - t0, mem.peak(t0, t1), note=f"{options.model}, batch {batch}, {size} px, {channels} channel(s)")
         held, count = [], 0
         for x, _ in epochs:
-            held.append(x.to(device.torch_device).clone())
+            held.append(nets.as_input(x.to(device.torch_device)).clone())
             count += len(x)
             if count >= HELD:
                 break

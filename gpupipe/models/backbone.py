@@ -32,6 +32,7 @@ import torch
 
 from gpupipe.dali.augment import file_pipeline
 from gpupipe.device import Device
+from gpupipe.models import nets
 
 
 @dataclass(frozen=True)
@@ -72,12 +73,12 @@ def load(spec: BackboneSpec) -> torch.nn.Module:
 def features(device: Device, model: torch.nn.Module, refs: list, rows: np.ndarray, *, size: int, channels: int,
              batch_size: int) -> np.ndarray:
     """float32 (len(rows), D): the backbone's features of each image, in ``rows``' order."""
-    model = model.to(device.torch_device)
+    model = nets.to_layout(model.to(device.torch_device))
     where = {int(r): i for i, r in enumerate(rows)}
     feats = np.zeros((len(rows), 0), np.float32)
     with torch.inference_mode():
         for x, r in file_pipeline(device, refs, rows, size=size, channels=channels, batch_size=batch_size):
-            f = model(x.to(device.torch_device)).reshape(len(r), -1).float().cpu().numpy()
+            f = model(nets.as_input(x.to(device.torch_device))).reshape(len(r), -1).float().cpu().numpy()
             if feats.shape[1] != f.shape[1]:
                 feats = np.zeros((len(rows), f.shape[1]), np.float32)
             feats[[where[int(v)] for v in r]] = f

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gpupipe.models import nets
+
 
 @dataclass
 class Scores:
@@ -137,7 +139,7 @@ def score(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, np.ndarr
 
     try:
         for b, (x, rows) in enumerate(batches):
-            x = x.to(torch_device, non_blocking=True)
+            x = nets.as_input(x.to(torch_device, non_blocking=True))
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
                 logits_q.append(model(x))
             if tapped:

@@ -85,7 +85,7 @@ def train(
         for epoch in range(1, config.max_epochs + 1):
             model.train()
             for x, r in train_epochs:
-                x = x.to(device.torch_device, non_blocking=True)
+                x = nets.as_input(x.to(device.torch_device, non_blocking=True))
                 target = y[torch.as_tensor(r, device=device.torch_device)]
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.is_gpu):
                     loss = F.cross_entropy(model(x), target)
