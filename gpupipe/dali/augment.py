@@ -156,7 +156,9 @@ def _uniform(half_width: float, *, centre: float, shape: int | None = None):
 
 
 def _to_model(img):
-    return fn.crop_mirror_normalize(img, dtype=types.FLOAT, output_layout="CHW", mean=[0.0], std=[255.0])
+    # HWC floats: `Epochs` hands them on as NCHW views with channels-last strides, the
+    # models' layout (gpupipe.models.nets.MEMORY_FORMAT), so no transpose is made at all.
+    return fn.crop_mirror_normalize(img, dtype=types.FLOAT, output_layout="HWC", mean=[0.0], std=[255.0])
 
 
 def file_pipeline(
@@ -261,12 +263,13 @@ class Epochs:
     def __iter__(self) -> Iterator[tuple["object", np.ndarray]]:
         for batch in self._it:
             b = batch[0]
+            x = b["x"].permute(0, 3, 1, 2)      # (B, H, W, C) -> (B, C, H, W), channels-last strides
             rows = b["row"].reshape(-1).cpu().numpy().astype(np.int64)
             if rows.size and rows[-1] < 0:
                 keep = rows >= 0
-                yield b["x"][np.flatnonzero(keep)], rows[keep]
+                yield x[np.flatnonzero(keep)], rows[keep]
             else:
-                yield b["x"], rows
+                yield x, rows
 
 
 @dataclass
