@@ -89,6 +89,11 @@ COARSE_SHIFT = 2               # 16 px: up to 2 px (4 px at 32)
 _GRAY = np.array([0.299, 0.587, 0.114], np.float32)     # ITU-R BT.601, as DALI's RGB -> GRAY
 
 
+def is_colour(thumbs, xp=np):
+    """(B,) bool: the RGB thumbnails (B, H, W, 3) whose channels are not all equal."""
+    return ((thumbs[..., 0] != thumbs[..., 1]) | (thumbs[..., 1] != thumbs[..., 2])).any(axis=(1, 2))
+
+
 def to_gray(rgb, xp=np):
     """(..., 3) uint8 RGB -> (...) uint8 gray."""
     return xp.rint(rgb.astype(xp.float32) @ xp.asarray(_GRAY)).astype(xp.uint8)
@@ -321,7 +326,7 @@ class PairCheck:
         for s in range(0, u, step):
             t = thumbs[s:s + step]
             if t.ndim == 4:
-                self._is_colour[s:s + step] = ((t[..., 0] != t[..., 1]) | (t[..., 1] != t[..., 2])).any(axis=(1, 2))
+                self._is_colour[s:s + step] = is_colour(t, xp)
                 self.colour |= bool(self._is_colour[s:s + step].any())
                 t = to_gray(t, xp)
             self._fine[s:s + step] = dct_hash(t, size=FINE_SIZE, xp=xp)

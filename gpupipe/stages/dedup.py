@@ -321,9 +321,11 @@ def _zoomed_keys(thumbs, rows: np.ndarray, xp, chunk: int = 16384):
 def _photo_views(thumbs, rows: np.ndarray, xp, chunk: int = 16384):
     """The photo route's queries of the thumbnails ``rows``: (`_zoomed_keys`' pair, and
     ((1 + Z) * m, 63) float32 host `gpupipe.hashing.knn.dct_descriptor` of each view, zoom 1
-    then each zoom of ZOOM_QUERIES (view-major), with its (V * m,) bool "has structure")."""
+    then each zoom of ZOOM_QUERIES (view-major), with its (V * m,) bool "takes part": a colour
+    image with structure (on gray Fashion-MNIST the nearest neighbours brought 4 pairs of
+    different trousers per 10,000 images past the pixel check: RESULTS.md §21)."""
     from gpupipe.hashing.knn import dct_descriptor
-    from gpupipe.hashing.verify import _sandwich, _to_host, _zoom
+    from gpupipe.hashing.verify import _sandwich, _to_host, _zoom, is_colour
     from gpupipe.stages.hashing import image_keys
 
     out_p, out_s, desc, ok = [], [], [], []
@@ -331,6 +333,7 @@ def _photo_views(thumbs, rows: np.ndarray, xp, chunk: int = 16384):
         for s in range(0, len(rows), chunk):
             t = xp.asarray(np.asarray(thumbs[rows[s:s + chunk]]))
             g = (to_gray(t, xp) if t.ndim == 4 else t).astype(xp.float32)[:, None]
+            colour = is_colour(t, xp) if t.ndim == 4 else xp.zeros(int(t.shape[0]), dtype=bool)
             if z != 1.0:
                 g = xp.clip(xp.rint(_sandwich(g, _zoom(g.shape[-1], z), xp)), 0, 255)
             g = g[:, 0].astype(xp.uint8)
@@ -340,7 +343,7 @@ def _photo_views(thumbs, rows: np.ndarray, xp, chunk: int = 16384):
                 out_s.append(k)
             d, o = dct_descriptor(g, xp)
             desc.append(_to_host(d))
-            ok.append(_to_host(o))
+            ok.append(_to_host(o & colour))       # colour photographs only, as the registered route
     empty = xp.zeros(0, dtype=xp.uint64)
     keys = ((xp.concatenate(out_p) if out_p else empty), (xp.concatenate(out_s) if out_s else empty))
     return keys, ((np.concatenate(desc) if desc else np.zeros((0, 63), np.float32)),
