@@ -40,7 +40,7 @@ from bench_cifair import SHARED, halves  # noqa: E402
 from gpupipe import schema  # noqa: E402
 from gpupipe.hashing.neighbors import hamming, near_pairs  # noqa: E402
 from gpupipe.hashing.verify import PairCheck, to_gray  # noqa: E402
-from gpupipe.stages.dedup import ZOOM_QUERIES, _zoomed_keys  # noqa: E402
+from gpupipe.stages.dedup import ZOOM_QUERIES, _photo_views  # noqa: E402
 from gpupipe.stages.hashing import image_keys  # noqa: E402
 
 RULES = [(r, z) for z in (0, 6, 7, 8) for r in (0.85, 0.9)]
@@ -48,7 +48,7 @@ RULES = [(r, z) for z in (0, 6, 7, 8) for r in (0.85, 0.9)]
 
 def zoom_keys(gray: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per zoom of ZOOM_QUERIES, the stage's (pHash, shift key) of every image zoomed in."""
-    ph, sk = _zoomed_keys(gray, np.arange(len(gray)), np)
+    (ph, sk), _ = _photo_views(gray, np.arange(len(gray)), np)
     m = len(gray)
     return [(ph[k * m:(k + 1) * m], sk[k * m:(k + 1) * m]) for k in range(len(ZOOM_QUERIES))]
 
@@ -154,7 +154,7 @@ def nearest_only(thumbs: np.ndarray, pos: np.ndarray, jd: np.ndarray, choose: np
     (``keyed``) do not: per half, how many, and their (r, z): what MIN_Z_NEAREST_ONLY was
     chosen on (the choose half's lowest z among them)."""
     from gpupipe.hashing.knn import KNN_NEIGHBOURS
-    from gpupipe.stages.dedup import _nearest_candidates, _photo_views
+    from gpupipe.stages.dedup import _nearest_candidates
 
     m = len(thumbs)
     _, views = _photo_views(thumbs, np.arange(m), np)

@@ -180,7 +180,7 @@ def dedup(frame, ledger: Ledger, config: DedupConfig = DedupConfig(), *, thumbs=
         ei, ej, pos = ei[keep], ej[keep], xp.concatenate([pos[:e][keep], pos[e:2 * e][keep], pos[2 * e:]])
         strict = None if strict is None else strict[keep]
         e = int(ei.shape[0])
-    floor = _registered_floor(config, strict, xp)
+    floor = _registered_floor(check, strict, xp)
     if e:
         ok = xp.zeros(e, dtype=bool)
         for a in range(0, e, CHECK_SLICE):
@@ -205,7 +205,7 @@ def dedup(frame, ledger: Ledger, config: DedupConfig = DedupConfig(), *, thumbs=
     if probes is not None:
         t2 = time.perf_counter()
         stats.probe = _probe_results(probes, qi, qj, pos[2 * e:], comp_node, node_of_row, n_real, check, xp, host,
-                                     floor=_registered_floor(config, qstrict, xp))
+                                     floor=_registered_floor(check, qstrict, xp))
         stats.seconds["probe"] = time.perf_counter() - t2
     comp = xp.full(n, -1, dtype=xp.int64)
     comp[rows_valid] = comp_node[node_of_valid]
@@ -245,15 +245,15 @@ def dedup(frame, ledger: Ledger, config: DedupConfig = DedupConfig(), *, thumbs=
     }), stats)
 
 
-def _registered_floor(config: DedupConfig, strict, xp):
-    """(E,) float32 z floor of the photo route per candidate: the configured one, and
+def _registered_floor(check, strict, xp):
+    """(E,) float32 z floor of the photo route per candidate: ``check``'s own, and
     `gpupipe.hashing.knn.MIN_Z_NEAREST_ONLY` where only the nearest-neighbour search proposed
     the pair (None when there is no such candidate)."""
     if strict is None or not int(strict.sum()):
         return None
-    from gpupipe.hashing import knn, photo
+    from gpupipe.hashing import knn
 
-    base = photo.DEFAULT_MIN_REGISTERED_Z if config.min_registered is None else float(config.min_registered)
+    base = check.min_registered
     return xp.where(strict, xp.float32(max(base, knn.MIN_Z_NEAREST_ONLY)), xp.float32(base))
 
 
@@ -310,17 +310,12 @@ def _as_rgb(probe_thumbs, like):
 ZOOM_QUERIES = (1.08, 1.15)    # --verify photo: each image zoomed in by these also queries both keys
 
 
-def _zoomed_keys(thumbs, rows: np.ndarray, xp, chunk: int = 16384):
-    """(pHash (Z*m,), shift key (Z*m,)) of the thumbnails ``rows`` zoomed in about their
-    centre by each of ZOOM_QUERIES (zoom-major): queries that find the crop-and-rescale
-    copies of real photographs (ciFAIR's pairs: 70% proposed by the two keys at zoom 1,
-    88% with these two zooms as well; benchmarks/RESULTS.md "Real duplicates")."""
-    return _photo_views(thumbs, rows, xp, chunk)[0]
-
-
 def _photo_views(thumbs, rows: np.ndarray, xp, chunk: int = 16384):
-    """The photo route's queries of the thumbnails ``rows``: (`_zoomed_keys`' pair, and
-    ((1 + Z) * m, 63) float32 host `gpupipe.hashing.knn.dct_descriptor` of each view, zoom 1
+    """The photo route's queries of the thumbnails ``rows``: ((pHash (Z*m,), shift key (Z*m,))
+    of the thumbnails zoomed in about their centre by each of ZOOM_QUERIES (zoom-major):
+    queries that find the crop-and-rescale copies of real photographs (ciFAIR's pairs: 70%
+    proposed by the two keys at zoom 1, 88% with these two zooms as well; benchmarks/RESULTS.md
+    "Real duplicates"), and ((1 + Z) * m, 63) float32 host `gpupipe.hashing.knn.dct_descriptor` of each view, zoom 1
     then each zoom of ZOOM_QUERIES (view-major), with its (V * m,) bool "takes part": a colour
     image with structure (on gray Fashion-MNIST the nearest neighbours brought 4 pairs of
     different trousers per 10,000 images past the pixel check: RESULTS.md §21)."""
