@@ -1,6 +1,6 @@
 """Real duplicates in real photographs: gpupipe dedup against ciFAIR's human judgments on CIFAR-10.
 
-    python benchmarks/bench_cifair.py --cifar DIR [--pairs CSV] [--verify photo] [--run RUN] [--sheet PNG]
+    python benchmarks/bench_cifair.py --cifar DIR [--pairs CSV] [--verify photo] [--run RUN] [--sheet PNG [--seed S]]
 
 DIR: CIFAR-10 as JPEGs, ``DIR/{train,test}/<class>/NNNN.jpg`` (extract
 ``../shared/data/cifar10/cifar10-jpeg.tar.gz``).  CSV: ciFAIR's pairs
@@ -165,6 +165,7 @@ def main() -> None:
     ap.add_argument("--verify", default="photo", choices=("pixels", "photo"))
     ap.add_argument("--run", type=Path, default=None, help="a finished dedup run over --cifar (else one is made)")
     ap.add_argument("--sheet", type=Path, default=None)
+    ap.add_argument("--seed", type=int, default=0, help="with --sheet: which seeded sample")
     ap.add_argument("--imagededup", action="store_true", help="also run the imagededup PHash anchor")
     ap.add_argument("--upscale", type=int, default=None, metavar="S", help="also compare a subset enlarged to S px")
     ap.add_argument("--others", type=int, default=4000, help="with --upscale: images beside the pairs' own")
@@ -195,7 +196,7 @@ def main() -> None:
         print(f"| {name} | {h['same_shot_pairs']} | {h['same_shot_grouped']} | {h['recall']} | "
               f"{h['similar_pairs']} | {h['similar_grouped']} |")
     if args.sheet:
-        s = sheet(args.cifar, found, args.sheet)
+        s = sheet(args.cifar, found, args.sheet, seed=args.seed)
         s.to_csv(args.sheet.with_suffix(".csv"), index=False)
         print(f"sheet: {args.sheet} ({len(s)} pairs, 10 a row, each pair side by side; list in "
               f"{args.sheet.with_suffix('.csv')})")

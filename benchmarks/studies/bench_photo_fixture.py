@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 
 import test_photo_duplicates as fixture  # noqa: E402
 from gpupipe import schema  # noqa: E402
-from gpupipe.hashing.photo import DEFAULT_MIN_REGISTERED_Z, REG_MIN_R  # noqa: E402
+from gpupipe.hashing.photo import DEFAULT_MIN_REGISTERED_Z, REG_MIN_R, min_colour_fit  # noqa: E402
 from gpupipe.hashing.verify import PairCheck  # noqa: E402
 from gpupipe.runner import LEDGER, DedupOptions, run_dedup  # noqa: E402
 
@@ -52,10 +52,15 @@ def main() -> None:
     i, j = np.triu_indices(len(t), 1)
     check = PairCheck(np.load(run / "thumbs.npy"), registered=True)
     for name, sel in (("different shots", shot[i] != shot[j]), ("a shot and its copy", shot[i] == shot[j])):
-        r, z, _ = check.registered_similarity(i[sel], j[sel])
+        reg = check.registered_similarity(i[sel], j[sel])
+        r, z = reg.r, reg.z
         ok = (r >= REG_MIN_R) & (z >= DEFAULT_MIN_REGISTERED_Z)
-        print(f"{name}: {int(sel.sum())} pairs, the route accepts {int(ok.sum())}; r max {r.max():.3f}, "
-              f"10th percentile {np.quantile(r, 0.1):.3f}; z max {z.max():.2f}, 10th percentile {np.quantile(z, 0.1):.2f}")
+        colour_ok = ok & (reg.colour_fit >= min_colour_fit(z))
+        live = reg.colour_fit[ok]
+        print(f"{name}: {int(sel.sum())} pairs, the route's r and z accept {int(ok.sum())}, with the colour fit "
+              f"{int(colour_ok.sum())}; r max {r.max():.3f}, 10th percentile {np.quantile(r, 0.1):.3f}; z max "
+              f"{z.max():.2f}, 10th percentile {np.quantile(z, 0.1):.2f}; colour fit of those r and z accept: "
+              + (f"min {live.min():.3f}, 10th percentile {np.quantile(live, 0.1):.3f}" if len(live) else "none"))
 
 
 if __name__ == "__main__":

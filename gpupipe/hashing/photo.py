@@ -35,6 +35,17 @@ scene correlate significantly at r = 0.7) and z >= DEFAULT_MIN_REGISTERED_Z.
 Both were chosen on one half of ciFAIR's development pairs and reported on
 the other (benchmarks/bench_cifair_roc.py, benchmarks/RESULTS.md §18).
 
+The gray band-pass ignores colour, and look-alikes of one class and pose (a bay
+horse for a chestnut one, two airliners in different liveries) align at r
+0.86-0.95, z 7-12: 6 of a seeded 100 accepted pairs on CIFAR-10 were such.  So
+an accepted pair must also pass a colour test at the alignment found
+(`colour_fit`): the R^2 of one global affine colour map from a's blurred pixels
+to b's, >= MIN_COLOUR_FIT, and >= MIN_COLOUR_FIT_WEAK where z < STRONG_Z.  A
+re-processed copy (white balance, saturation, contrast, gamma, even a white car
+turned teal) is one map of its colours; a look-alike puts other colours in
+some places.  Chosen on pairs judged by eye and ciFAIR's choose half
+(benchmarks/bench_colour_fit.py, RESULTS.md §24).
+
 The route is for colour photographs: `PairCheck` applies it to pairs of colour
 images only.  On gray 32 px digits (8x8 scans upscaled) no threshold of this
 family separates different writers' digits: ``--verify photo`` on the demo's
@@ -50,7 +61,8 @@ from __future__ import annotations
 import numpy as np
 
 from gpupipe.hashing.verify import (
-    COARSE_SHIFT, MARGIN, THUMB, _centre, _half, _peaks_at, _sandwich, _to_host, _zoom, band_pass, correlations,
+    COARSE_SHIFT, MARGIN, THUMB, _centre, _gauss, _half, _peaks_at, _sandwich, _to_host, _zoom, band_pass,
+    correlations,
 )
 
 REG_SIGMAS = (0.7, 4.0)
@@ -61,6 +73,16 @@ REG_LAGS = 10
 REG_MIN_R = 0.85
 REG_COARSE_MIN = 0.7        # 16 px, best zoom: every ciFAIR same-shot pair >= 0.79, 10% of CIFAR's candidates
 DEFAULT_MIN_REGISTERED_Z = 6.0
+COLOUR_SIGMA = 1.4          # px at 32: the blur before the colour map is fitted (`colour_fit`)
+MIN_COLOUR_FIT = 0.85       # R^2 of one global colour map (`colour_fit`), every pair the route accepts
+MIN_COLOUR_FIT_WEAK = 0.91  # ... and where the structure's significance is under STRONG_Z
+STRONG_Z = 9.0
+
+
+def min_colour_fit(z, xp=np):
+    """(P,) float32 the colour fit a pair of registered significance ``z`` must reach:
+    MIN_COLOUR_FIT_WEAK under STRONG_Z, MIN_COLOUR_FIT from there."""
+    return xp.where(z >= STRONG_Z, xp.float32(MIN_COLOUR_FIT), xp.float32(MIN_COLOUR_FIT_WEAK))
 
 
 def reg_filters(thumbs, xp=np):
@@ -97,11 +119,13 @@ def registered_z(r, ac_a, ac_b, sp_a, sp_b, xp=np):
 def registered_similarity(fa, ca, fb, cb, xp=np):
     """(P,) float32 registered similarity (above) of pairs of images given by the first
     two of their `reg_filters` (a's and b's, row k a pair), -1 where the coarse step
-    already ruled the pair out (< REG_COARSE_MIN); and (P,) float32 the zoom applied to
-    b at the peak (1 = none)."""
+    already ruled the pair out (< REG_COARSE_MIN); (P,) float32 the zoom applied to b
+    at the peak (1 = none); and (P,) int64 each the shift (dy, dx) of b's window at the
+    peak (32 px units, 0 where ruled out)."""
     p = int(fa.shape[0])
+    at_y, at_x = xp.zeros(p, dtype=xp.int64), xp.zeros(p, dtype=xp.int64)
     if p == 0:
-        return xp.zeros(0, xp.float32), xp.ones(0, xp.float32)
+        return xp.zeros(0, xp.float32), xp.ones(0, xp.float32), at_y, at_x
     r = 2 * COARSE_SHIFT + 1
     best = xp.full(p, -2.0, dtype=xp.float32)
     best_z = xp.zeros(p, dtype=xp.int64)
@@ -122,7 +146,7 @@ def registered_similarity(fa, ca, fb, cb, xp=np):
     zoom_at = xp.ones(p, dtype=xp.float32)
     live = xp.nonzero(best >= REG_COARSE_MIN)[0]
     if int(live.shape[0]) == 0:
-        return out, zoom_at
+        return out, zoom_at, at_y, at_x
     av = _centre(fa[live], MARGIN, xp)
     fb, best_z, dy, dx = fb[live], best_z[live], dy[live], dx[live]
     for k in np.unique(_to_host(best_z)).tolist():        # fine: best zoom +- half a step, 32 px
@@ -130,8 +154,47 @@ def registered_similarity(fa, ca, fb, cb, xp=np):
         at = live[g]
         for f in (1.0, 1 / REG_HALF_STEP, REG_HALF_STEP):
             z = REG_ZOOMS[k] * f
-            sc = _peaks_at(av[g], _sandwich(fb[g], _zoom(THUMB, z), xp), dy[g], dx[g], 1, xp)
+            sc, sy, sx = _peaks_at(av[g], _sandwich(fb[g], _zoom(THUMB, z), xp), dy[g], dx[g], 1, xp, shifts=True)
             better = sc > out[at]
             out[at] = xp.where(better, sc, out[at])
             zoom_at[at] = xp.where(better, xp.float32(z), zoom_at[at])
-    return out, zoom_at
+            at_y[at] = xp.where(better, sy, at_y[at])
+            at_x[at] = xp.where(better, sx, at_x[at])
+    return out, zoom_at, at_y, at_x
+
+
+def colour_fit(ta, tb, zoom, dy, dx, xp=np):
+    """(P,) float32: how well one global colour map explains b from a once aligned.
+
+    ta, tb (P, 32, 32, 3) uint8 thumbnails of the pairs, aligned as the registered
+    similarity found them (b zoomed by ``zoom``, its window shifted by (dy, dx)).  Both
+    blurred (Gaussian, COLOUR_SIGMA px: what resampling and JPEG change goes), then the
+    least-squares affine map from a's RGB to b's over the central window; the value is
+    its R^2, 1 - residual / variance of b.  A re-processed copy of one shot (white
+    balance, saturation, contrast, gamma) is one global map of its colours; a look-alike
+    of the same pose (a bay horse for a chestnut one, an airliner in another livery)
+    puts different colours at the same place, which no global map explains."""
+    p = int(ta.shape[0])
+    if p == 0:
+        return xp.zeros(0, xp.float32)
+    w = THUMB - 2 * MARGIN
+    g = _gauss(THUMB, COLOUR_SIGMA)
+    x = _sandwich(xp.moveaxis(ta.astype(xp.float32), -1, 1) / 255, g, xp)[:, :, MARGIN:MARGIN + w, MARGIN:MARGIN + w]
+    x = xp.moveaxis(x.reshape(p, 3, w * w), 1, 2)                       # (P, n, 3)
+    b = xp.moveaxis(tb.astype(xp.float32), -1, 1) / 255
+    y = xp.empty_like(x)
+    ramp = xp.arange(w)
+    zoom_h = _to_host(zoom)
+    for z in np.unique(zoom_h).tolist():
+        k = xp.asarray(np.nonzero(zoom_h == z)[0])
+        bz = _sandwich(_sandwich(b[k], _zoom(THUMB, z), xp), g, xp)      # (G, 3, 32, 32): zoomed, then blurred
+        ry = (MARGIN + dy[k])[:, None] + ramp                           # (G, w) rows of b's window
+        rx = (MARGIN + dx[k])[:, None] + ramp
+        win = bz[xp.arange(int(k.shape[0]))[:, None, None], :, ry[:, :, None], rx[:, None, :]]   # (G, w, w, 3)
+        y[k] = win.reshape(int(k.shape[0]), w * w, 3)
+    x1 = xp.concatenate([x, xp.ones_like(x[:, :, :1])], axis=2)        # (P, n, 4)
+    xtx = xp.matmul(xp.swapaxes(x1, 1, 2), x1) + xp.float32(1e-4) * xp.eye(4, dtype=xp.float32)
+    coef = xp.linalg.solve(xtx, xp.matmul(xp.swapaxes(x1, 1, 2), y))  # (P, 4, 3)
+    res = y - xp.matmul(x1, coef)
+    var = ((y - y.mean(axis=1, keepdims=True)) ** 2).sum(axis=(1, 2))
+    return (1 - (res ** 2).sum(axis=(1, 2)) / xp.maximum(var, xp.float32(1e-6))).astype(xp.float32)

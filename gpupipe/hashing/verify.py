@@ -52,7 +52,8 @@ Real photographs (``--verify photo``): real same-shot duplicates combine a crop
 with rescaling, a colour shift and JPEG, which the band-pass at 0.99 rejects
 (6% of ciFAIR's CIFAR-10 pairs grouped).  The photo route adds, for pairs of
 colour images, the *registered similarity* (a zoom search over 0.8-1.25, a
-lower band, in gray) decided by its statistical significance:
+lower band, in gray) decided by its statistical significance, and a colour test
+at the alignment found (one global colour map must explain the pair):
 `gpupipe.hashing.photo`.
 """
 
@@ -60,7 +61,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -289,6 +290,16 @@ class CheckStats:
 GPU_CHUNK = 131072      # pairs per step on a GPU (~2 GiB of float32 band-passes per operand at 32 px RGB)
 
 
+class Registered(NamedTuple):
+    """Per pair, the photo route's view (`PairCheck.registered_similarity`)."""
+    r: object            # (M,) float32 registered similarity, -1 where ruled out early
+    z: object            # (M,) float32 its significance
+    zoom: object         # (M,) float32 zoom of b at the peak
+    dy: object           # (M,) int64 shift of b's window at the peak (32 px units)
+    dx: object
+    colour_fit: object   # (M,) float32 R^2 of one global colour map there, -1 where r < REG_MIN_R
+
+
 class PairCheck:
     """``check(i, j) -> (M,) bool``: which pairs (thumbs[i[k]], thumbs[j[k]]) are the same picture.
 
@@ -382,19 +393,27 @@ class PairCheck:
         return self._is_colour[i] & self._is_colour[j]
 
     def registered_similarity(self, i, j):
-        """(M,) float32 `gpupipe.hashing.photo.registered_similarity` of each pair,
-        (M,) its significance `~gpupipe.hashing.photo.registered_z`, and (M,) the zoom
-        at its peak (``registered=True`` only)."""
+        """`Registered` for each pair (``registered=True`` only): (M,) float32
+        `gpupipe.hashing.photo.registered_similarity`, (M,) its significance
+        `~gpupipe.hashing.photo.registered_z`, the zoom and shift at its peak, and
+        (M,) `~gpupipe.hashing.photo.colour_fit` there (-1 where ruled out)."""
         xp = self.xp
         m = int(i.shape[0])
-        sim, z, zoom = (xp.full(m, -1.0, dtype=xp.float32), xp.zeros(m, dtype=xp.float32),
-                        xp.ones(m, dtype=xp.float32))
+        out = Registered(xp.full(m, -1.0, dtype=xp.float32), xp.zeros(m, dtype=xp.float32),
+                         xp.ones(m, dtype=xp.float32), xp.zeros(m, dtype=xp.int64), xp.zeros(m, dtype=xp.int64),
+                         xp.full(m, -1.0, dtype=xp.float32))
         for s in range(0, m, self._chunk):
-            fa, ca, aa, sa = self._reg_cache.get(i[s:s + self._chunk])
-            fb, cb, ab, sb = self._reg_cache.get(j[s:s + self._chunk])
-            sim[s:s + self._chunk], zoom[s:s + self._chunk] = self._photo.registered_similarity(fa, ca, fb, cb, xp=xp)
-            z[s:s + self._chunk] = self._photo.registered_z(sim[s:s + self._chunk], aa, ab, sa, sb, xp)
-        return sim, z, zoom
+            c = slice(s, s + self._chunk)
+            fa, ca, aa, sa = self._reg_cache.get(i[c])
+            fb, cb, ab, sb = self._reg_cache.get(j[c])
+            out.r[c], out.zoom[c], out.dy[c], out.dx[c] = self._photo.registered_similarity(fa, ca, fb, cb, xp=xp)
+            out.z[c] = self._photo.registered_z(out.r[c], aa, ab, sa, sb, xp)
+            live = xp.nonzero(out.r[c] >= self._photo.REG_MIN_R)[0]
+            if int(live.shape[0]):     # only where the pair could pass
+                ii, jj = i[c][live], j[c][live]
+                out.colour_fit[s + live] = self._photo.colour_fit(
+                    self.thumbs[ii], self.thumbs[jj], out.zoom[c][live], out.dy[c][live], out.dx[c][live], xp)
+        return out
 
     def similarity(self, i, j, *, gate: bool = True, full: bool = False):
         """(M,) float32 similarity of each pair; -1 where the gate or the coarse
@@ -406,7 +425,7 @@ class PairCheck:
         if self.registered:
             both = self.xp.nonzero(self._photo_pairs(i, j))[0]
             if int(both.shape[0]):
-                out[both] = self.xp.maximum(out[both], self.registered_similarity(i[both], j[both])[0])
+                out[both] = self.xp.maximum(out[both], self.registered_similarity(i[both], j[both]).r)
         return out
 
     def _pixel_similarity(self, i, j, *, gate: bool = True, full: bool = False):
@@ -439,10 +458,11 @@ class PairCheck:
         if self.registered:   # colour pairs only: on gray digits it merged different writers' digits
             rest = xp.nonzero(~ok & self._photo_pairs(i, j))[0]
             if int(rest.shape[0]):
-                r, z, _ = self.registered_similarity(i[rest], j[rest])
+                reg = self.registered_similarity(i[rest], j[rest])
                 floor = self.min_registered if min_registered is None else \
                     xp.broadcast_to(xp.asarray(min_registered, dtype=xp.float32), ok.shape)[rest]
-                ok[rest] = (r >= self._photo.REG_MIN_R) & (z >= floor)
+                ok[rest] = ((reg.r >= self._photo.REG_MIN_R) & (reg.z >= floor)
+                            & (reg.colour_fit >= self._photo.min_colour_fit(reg.z, xp)))
         self.stats.accepted += int(ok.sum())
         return ok
 
@@ -484,10 +504,11 @@ def _to_host(a) -> np.ndarray:
     return a.get() if hasattr(a, "get") else np.asarray(a)
 
 
-def _peaks_at(av, b, dy, dx, radius: int, xp, norms=None):
+def _peaks_at(av, b, dy, dx, radius: int, xp, norms=None, *, shifts: bool = False):
     """Sub-pixel peak of the correlations of references ``av`` (from `_centre`) with
     ``b`` (P, C, 32, 32) at shifts within ``radius`` of (dy, dx) (32 px units);
-    pairs are grouped by their shift so every window is a plain slice.  -> (P,)"""
+    pairs are grouped by their shift so every window is a plain slice.  -> (P,), and
+    with ``shifts`` also the integer shift (dy, dx) of each peak, (P,) each."""
     p = int(av.shape[0])
     n, m = THUMB, MARGIN
     w = n - 2 * m
@@ -496,6 +517,7 @@ def _peaks_at(av, b, dy, dx, radius: int, xp, norms=None):
         s1, s2 = _window_sums(b, w, xp)
         norms = _norms(s1, s2, b.shape[1] * w * w, xp)
     out = xp.full(p, -1.0, dtype=xp.float32)
+    at_y, at_x = xp.zeros(p, dtype=xp.int64), xp.zeros(p, dtype=xp.int64)
     span = 4 * COARSE_SHIFT + 1
     code = (dy + 2 * COARSE_SHIFT) * span + (dx + 2 * COARSE_SHIFT)
     r = 2 * radius + 1
@@ -505,8 +527,10 @@ def _peaks_at(av, b, dy, dx, radius: int, xp, norms=None):
         oy = min(max(m + c // span - 2 * COARSE_SHIFT - radius, 0), 2 * m + 1 - r)
         ox = min(max(m + c % span - 2 * COARSE_SHIFT - radius, 0), 2 * m + 1 - r)
         surf = _surface(av[g], b[g], oy, ox, r, xp) / norms[g, oy:oy + r, ox:ox + r]
-        out[g] = _peak_anywhere(surf, surf.reshape(int(g.shape[0]), -1).argmax(axis=1), xp)
-    return out
+        best = surf.reshape(int(g.shape[0]), -1).argmax(axis=1)
+        out[g] = _peak_anywhere(surf, best, xp)
+        at_y[g], at_x[g] = oy + best // r - m, ox + best % r - m
+    return (out, at_y, at_x) if shifts else out
 
 
 def pair_check(thumbs, *, mode: VerifyMode = "pixels", min_similarity: float | None = None,
