@@ -26,10 +26,11 @@ import torch
 
 
 def small_cnn_features(channels: int = 3) -> torch.nn.Module:
-    """gpupipe's small-cnn up to its global average pooling: (B, C, S, S) -> (B, 128)."""
-    from gpupipe.models.nets import small_cnn
+    """gpupipe's small-cnn up to its global average pooling: (B, C, S, S) -> (B, 128)
+    (`gpupipe.models.nets.small_cnn_features`, which the same weights fit)."""
+    from gpupipe.models.nets import small_cnn_features as features
 
-    return small_cnn(10, channels)[:-2]
+    return features(channels)
 
 
 def main() -> int:

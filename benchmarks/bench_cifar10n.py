@@ -3,7 +3,7 @@
     python benchmarks/bench_cifar10n.py --cifar /tmp/cifar10 \
         --labels ../shared/data/cifar10/cifar10n_labels_dev.csv --part choose|judge \
         [--noise aggre|worse] [--augment auto|light|photo|method] [--n 10000]
-        [--backbone backbones:small_cnn_features --backbone-weights W.pt]
+        [--backbone backbones:small_cnn_features --backbone-weights W.pt] [--init-weights W.pt] [--tag NAME]
 
 10,000 CIFAR-10 training images filed under the labels Mechanical Turk workers
 gave them (CIFAR-10N ``aggre``: the majority of three, 9% differ from the
@@ -25,7 +25,9 @@ reported).
    removed (damage), and damage as a share of the rows it changed.
 
 With ``--backbone`` the round is linear heads on that backbone's features
-(`gpupipe.models.backbone`) instead of the small CNN trained per fold.
+(`gpupipe.models.backbone`) instead of the small CNN trained per fold; with
+``--init-weights`` the small CNN of each fold starts from those weights (e.g.
+``gpupipe pretrain``'s, self-supervised on the part's own images).
 
 Prints Markdown and writes ``results-<augment|backbone>.json`` next to the data
 (``--data``, default ``.bench``).
@@ -179,10 +181,13 @@ def main() -> int:
     ap.add_argument("--policy-only", action="store_true", help="re-read the policy on the kept ledger")
     ap.add_argument("--backbone", default=None, help="rank's --backbone (see benchmarks/backbones.py)")
     ap.add_argument("--backbone-weights", default=None)
+    ap.add_argument("--init-weights", default=None, help="rank's --init-weights (e.g. gpupipe pretrain's)")
+    ap.add_argument("--tag", default=None, help="name of the run and results (default: the augment set, or "
+                                                "'backbone')")
     args = ap.parse_args()
     data = prepare(args)
     truth = json.loads((data / "truth.json").read_text())
-    run = data / (f"oof-{args.augment}" if args.backbone is None else "oof-backbone")
+    run = data / f"oof-{args.tag or (args.augment if args.backbone is None else 'backbone')}"
     out = {"machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
                       f"{torch.get_num_threads()} torch threads", "args": vars(args),
            "date": time.strftime("%Y-%m-%d")}
@@ -193,7 +198,8 @@ def main() -> int:
                                          "--device", "cpu", "--max-rounds", "1"]
                                         + (["--backbone", args.backbone] if args.backbone else [])
                                         + (["--backbone-weights", args.backbone_weights]
-                                           if args.backbone_weights else []))
+                                           if args.backbone_weights else [])
+                                        + (["--init-weights", args.init_weights] if args.init_weights else []))
         if run.exists():
             shutil.rmtree(run)
         shutil.copytree(data / "dedup", run)

@@ -79,6 +79,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                         "the certified rows) trained on them")
     g.add_argument("--backbone-weights", default=None, metavar="FILE",
                    help="a state_dict (torch.save) loaded into --backbone strictly; nothing is downloaded")
+    g.add_argument("--init-weights", default=None, metavar="FILE",
+                   help="start each auxiliary model from these weights and fine-tune it (a state_dict with the "
+                        "model's layer names, e.g. what `gpupipe pretrain` writes for small-cnn); default: a "
+                        "seeded random init")
     g.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the model's own)")
     g.add_argument("--image-size", type=int, default=32, help="side images are resized to, in memory (default: 32)")
     g.add_argument("--channels", type=int, choices=(1, 3), default=None,
@@ -160,7 +164,19 @@ def _rank_options(args):
     review = "oracle" if args.oracle else args.review
     train = TrainConfig(model=args.model, lr=args.lr, batch_size=args.train_batch, image_size=args.image_size,
                         epoch_samples=args.epoch_samples, max_epochs=args.epochs, patience=args.patience,
-                        augment=_augment_config(args, mode=args.mode))
+                        augment=_augment_config(args, mode=args.mode), init=args.init_weights)
+    if args.init_weights is not None:  # a missing or misfit file fails here, before any work
+        from gpupipe.models.nets import build, load_init
+
+        fits = []
+        for ch in [args.channels] if args.channels else [3, 1]:       # colour or gray: decided later, by the images
+            try:
+                load_init(build(resolve_model(args.model), 2, ch, seed=0), args.init_weights)
+                break
+            except ValueError as e:
+                fits.append(e)
+        else:
+            raise fits[0]
     return RankOptions(
         device=args.device, mode=args.mode, folds=args.oof_folds, review=review, oracle=args.oracle,
         trust_seed=args.trust_seed, seed_size=args.seed_size, seed_val=args.seed_val, seed_dir=args.seed_dir,
@@ -328,6 +344,19 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     a.add_argument("--seed", type=int, default=0)
     _add_augment_options(a)
+    pt = sub.add_parser("pretrain", help="self-supervised pretraining (SimCLR) of a backbone on the run's own "
+                                         "images, labels unread, nothing downloaded; writes weights for "
+                                         "`rank --backbone`")
+    pt.add_argument("run_dir")
+    pt.add_argument("--out", default=None, help="weights file to write (default: RUN_DIR/backbone-ssl.pt)")
+    pt.add_argument("--epochs", type=int, default=30, help="passes over the images (default: 30)")
+    pt.add_argument("--batch", type=int, default=256, help="views per step, two per image (default: 256)")
+    pt.add_argument("--temperature", type=float, default=0.2, help="NT-Xent temperature (default: 0.2)")
+    pt.add_argument("--image-size", type=int, default=32, help="side images are resized to (default: 32)")
+    pt.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                    help="input channels (default: 1 if the images are grayscale, else 3)")
+    pt.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    pt.add_argument("--seed", type=int, default=0)
     c = sub.add_parser("curate", help="the whole curation: dedup, rank/review, balance, split, export, report")
     c.add_argument("src", help="an ImageFolder tree, a manifest, WebDataset shards or Parquet files (as for dedup)")
     c.add_argument("--out", required=True, help="run directory (created if missing; a rerun resumes it)")
@@ -533,6 +562,19 @@ def main(argv: list[str] | None = None) -> int:
                                       samples=args.samples, variants=args.variants, seed=args.seed,
                                       device=args.device)
             print(f"gpupipe augment: wrote {path}")
+            return 0
+        if args.command == "pretrain":
+            from gpupipe.loop import run_pretrain
+            from gpupipe.models.pretrain import PretrainConfig
+
+            cfg = PretrainConfig(epochs=args.epochs, batch_size=args.batch, temperature=args.temperature,
+                                 image_size=args.image_size)
+            path, res = run_pretrain(args.run_dir, args.out, config=cfg, channels=args.channels, seed=args.seed,
+                                     device=args.device, log=lambda m: print(m, flush=True))
+            gray = res.backbone[0].in_channels == 1
+            print(f"gpupipe pretrain: wrote {path} ({res.images} images, {res.seconds:.0f} s); use it with "
+                  f"`gpupipe rank {args.run_dir} --backbone gpupipe.models.nets:small_cnn_features"
+                  f"{'_gray' if gray else ''} --backbone-weights {path}`")
             return 0
         if args.command == "bench":
             return _bench(args)

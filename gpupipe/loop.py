@@ -387,3 +387,30 @@ def write_augment_grid(run_dir: str | os.PathLike, out: str | os.PathLike, *, au
     base = np.rint(x.float().cpu().numpy().transpose(0, 2, 3, 1) * 255).astype(np.uint8)
     cols = [base] + [show(dev, base, augment, seed=seed + v).images for v in range(1, variants + 1)]
     return image_grid([[c[i] for c in cols] for i in range(len(pick))], out, scale=max(1, 64 // image_size))
+
+
+def run_pretrain(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *, config=None,
+                 channels: int | None = None, seed: int = 0, device: DeviceRequest = "auto",
+                 log: Callable[[str], None] = lambda m: None) -> tuple[Path, "object"]:
+    """Self-supervised pretraining (`gpupipe.models.pretrain.simclr`) on the run's
+    eligible images (valid, kept, not removed; their labels are not read); the
+    backbone's weights written atomically to ``out`` (default RUN_DIR/backbone-ssl.pt).
+    -> (the weights' path, `~gpupipe.models.pretrain.PretrainResult`)."""
+    from gpupipe.models import pretrain
+
+    config = config or pretrain.PretrainConfig()
+    dev = resolve_device(device)
+    ledger = Ledger(dev)
+    run = Path(run_dir)
+    frame = _load(run, ledger)
+    rows = rank_stage.rows_of(frame, ledger)
+    elig = np.flatnonzero(rows.eligible)
+    if len(elig) == 0:
+        raise ValueError(f"{run_dir}: no eligible (valid, kept, labelled) images to pretrain on")
+    ch = channels or rank_stage.probe_channels(dev, list(rows.paths[elig]))
+    log(f"pretrain: SimCLR on {len(elig)} images ({'colour' if ch == 3 else 'gray'}), {config.epochs} epochs, "
+        f"{config.batch_size} views a step, on {dev.kind}")
+    res = pretrain.simclr(dev, list(rows.paths[elig]), channels=ch, config=config, seed=seed,
+                          progress=lambda e, n, loss: log(f"pretrain: epoch {e}/{n}, loss {loss:.3f}"))
+    path = pretrain.save(res.backbone, out or run / "backbone-ssl.pt")
+    return path, res

@@ -86,6 +86,16 @@ class AugmentConfig:
                    crop_area=0.8, flip=True, brightness=0.2, saturation=0.2)
 
     @classmethod
+    def contrastive(cls) -> "AugmentConfig":
+        """Self-supervised pretraining's views (`gpupipe.models.pretrain`, SimCLR's
+        recipe within what this graph has): random resized crop of 20-100% of
+        the area, horizontal flip, brightness, contrast and saturation +-0.4 (no
+        hue jitter nor random gray, which SimCLR adds)."""
+        return cls(rotation=0.0, contrast=0.4, translation=0.0,
+                   strokes=StrokeSpec(black_spots=0, white_spots=0, dashed_lines=0),
+                   crop_area=0.2, flip=True, brightness=0.4, saturation=0.4)
+
+    @classmethod
     def auto(cls, *, channels: int, mode: str) -> "AugmentConfig":
         """``--augment auto``: `photo` for colour images; for gray ones (digits,
         characters, documents) the method's set for a certified seed set and

@@ -51,6 +51,18 @@ def small_cnn(num_classes: int, channels: int) -> nn.Module:
     )
 
 
+def small_cnn_features(channels: int = 3) -> nn.Module:
+    """`small_cnn` up to its global average pooling: (B, channels, S, S) -> (B, 128).
+    A ``rank --backbone`` factory (colour images); its weights from ``gpupipe
+    pretrain`` (`gpupipe.models.pretrain`) or from a small-cnn trained elsewhere."""
+    return small_cnn(1, channels)[:-2]
+
+
+def small_cnn_features_gray() -> nn.Module:
+    """`small_cnn_features` for gray images (one input channel)."""
+    return small_cnn_features(1)
+
+
 class Bottleneck(nn.Module):
     """ResNet v1.5 bottleneck (1x1, 3x3, 1x1 convolutions, expansion 4), as in
     torchvision's ``Bottleneck``."""
@@ -138,3 +150,23 @@ def build(spec: ModelSpec, num_classes: int, channels: int, *, seed: int) -> nn.
     if not isinstance(model, nn.Module):
         raise ValueError(f"model factory returned {type(model).__name__}, not a torch.nn.Module")
     return to_layout(model)
+
+
+def load_init(model: nn.Module, path: str) -> nn.Module:
+    """Start ``model`` from a pretrained feature part: the state_dict in ``path``
+    (e.g. ``gpupipe pretrain``'s, `small_cnn_features`' keys) loaded where its
+    names and shapes match ``model``'s; every one of its tensors must find a
+    place (the classifier layer it lacks keeps its seeded init).  -> model."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"--init-weights {path}: no such file") from None
+    except Exception as e:  # noqa: BLE001 - a corrupt or foreign file: say which
+        raise ValueError(f"--init-weights {path}: not a torch state_dict ({e})") from None
+    own = model.state_dict()
+    misfit = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
+    if misfit or not state:
+        raise ValueError(f"--init-weights {path} do not fit the model: {misfit[:3] or 'no tensors'} "
+                         f"(it needs the model's own layer names, as gpupipe pretrain writes for small-cnn)")
+    model.load_state_dict(state, strict=False)
+    return model

@@ -32,6 +32,8 @@ class TrainConfig:
     augment: None trains on plain images; "auto" is resolved by the rank stage
         (the method's set for a certified seed set, `AugmentConfig.light` out-of-fold)
         and means the method's set when `train` is called directly.
+    init: a state_dict file whose tensors start the model (fine-tuning), e.g. the
+        weights `gpupipe pretrain` learned from the run's own images; None: seeded init.
     """
 
     model: str = "small-cnn"
@@ -42,6 +44,7 @@ class TrainConfig:
     max_epochs: int = 30
     patience: int = 5
     augment: AugmentConfig | None | Literal["auto"] = "auto"
+    init: str | None = None     # a pretrained feature part to start from (`nets.load_init`), e.g. gpupipe pretrain's
 
 
 @dataclass
@@ -65,7 +68,10 @@ def train(
     """
     spec = nets.resolve_model(config.model, lr=config.lr)
     augment = AugmentConfig() if config.augment == "auto" else config.augment
-    model = nets.build(spec, num_classes, channels, seed=seed).to(device.torch_device)
+    model = nets.build(spec, num_classes, channels, seed=seed)
+    if config.init is not None:
+        model = nets.load_init(model, config.init)
+    model = model.to(device.torch_device)
     opt = torch.optim.Adam(model.parameters(), lr=spec.lr)
     repeat = max(1, math.ceil(config.epoch_samples / max(len(files), 1)))
     rows = np.tile(np.arange(len(files)), repeat)
