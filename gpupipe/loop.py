@@ -392,9 +392,10 @@ def write_augment_grid(run_dir: str | os.PathLike, out: str | os.PathLike, *, au
 def run_pretrain(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *, config=None,
                  channels: int | None = None, seed: int = 0, device: DeviceRequest = "auto",
                  log: Callable[[str], None] = lambda m: None) -> tuple[Path, "object"]:
-    """Self-supervised pretraining (`gpupipe.models.pretrain.simclr`) on the run's
-    eligible images (valid, kept, not removed; their labels are not read); the
-    backbone's weights written atomically to ``out`` (default RUN_DIR/backbone-ssl.pt).
+    """Self-supervised pretraining (`gpupipe.models.pretrain.simclr`) on the images
+    `rank` would score (valid, kept, labelled, not removed; what the labels say is not
+    used); the backbone's weights written atomically to ``out`` (default
+    RUN_DIR/backbone-ssl.pt).
     -> (the weights' path, `~gpupipe.models.pretrain.PretrainResult`)."""
     from gpupipe.models import pretrain
 

@@ -147,10 +147,9 @@ def _simclr(device: Device, refs: list, *, channels: int, config: PretrainConfig
 
 
 def save(backbone: nn.Module, path: str | os.PathLike) -> Path:
-    """The backbone's state_dict at ``path``, written atomically (a temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save({k: v.detach().cpu() for k, v in backbone.state_dict().items()}, tmp)
-    os.replace(tmp, path)
-    return path
+    """The backbone's state_dict at ``path``, written atomically (`gpupipe.table.atomic_file`)."""
+    from gpupipe.table import atomic_file
+
+    with atomic_file(path, "wb") as fh:
+        torch.save({k: v.detach().cpu() for k, v in backbone.state_dict().items()}, fh)
+    return Path(path)
