@@ -13,6 +13,8 @@ section records its traceback and the others still run):
    pixel hash) and the same-picture similarity on CuPy vs numpy, on the run's
    real thumbnails;
 2. kernels: images/s of each kernel on the GPU and on this machine's CPU;
+   photo: the photo route's registered similarity, z, colour fit and decisions
+   on CuPy vs numpy (tinted thumbnails, re-processed copies and random pairs);
 3. neighbours: `near_pairs` at 10M planted hashes, both dedup keys, direct
    pairs, recall of the planted pairs, GPU vs the CPU's time at 1M;
 4. dedup: the dedup stage on the GPU from the CPU run's hash columns and
@@ -134,6 +136,41 @@ def equality(c: Check, rgb: np.ndarray, small: bool) -> dict:
     r["similarity_max_abs_diff"] = float(np.abs(s_c - s_g).max())
     r["similarity_decisions_differ_at_0.99"] = int(((s_c >= 0.99) != (s_g >= 0.99)).sum())
     return r
+
+
+def photo_route(c: Check, rgb: np.ndarray, small: bool) -> dict:
+    """The photo route (`--verify photo`: registered similarity, its z, the colour
+    fit, the decision) on CuPy vs numpy.  The run's thumbnails tinted per image
+    (colour images) and, as the second of each pair, the same tinted again with a
+    gamma and shifted 1 px (one shot re-processed); plus random pairs.  And pairs/s."""
+    from gpupipe.hashing.verify import PairCheck
+
+    xp = c.xp
+    rng = np.random.default_rng(1)
+    n = 1000 if small else 10000
+    base = rgb[:n].astype(np.float32)
+    if base.ndim == 3:
+        base = np.repeat(base[..., None], 3, axis=3)
+    n = len(base)
+    tinted = np.clip(base * rng.uniform(0.6, 1.4, size=(n, 1, 1, 3)), 0, 255)
+    again = 255 * (np.roll(tinted, 1, axis=2) / 255) ** rng.uniform(0.8, 1.25, size=(n, 1, 1, 1))
+    thumbs = np.concatenate([tinted, np.clip(again, 0, 255)]).astype(np.uint8)
+    m = 2000 if small else 20000
+    i = np.concatenate([np.arange(n), rng.integers(0, 2 * n, m)])
+    j = np.concatenate([np.arange(n) + n, rng.integers(0, 2 * n, m)])
+    cpu = PairCheck(thumbs, registered=True)
+    gpu = PairCheck(xp.asarray(thumbs), xp=xp, registered=True)
+    rc, dc = cpu.registered_similarity(i, j), cpu(i, j)
+    seconds, (rg, dg) = c.timed(lambda: (gpu.registered_similarity(xp.asarray(i), xp.asarray(j)),
+                                         gpu(xp.asarray(i), xp.asarray(j))), repeat=2)
+    live = rc.r >= 0.85
+    return {"pairs": len(i), "shot_pairs_accepted_cpu": float(dc[:n].mean()),
+            "r_max_abs_diff": float(np.abs(rc.r - to_host(rg.r)).max()),
+            "z_max_abs_diff": float(np.abs(rc.z - to_host(rg.z)).max()),
+            "colour_fit_max_abs_diff_where_r_ge_0.85": float(np.abs(rc.colour_fit - to_host(rg.colour_fit))[live].max())
+            if live.any() else None,
+            "decisions_differ": int((dc != to_host(dg)).sum()),
+            "pairs_per_s_registered_and_decision": round(len(i) / seconds, 1)}
 
 
 def kernels(c: Check, rgb: np.ndarray, small: bool) -> dict:
@@ -419,6 +456,7 @@ def main() -> int:
     sections = {
         "equality": lambda: equality(c, rgb, small),
         "kernels": lambda: kernels(c, rgb, small),
+        "photo": lambda: photo_route(c, rgb, small),
         "models": lambda: models(c, table, rgb, small),
         "dedup": lambda: dedup_gpu(c, table, rgb),
         "neighbours": lambda: neighbours(c, small),
