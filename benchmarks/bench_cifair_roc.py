@@ -73,7 +73,7 @@ def scores(thumbs: np.ndarray, pairs: np.ndarray):
     """(r, z) of the registered route for pairs (K, 2) of rows of thumbs (N, 32, 32, 3)."""
     chk = PairCheck(thumbs, registered=True)
     chk._is_colour[:] = True                       # forced on, gray images too
-    r, z = chk.registered_similarity(pairs[:, 0], pairs[:, 1])[:2]
+    r, z = chk.registered_similarity(pairs[:, 0], pairs[:, 1], colour=False)[:2]
     return r, z
 
 

@@ -55,7 +55,7 @@ def main() -> None:
     views = len(desc) // n
     cos = np.max([(desc[v * n + a] * desc[b]).sum(1) for v in range(views)]
                  + [(desc[v * n + b] * desc[a]).sum(1) for v in range(views)], axis=0)
-    r, z = PairCheck(thumbs, registered=True).registered_similarity(a, b)[:2]
+    r, z = PairCheck(thumbs, registered=True).registered_similarity(a, b, colour=False)[:2]
     paths = np.asarray(t[schema.REL_PATH].astype(str))
     d = pd.DataFrame({"a": paths[a], "b": paths[b], "keyed": keyed, "cos": cos, "r": r, "z": z})
     print(f"near-duplicate rows {len(d)}: proposed by the keys {int(keyed.sum())}, only by the nearest "

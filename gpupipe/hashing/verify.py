@@ -392,11 +392,12 @@ class PairCheck:
         """(M,) bool: the pairs the photo route applies to, both images in colour."""
         return self._is_colour[i] & self._is_colour[j]
 
-    def registered_similarity(self, i, j):
+    def registered_similarity(self, i, j, *, colour: bool = True):
         """`Registered` for each pair (``registered=True`` only): (M,) float32
         `gpupipe.hashing.photo.registered_similarity`, (M,) its significance
         `~gpupipe.hashing.photo.registered_z`, the zoom and shift at its peak, and
-        (M,) `~gpupipe.hashing.photo.colour_fit` there (-1 where ruled out)."""
+        (M,) `~gpupipe.hashing.photo.colour_fit` there (-1 where ruled out, and
+        everywhere when ``colour`` is False: callers that read only r skip the fit)."""
         xp = self.xp
         m = int(i.shape[0])
         out = Registered(xp.full(m, -1.0, dtype=xp.float32), xp.zeros(m, dtype=xp.float32),
@@ -409,7 +410,7 @@ class PairCheck:
             out.r[c], out.zoom[c], out.dy[c], out.dx[c] = self._photo.registered_similarity(fa, ca, fb, cb, xp=xp)
             out.z[c] = self._photo.registered_z(out.r[c], aa, ab, sa, sb, xp)
             live = xp.nonzero(out.r[c] >= self._photo.REG_MIN_R)[0]
-            if int(live.shape[0]):     # only where the pair could pass
+            if colour and int(live.shape[0]):     # only where the pair could pass
                 ii, jj = i[c][live], j[c][live]
                 out.colour_fit[s + live] = self._photo.colour_fit(
                     self.thumbs[ii], self.thumbs[jj], out.zoom[c][live], out.dy[c][live], out.dx[c][live], xp)
@@ -425,7 +426,7 @@ class PairCheck:
         if self.registered:
             both = self.xp.nonzero(self._photo_pairs(i, j))[0]
             if int(both.shape[0]):
-                out[both] = self.xp.maximum(out[both], self.registered_similarity(i[both], j[both]).r)
+                out[both] = self.xp.maximum(out[both], self.registered_similarity(i[both], j[both], colour=False).r)
         return out
 
     def _pixel_similarity(self, i, j, *, gate: bool = True, full: bool = False):
