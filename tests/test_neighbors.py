@@ -249,3 +249,22 @@ def test_top_k_pairs():
     keep = top_k_pairs(i, j, score, 1)
     # node 0's best is (0,2); node 1's best (1,2); node 2's best (1,2); node 3's best (0,3)
     assert keep.tolist() == [False, True, True, True, False]
+
+
+def test_top_k_pairs_matches_brute_force():
+    """top_k_pairs keeps exactly the pairs a plain per-element ranking keeps, ties by
+    pair order, for integer (packed-key path) and float scores, on sparse and dense lists."""
+    from gpupipe.xputil import top_k_pairs
+
+    rng = np.random.default_rng(5)
+    for n, e, k, integer in ((50, 60, 3, True), (50, 600, 3, True), (300, 900, 4, False),
+                             (20, 400, 8, False), (1000, 1500, 1, True)):
+        i = rng.integers(0, n, e)
+        j = (i + rng.integers(1, n, e)) % n
+        score = rng.integers(0, 6, e) if integer else rng.integers(0, 6, e).astype(np.float32)
+        expect = np.zeros(e, bool)
+        for node in np.unique(np.concatenate([i, j])):
+            mine = np.flatnonzero((i == node) | (j == node))
+            ranked = mine[np.argsort(score[mine], kind="stable")]     # ties by pair order
+            expect[ranked[:k]] = True
+        assert top_k_pairs(i, j, score, k).tolist() == expect.tolist(), (n, e, k, integer)
