@@ -80,7 +80,7 @@ def main(argv=None) -> int:
         "run": str(run), "rows": len(frame), "seconds": round(wall, 2),
         "search_s": round(stats.seconds.get("search", 0), 2), "check_s": round(stats.seconds.get("verify", 0), 2),
         "nodes": stats.nodes, "candidates": stats.candidates, "candidates_phash": stats.candidates_phash,
-        "candidates_shift": stats.candidates_shift, "checked": stats.checked, "verified": stats.verified,
+        "candidates_shift": stats.candidates_shift, "checked": stats.checked, "gated": stats.gated, "coarse": stats.coarse, "verified": stats.verified,
         "peak_rss_gib_before": round(before, 2), "peak_rss_gib": round(_peak_gib(), 2),
         "groups_identical": bool(same), "groups_of_two_or_more": int((np.unique(group[group >= 0], return_counts=True)[1] > 1).sum()),
     }

@@ -258,10 +258,11 @@ def test_top_k_pairs_matches_brute_force():
 
     rng = np.random.default_rng(5)
     for n, e, k, integer in ((50, 60, 3, True), (50, 600, 3, True), (300, 900, 4, False),
-                             (20, 400, 8, False), (1000, 1500, 1, True)):
+                             (20, 400, 8, False), (1000, 1500, 1, True), (300, 3000, 8, 3000)):
         i = rng.integers(0, n, e)
         j = (i + rng.integers(1, n, e)) % n
-        score = rng.integers(0, 6, e) if integer else rng.integers(0, 6, e).astype(np.float32)
+        top = 6 if integer is True or not integer else integer      # 3000: gate units, a wider packed score
+        score = rng.integers(0, top, e) if integer else rng.integers(0, top, e).astype(np.float32)
         expect = np.zeros(e, bool)
         for node in np.unique(np.concatenate([i, j])):
             mine = np.flatnonzero((i == node) | (j == node))

@@ -79,6 +79,8 @@ def test_npy_rows_reads_what_indexing_gives(tmp_path):
     assert r.shape == a.shape and r.ndim == 4 and len(r) == 1000
     idx = np.array([5, 6, 7, 999, 0, 6, 500, 501])
     assert np.array_equal(r[idx], a[idx])
+    near = np.array([30, 20, 36, 52, 53, 90, 20])          # gaps under and over NpyRows.GAP_ROWS
+    assert np.array_equal(r[near], a[near])
     assert np.array_equal(r[10:20], a[10:20]) and np.array_equal(r[::97], a[::97])
     assert r[np.zeros(0, np.int64)].shape == (0, 32, 32, 3)
     with pytest.raises(IndexError):

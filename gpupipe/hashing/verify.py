@@ -75,6 +75,7 @@ DEFAULT_MIN_SIMILARITY = 0.99
 MOVED_MARGIN = 0.005           # pairs whose 256-bit DCT hashes differ (moved content) need this much more
 GATE_FINE_BITS = 38            # of 256: photometric edits, re-encodes, resizes
 GATE_RING_BITS = 70            # of 256: shifts and crops
+GATE_UNITS = GATE_FINE_BITS * GATE_RING_BITS    # `PairCheck.gate_units` at the gate's limit
 COARSE_MIN = 0.8
 SIGMAS = (1.0, 3.0)            # band-pass at 32 px (fine step)
 COARSE_SIGMAS = (1.5, 4.0)     # a lower band for the 16 px step: tolerant of half-pixel offsets
@@ -383,6 +384,20 @@ class PairCheck:
             fine = hamming(self._fine[a], self._fine[b], xp=xp).astype(xp.float32).sum(axis=1)
             ring = hamming(self._ring[a], self._ring[b], xp=xp).astype(xp.float32).sum(axis=1)
             out[s:s + step] = xp.minimum(fine / GATE_FINE_BITS, ring / GATE_RING_BITS)
+        return out
+
+    def gate_units(self, i, j):
+        """(M,) int32: `gate_score` times GATE_UNITS, exactly (an integer, min(fine *
+        GATE_RING_BITS, ring * GATE_FINE_BITS)): the same order, sortable as small integers;
+        <= GATE_UNITS passes the gate."""
+        xp = self.xp
+        out = xp.empty(int(i.shape[0]), dtype=xp.int32)
+        step = 1 << 20                                       # bounded temporaries at any size
+        for s in range(0, int(i.shape[0]), step):
+            a, b = i[s:s + step], j[s:s + step]
+            fine = hamming(self._fine[a], self._fine[b], xp=xp).astype(xp.int32).sum(axis=1)
+            ring = hamming(self._ring[a], self._ring[b], xp=xp).astype(xp.int32).sum(axis=1)
+            out[s:s + step] = xp.minimum(fine * GATE_RING_BITS, ring * GATE_FINE_BITS)
         return out
 
     def gate(self, i, j):

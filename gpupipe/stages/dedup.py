@@ -41,7 +41,7 @@ from scipy.sparse.csgraph import connected_components
 
 from gpupipe import schema
 from gpupipe.hashing.neighbors import hamming, near_pairs
-from gpupipe.hashing.verify import VerifyMode, pair_check, to_gray
+from gpupipe.hashing.verify import GATE_UNITS, VerifyMode, pair_check, to_gray
 from gpupipe.table import Ledger, check_columns
 from gpupipe.xputil import min_per_group, run_starts, top_k_pairs, unique
 
@@ -116,6 +116,7 @@ class DedupStats:
     candidates_knn: int = 0   # pairs proposed by the nearest-neighbour search (--verify photo)
     checked: int = 0          # candidates among each image's DEFAULT_MAX_CHECKS closest (by the gate's hashes)
     gated: int = 0            # of the candidates checked, passing the hash gate of the check
+    coarse: int = 0           # of those, passing the check's 16 px correlation (the 32 px step sees these)
     verified: int = 0         # candidates the check calls the same picture
     split_groups: int = 0     # extra groups from splitting chained components
     seconds: dict[str, float] = field(default_factory=dict)
@@ -151,8 +152,14 @@ def dedup(frame, ledger: Ledger, config: DedupConfig = DedupConfig(), *, thumbs=
     # Stage 2: one node per distinct pixel hash; its first row stands for it.
     rows_valid = xp.nonzero(valid)[0]
     node_codes, node_first, node_of_valid = unique(pix[rows_valid], xp, return_index=True, return_inverse=True)
-    first_rows = rows_valid[node_first]
     m = int(node_codes.shape[0])
+    # Nodes numbered in row order (the ledger's, and thumbs.npy's), not in pixel-hash order:
+    # the check then reads the thumbnails of a run of nodes from one stretch of the file.
+    by_row = xp.argsort(node_first)
+    renumber = xp.empty(m, dtype=xp.int64)
+    renumber[by_row] = xp.arange(m, dtype=xp.int64)
+    node_first, node_of_valid = node_first[by_row], renumber[node_of_valid]
+    first_rows = rows_valid[node_first]
     stats = DedupStats(nodes=m)
     # Stage 3: candidates from both keys, as direct pairs (each one is verified on its own).
     views = _photo_views(thumbs, host(first_rows), xp) if config.verify == "photo" and thumbs is not None else None
@@ -162,7 +169,12 @@ def dedup(frame, ledger: Ledger, config: DedupConfig = DedupConfig(), *, thumbs=
     t1 = time.perf_counter()
     mode = config.verify if thumbs is not None else "none"
     # Thumbnails of every node with a candidate, then of the probes: one check over them all.
-    involved, pos = unique(xp.concatenate([ei, ej, qj]), xp, return_inverse=True)
+    ends = xp.concatenate([ei, ej, qj])
+    seen = xp.zeros(m, dtype=bool)           # node ids are < m: a table instead of a sort of 2E ends
+    seen[ends] = True
+    involved = xp.nonzero(seen)[0]
+    pos = (xp.cumsum(seen, dtype=xp.int64) - 1)[ends]
+    del ends, seen
     n_real = int(involved.shape[0])
     if mode != "none":
         t_all = _Thumbs(thumbs, host(first_rows[involved]), None if probes is None else probes.thumbs, xp)
@@ -171,10 +183,10 @@ def dedup(frame, ledger: Ledger, config: DedupConfig = DedupConfig(), *, thumbs=
     check = pair_check(t_all, mode=mode, min_similarity=config.min_similarity,
                        min_registered=config.min_registered, xp=xp)
     e = int(ei.shape[0])
-    if e and hasattr(check, "gate_score"):
-        score = check.gate_score(pos[:e], pos[e:2 * e])
+    if e and hasattr(check, "gate_units"):
+        score = check.gate_units(pos[:e], pos[e:2 * e])
         if mode == "photo":        # the registered route sees every candidate, the closest first
-            score = xp.minimum(score, xp.float32(1.0))
+            score = xp.minimum(score, GATE_UNITS)
         keep = _closest(ei, ej, score, _max_checks(config), xp)
         stats.checked = int(keep.sum())
         ei, ej, pos = ei[keep], ej[keep], xp.concatenate([pos[:e][keep], pos[e:2 * e][keep], pos[2 * e:]])
@@ -201,6 +213,7 @@ def dedup(frame, ledger: Ledger, config: DedupConfig = DedupConfig(), *, thumbs=
     node_rank = min_per_group(rank[rows_valid], node_of_valid, m, xp)
     comp_node = _split_chains(xp.asarray(comp_of_node, dtype=xp.int64), node_rank, involved, check, stats, xp)
     stats.gated = check.stats.gated
+    stats.coarse = check.stats.coarse
     stats.seconds["verify"] = time.perf_counter() - t1
     if probes is not None:
         t2 = time.perf_counter()
@@ -262,14 +275,15 @@ def _max_checks(config: DedupConfig) -> int:
 
 
 def _closest(ei, ej, score, k: int, xp):
-    """(E,) bool: pairs that pass the gate (score <= 1) and are among the k
-    closest (lowest ``score``) of either of their images.  Bounds the pixel
-    checks to 2k per image however dense the hash neighbourhoods are
-    (k <= 0: no bound)."""
-    ok = score <= 1.0
+    """(E,) bool: pairs that pass the gate (``score``, `PairCheck.gate_units`, <=
+    GATE_UNITS) and are among the k closest (lowest score) of either of their
+    images.  Bounds the pixel checks to 2k per image however dense the hash
+    neighbourhoods are (k <= 0: no bound).  Integer scores: top_k_pairs sorts
+    one packed int64 key (a stable argsort of float keys took 16 s at 28M pairs)."""
+    ok = score <= GATE_UNITS
     if k <= 0:
         return ok
-    return ok & top_k_pairs(ei, ej, xp.where(ok, score, xp.float32(xp.inf)), k, xp)
+    return ok & top_k_pairs(ei, ej, xp.where(ok, score, GATE_UNITS + 1), k, xp)
 
 
 class _Thumbs:
