@@ -245,7 +245,10 @@ class _Cache:
         self.filled = 0
         self.row_bytes = 4 * sum(int(np.prod(s)) for s in shapes)
         self.max_rows = max(0, max_bytes // self.row_bytes)
-        self.store = [xp.zeros((0, *s), dtype=xp.float32) for s in shapes]
+        # On the host the whole capacity at once: numpy's zeros are pages the OS maps on first
+        # write, so rows never filled cost no memory, and growing by copies (6 s at 1M) is gone.
+        rows = min(self.max_rows, n) if xp is np else 0
+        self.store = [xp.zeros((rows, *s), dtype=xp.float32) for s in shapes]
 
     def _grow(self, need: int) -> None:
         xp = self.xp
