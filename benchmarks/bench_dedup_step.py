@@ -52,6 +52,7 @@ def main(argv=None) -> int:
     ap.add_argument("--run", required=True, help="a run directory of `gpupipe dedup` (ledger.parquet, thumbs.npy)")
     ap.add_argument("--verify", default="pixels", choices=["pixels", "photo", "none"])
     ap.add_argument("--profile", type=int, default=0, help="print the N most expensive functions (cProfile)")
+    ap.add_argument("--sort", default="tottime", help="cProfile order: tottime or cumulative")
     ap.add_argument("--json", default=None, help="write the numbers here")
     args = ap.parse_args(argv)
 
@@ -87,7 +88,7 @@ def main(argv=None) -> int:
     print(json.dumps(numbers, indent=1))
     print("groups:", "identical" if same else "DIFFERENT from the run's ledger")
     if args.profile:
-        pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(args.profile)
+        pstats.Stats(prof, stream=sys.stdout).sort_stats(args.sort).print_stats(args.profile)
     if args.json:
         Path(args.json).write_text(json.dumps(numbers, indent=1) + "\n")
     return 0

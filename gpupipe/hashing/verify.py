@@ -37,8 +37,11 @@ Cost control, cheapest first (each step only sees pairs the previous kept):
    the sub-pixel peak.  Zooms other than 1 (with 5x5 shifts) only for pairs
    whose zoom-1 score lands within ZOOM_WITHIN below the threshold.
 
-Each image's band-passes are computed once and cached (up to CACHE_BYTES per
-cache; past it they are recomputed per batch, so memory stays bounded).
+Each image's band-passes are computed when first needed and cached (up to
+CACHE_BYTES per cache, so memory stays bounded; past it the images cached
+longest ago make room, and a caller that checks pairs in an order where an
+image's pairs come close together computes each about once: the dedup stage
+orders them by a bandwidth-reducing numbering of the pair graph).
 
 The decision (`PairCheck.__call__`): the similarity must reach
 DEFAULT_MIN_SIMILARITY (0.99) where the two 256-bit DCT hashes agree (the
@@ -234,20 +237,25 @@ def _peak_anywhere(surface, best, xp):
 
 class _Cache:
     """Per-image arrays computed on first use and kept: ``get(idx)`` returns them
-    for images ``idx``, computing (in chunks) the ones not seen yet.  Storage grows
-    with the number of distinct images asked for; past ``max_bytes`` nothing more is
-    kept and what is not stored is computed again for each call (memory bounded at
-    any N, time bounded by the number of checks)."""
+    for images ``idx``, computing (in chunks) the ones not held.  At most
+    ``max_bytes`` are held (memory bounded at any N): past that, the images
+    admitted longest ago make room (a ring), so a caller that asks for images in
+    an order where pairs share their images soon after (the dedup stage orders its
+    pairs so) computes each image about once.  A call asking for more images than
+    fit computes the rest for that call only, each once.  The values never depend
+    on what was held."""
 
     def __init__(self, n: int, compute, shapes, xp, chunk: int, *, max_bytes: int):
         self.xp, self.compute, self.shapes, self.chunk = xp, compute, shapes, chunk
-        self.slot = xp.full(n, -1, dtype=xp.int64)
-        self.filled = 0
+        self.slot = xp.full(n, -1, dtype=xp.int64)      # per image: its row in the store, -1: not held
         self.row_bytes = 4 * sum(int(np.prod(s)) for s in shapes)
-        self.max_rows = max(0, max_bytes // self.row_bytes)
+        self.max_rows = min(n, max(0, max_bytes // self.row_bytes))
+        self.owner = xp.full(self.max_rows, -1, dtype=xp.int64)   # per store row: its image
+        self.cursor = 0                                  # next row to (re)fill, cyclically
+        self.computed = 0                                # images computed, for measurements
         # On the host the whole capacity at once: numpy's zeros are pages the OS maps on first
         # write, so rows never filled cost no memory, and growing by copies (6 s at 1M) is gone.
-        rows = min(self.max_rows, n) if xp is np else 0
+        rows = self.max_rows if xp is np else 0
         self.store = [xp.zeros((rows, *s), dtype=xp.float32) for s in shapes]
 
     def _grow(self, need: int) -> None:
@@ -255,31 +263,46 @@ class _Cache:
         cap = min(self.max_rows, max(need, 2 * int(self.store[0].shape[0]), 1024))
         grown = [xp.zeros((cap, *s), dtype=xp.float32) for s in self.shapes]
         for g, old in zip(grown, self.store):
-            g[:self.filled] = old[:self.filled]
+            g[:old.shape[0]] = old
         self.store = grown
+
+    def _admit(self, todo) -> None:
+        """Compute and hold images ``todo`` (distinct, not held, at most max_rows of them)
+        in the rows after the cursor, releasing the images those rows held."""
+        xp = self.xp
+        k_all = int(todo.shape[0])
+        if self.cursor + k_all > int(self.store[0].shape[0]):
+            self._grow(self.cursor + k_all)
+        rows = (self.cursor + xp.arange(k_all, dtype=xp.int64)) % self.max_rows
+        for s in range(0, k_all, self.chunk):
+            k, at = todo[s:s + self.chunk], rows[s:s + self.chunk]
+            old = self.owner[at]
+            self.slot[old[old >= 0]] = -1
+            for dst, val in zip(self.store, self.compute(k)):
+                dst[at] = val
+            self.slot[k] = at
+            self.owner[at] = k
+        self.computed += k_all
+        self.cursor = (self.cursor + k_all) % self.max_rows
 
     def get(self, idx):
         xp = self.xp
         todo = xp.unique(idx[self.slot[idx] < 0])
-        room = self.max_rows - self.filled
-        keep = todo[:max(0, room)]
-        if self.filled + int(keep.shape[0]) > int(self.store[0].shape[0]):
-            self._grow(self.filled + int(keep.shape[0]))
-        for s in range(0, int(keep.shape[0]), self.chunk):
-            k = keep[s:s + self.chunk]
-            at = self.filled + xp.arange(int(k.shape[0]))
-            for dst, val in zip(self.store, self.compute(k)):
-                dst[at] = val
-            self.slot[k] = at
-            self.filled += int(k.shape[0])
+        if 0 < int(todo.shape[0]) <= self.max_rows:
+            self._admit(todo)
         at = self.slot[idx]
         out = [x[xp.maximum(at, 0)] for x in self.store]
         miss = xp.nonzero(at < 0)[0]
-        if int(miss.shape[0]):                       # the cache is full: compute these now
-            for s in range(0, int(miss.shape[0]), self.chunk):
-                m = miss[s:s + self.chunk]
-                for dst, val in zip(out, self.compute(idx[m])):
-                    dst[m] = val
+        if int(miss.shape[0]):                       # not held: computed for this call, each image once
+            ids, inv = xp.unique(idx[miss], return_inverse=True)
+            inv = inv.ravel()
+            vals = [xp.empty((int(ids.shape[0]), *s), dtype=xp.float32) for s in self.shapes]
+            for s in range(0, int(ids.shape[0]), self.chunk):
+                for dst, val in zip(vals, self.compute(ids[s:s + self.chunk])):
+                    dst[s:s + self.chunk] = val
+            self.computed += int(ids.shape[0])
+            for dst, val in zip(out, vals):
+                dst[miss] = val[inv]
         return tuple(out)
 
 
