@@ -271,8 +271,9 @@ class _Cache:
         in the rows after the cursor, releasing the images those rows held."""
         xp = self.xp
         k_all = int(todo.shape[0])
-        if self.cursor + k_all > int(self.store[0].shape[0]):
-            self._grow(self.cursor + k_all)
+        need = min(self.max_rows, self.cursor + k_all)      # rows wrap at max_rows
+        if need > int(self.store[0].shape[0]):
+            self._grow(need)
         rows = (self.cursor + xp.arange(k_all, dtype=xp.int64)) % self.max_rows
         for s in range(0, k_all, self.chunk):
             k, at = todo[s:s + self.chunk], rows[s:s + self.chunk]
