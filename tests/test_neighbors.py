@@ -257,12 +257,13 @@ def test_top_k_pairs_matches_brute_force():
     from gpupipe.xputil import top_k_pairs
 
     rng = np.random.default_rng(5)
-    for n, e, k, integer in ((50, 60, 3, True), (50, 600, 3, True), (300, 900, 4, False),
-                             (20, 400, 8, False), (1000, 1500, 1, True), (300, 3000, 8, 3000)):
+    # (elements, pairs, k, scores in 0..top-1, integer scores); top 3000: like gate units
+    for n, e, k, top, integer in ((50, 60, 3, 6, True), (50, 600, 3, 6, True), (300, 900, 4, 6, False),
+                                  (20, 400, 8, 6, False), (1000, 1500, 1, 6, True), (300, 3000, 8, 3000, True)):
         i = rng.integers(0, n, e)
         j = (i + rng.integers(1, n, e)) % n
-        top = 6 if integer is True or not integer else integer      # 3000: gate units, a wider packed score
-        score = rng.integers(0, top, e) if integer else rng.integers(0, top, e).astype(np.float32)
+        score = rng.integers(0, top, e)
+        score = score if integer else score.astype(np.float32)
         expect = np.zeros(e, bool)
         for node in np.unique(np.concatenate([i, j])):
             mine = np.flatnonzero((i == node) | (j == node))

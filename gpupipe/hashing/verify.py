@@ -85,7 +85,7 @@ COARSE_SIGMAS = (1.5, 4.0)     # a lower band for the 16 px step: tolerant of ha
 ZOOMS = (1 / 1.04, 1.0, 1.04)
 ZOOM_WITHIN = 0.05             # zooms are tried where zoom 1 scores this close below the threshold
 MARGIN = 5                     # 32 px: central 22x22 window, shifts up to 5 px
-CACHE_BYTES = 1 << 30          # per cache of band-passed images; beyond it they are recomputed
+CACHE_BYTES = 1 << 30          # per cache of band-passed images; beyond it the oldest make room
 CPU_IMAGES = 512               # images per step of per-image work on the CPU: temporaries stay in cache
                                # (the band-pass ran 3x faster than at 16,384 a step)
 COARSE_SHIFT = 2               # 16 px: up to 2 px (4 px at 32)
@@ -252,7 +252,6 @@ class _Cache:
         self.max_rows = min(n, max(0, max_bytes // self.row_bytes))
         self.owner = xp.full(self.max_rows, -1, dtype=xp.int64)   # per store row: its image
         self.cursor = 0                                  # next row to (re)fill, cyclically
-        self.computed = 0                                # images computed, for measurements
         # On the host the whole capacity at once: numpy's zeros are pages the OS maps on first
         # write, so rows never filled cost no memory, and growing by copies (6 s at 1M) is gone.
         rows = self.max_rows if xp is np else 0
@@ -283,7 +282,6 @@ class _Cache:
                 dst[at] = val
             self.slot[k] = at
             self.owner[at] = k
-        self.computed += k_all
         self.cursor = (self.cursor + k_all) % self.max_rows
 
     def get(self, idx):
@@ -301,7 +299,6 @@ class _Cache:
             for s in range(0, int(ids.shape[0]), self.chunk):
                 for dst, val in zip(vals, self.compute(ids[s:s + self.chunk])):
                     dst[s:s + self.chunk] = val
-            self.computed += int(ids.shape[0])
             for dst, val in zip(out, vals):
                 dst[miss] = val[inv]
         return tuple(out)

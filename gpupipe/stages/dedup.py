@@ -194,7 +194,7 @@ def dedup(frame, ledger: Ledger, config: DedupConfig = DedupConfig(), *, thumbs=
         e = int(ei.shape[0])
         del score, keep                      # E-sized (28M at a million mosaics)
     if e:                      # an order in which each image's pairs come close together (caches)
-        order = _cache_order(pos[:e], pos[e:2 * e], n_real, xp)
+        order = xp.asarray(_cache_order(host(pos[:e]), host(pos[e:2 * e]), n_real))
         ei, ej = ei[order], ej[order]
         pos = xp.concatenate([pos[:e][order], pos[e:2 * e][order], pos[2 * e:]])
         strict = None if strict is None else strict[order]
@@ -264,27 +264,22 @@ def dedup(frame, ledger: Ledger, config: DedupConfig = DedupConfig(), *, thumbs=
     }), stats)
 
 
-def _cache_order(a, b, n: int, xp):
-    """(E,) order of the pairs (a, b) (image ids < n) in which the check's caches
-    compute each image about once: sorted by the earlier end's place in a reverse
-    Cuthill-McKee numbering of the pair graph (SciPy; a bandwidth-reducing order,
-    so an image's partners are numbered close to it).  On the 2,973,661 pairs of
-    a million mosaics the 32 px cache (room for 234,000 images) computed 2.74M
-    band-passes in the pairs' first order; simulated in this order, 1.15M, where
-    a bound of 0.83M images is involved (benchmarks/RESULTS.md §27)."""
+def _cache_order(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
+    """(E,) order of the pairs (a, b) (host arrays of image ids < n) in which the
+    check's caches compute each image about once: sorted by the earlier end's place
+    in a reverse Cuthill-McKee numbering of the pair graph (SciPy; a bandwidth-reducing
+    order, so an image's partners are numbered close to it).  On the 2,973,661 pairs
+    of a million mosaics the 32 px cache (room for 234,441 images) computed 2.74M
+    band-passes in the pairs' first order and 1.00M in this one, of 831,507 images
+    involved (benchmarks/RESULTS.md §27)."""
     from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import reverse_cuthill_mckee
 
-    ah, bh = np.asarray(_host(a)), np.asarray(_host(b))
-    g = csr_matrix((np.ones(len(ah), np.int8), (ah, bh)), shape=(n, n))
+    g = csr_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n))
     perm = reverse_cuthill_mckee((g + g.T).tocsr(), symmetric_mode=True)
     rank = np.empty(n, np.int64)
     rank[perm] = np.arange(n)
-    return xp.asarray(np.argsort(np.minimum(rank[ah], rank[bh]), kind="stable"))
-
-
-def _host(a):
-    return a.get() if hasattr(a, "get") else a
+    return np.argsort(np.minimum(rank[a], rank[b]), kind="stable")
 
 
 def _registered_floor(check, strict, xp):
