@@ -397,23 +397,11 @@ class PairCheck:
         xp = self.xp
         return hamming(self._fine[i], self._fine[j], xp=xp).astype(xp.int32).sum(axis=1) <= GATE_FINE_BITS
 
-    def gate_score(self, i, j):
-        """(M,) float32: the pair's hash distances relative to their gate limits,
-        the smaller of the two; <= 1 passes the gate, smaller is closer."""
-        xp = self.xp
-        out = xp.empty(int(i.shape[0]), dtype=xp.float32)
-        step = 1 << 20                                       # bounded temporaries at any size
-        for s in range(0, int(i.shape[0]), step):
-            a, b = i[s:s + step], j[s:s + step]
-            fine = hamming(self._fine[a], self._fine[b], xp=xp).astype(xp.float32).sum(axis=1)
-            ring = hamming(self._ring[a], self._ring[b], xp=xp).astype(xp.float32).sum(axis=1)
-            out[s:s + step] = xp.minimum(fine / GATE_FINE_BITS, ring / GATE_RING_BITS)
-        return out
-
     def gate_units(self, i, j):
-        """(M,) int32: `gate_score` times GATE_UNITS, exactly (an integer, min(fine *
-        GATE_RING_BITS, ring * GATE_FINE_BITS)): the same order, sortable as small integers;
-        <= GATE_UNITS passes the gate."""
+        """(M,) int32: the pair's two hash distances relative to their gate limits, the
+        smaller of the two, in units of 1 / GATE_UNITS (min(fine * GATE_RING_BITS, ring *
+        GATE_FINE_BITS): exact integers, sortable as such); <= GATE_UNITS passes the gate,
+        smaller is closer."""
         xp = self.xp
         out = xp.empty(int(i.shape[0]), dtype=xp.int32)
         step = 1 << 20                                       # bounded temporaries at any size
@@ -425,7 +413,7 @@ class PairCheck:
         return out
 
     def gate(self, i, j):
-        return self.gate_score(i, j) <= 1.0
+        return self.gate_units(i, j) <= GATE_UNITS
 
     def _photo_pairs(self, i, j):
         """(M,) bool: the pairs the photo route applies to, both images in colour."""
