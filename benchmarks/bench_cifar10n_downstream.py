@@ -13,6 +13,13 @@ the part's 10,000 training images labelled seven ways:
   (relabels and removes the policy expects to be right >= 90% of the time);
 * thresholds alone: the same round with ``--min-precision off`` (the policy
   before issue 25: fixed probability thresholds);
+* curated: gated, suspects out: what curate's balance stage keeps after that
+  round: the rows it leaves open yet flags ``is_mislabeled_issue`` (or finds
+  far from every class) are left out as suspects (`balance.suspects`), the
+  flags recomputed from the kept probabilities by the code at hand
+  (`score.flag_label_issues`, as `rank` writes them);
+* the same with the flags counted as before RESULTS.md §29 (as many as
+  cleanlab's ``find_label_issues`` on the same mix);
 * reviewed, gpupipe order: a person checks the first ``--review`` rows of
   gpupipe's review order (`review.label_suspicion`) and gives each its true
   label (every CIFAR-10 image is a valid picture of one class);
@@ -55,7 +62,8 @@ from gpupipe.device import resolve_device  # noqa: E402
 from gpupipe.models.score import score  # noqa: E402
 from gpupipe.runner import LEDGER  # noqa: E402
 
-SETS = ("raw", "automatic (gated)", "thresholds alone", "reviewed, gpupipe order", "reviewed, cleanlab order",
+SETS = ("raw", "automatic (gated)", "thresholds alone", "curated: gated, suspects out",
+        "curated: gated, suspects out (cleanlab's count)", "reviewed, gpupipe order", "reviewed, cleanlab order",
         "cleanlab pruned", "clean")
 
 
@@ -64,6 +72,8 @@ def training_sets(run: Path, truth: dict, review: int) -> tuple[dict, list[str],
     the class names, and per set the label errors left and the rows changed."""
     from cleanlab.filter import find_label_issues
 
+    from gpupipe.models.outlier import is_far
+    from gpupipe.models.score import flag_label_issues, with_votes
     from gpupipe.stages.rank import rows_of
     from gpupipe.stages.review import AutoPolicy, auto_decisions, ensure_columns, label_suspicion
     from gpupipe.table import Ledger
@@ -82,15 +92,20 @@ def training_sets(run: Path, truth: dict, review: int) -> tuple[dict, list[str],
     lab = np.array([classes.index(g) for g in given[s]])
     p = probs[s]
 
-    def decided(policy) -> np.ndarray:
+    def decided(policy, suspects: np.ndarray | None = None) -> np.ndarray:
         d = auto_decisions(frame, ledger, policy, round_no=1)
         where = {int(q): i for i, q in enumerate(s)}
         out = given[s].astype(object)
+        settled = np.zeros(len(s), bool)
         for q, act, new in zip(d.positions, d.action, d.new_label):
+            i = where[int(q)]
+            settled[i] = True
             if act == "relabel":
-                out[where[int(q)]] = new
+                out[i] = new
             elif act == "remove":
-                out[where[int(q)]] = None
+                out[i] = None
+        if suspects is not None:
+            out[suspects & ~settled] = None
         return out
 
     def reviewed(order: np.ndarray) -> np.ndarray:
@@ -98,6 +113,14 @@ def training_sets(run: Path, truth: dict, review: int) -> tuple[dict, list[str],
         out[order[:review]] = true[order[:review]]
         return out
 
+    # The flags as rank writes them (its rows: scored, eligible, not far), with
+    # today's count and with cleanlab's (the rule before RESULTS.md §29).
+    has_votes = ledger.host(frame, schema.RANK_VOTES)[1][s]
+    far = is_far(*ledger.host(frame, schema.RANK_OUTLIER))[s]
+    mix = with_votes(p, np.where(has_votes[:, None], ledger.host(frame, schema.RANK_VOTES)[0][s], np.nan))
+    now, before = np.zeros(len(s), bool), np.zeros(len(s), bool)
+    now[~far] = flag_label_issues(lab[~far], mix[~far])
+    before[~far] = flags_cleanlab_count(lab[~far], mix[~far])
     ours = np.argsort(-label_suspicion(loss[s], p[np.arange(len(s)), lab], votes[s]), kind="stable")
     flagged = find_label_issues(lab, p, return_indices_ranked_by="self_confidence", n_jobs=1)
     rest = np.setdiff1d(np.arange(len(s)), flagged)
@@ -107,10 +130,14 @@ def training_sets(run: Path, truth: dict, review: int) -> tuple[dict, list[str],
     labels = {"raw": given[s].astype(object),
               "automatic (gated)": decided(AutoPolicy()),
               "thresholds alone": decided(AutoPolicy(min_precision=None)),
+              "curated: gated, suspects out": decided(AutoPolicy(), now | far),
+              "curated: gated, suspects out (cleanlab's count)": decided(AutoPolicy(), before | far),
               "reviewed, gpupipe order": reviewed(ours),
               "reviewed, cleanlab order": reviewed(np.concatenate([flagged, rest])),
               "cleanlab pruned": pruned,
               "clean": true.astype(object)}
+    print(f"flags: {int(now.sum())} ({int((now & (given[s] != true)).sum())} wrong labels); with cleanlab's "
+          f"count {int(before.sum())} ({int((before & (given[s] != true)).sum())}); far {int(far.sum())}", flush=True)
     sets, info = {}, {}
     for name, y in labels.items():
         keep = np.array([v is not None for v in y])
@@ -120,6 +147,21 @@ def training_sets(run: Path, truth: dict, review: int) -> tuple[dict, list[str],
                       "rows_changed_or_removed": int(changed.sum()),
                       "clean_rows_changed_or_removed": int((changed & (given[s] == true)).sum())}
     return sets, classes, info
+
+
+def flags_cleanlab_count(labels: np.ndarray, mix: np.ndarray) -> np.ndarray:
+    """`score.flag_label_issues` before RESULTS.md §29: the same order, as many
+    rows as cleanlab's ``find_label_issues`` flags in the same mix."""
+    from cleanlab.filter import find_label_issues
+
+    from gpupipe.models.score import label_error_odds
+
+    n, k = mix.shape
+    other = np.where(np.eye(k, dtype=bool)[labels], -1.0, mix).max(axis=1)
+    order = np.lexsort((mix[np.arange(n), labels] - other, -label_error_odds(labels, mix)))
+    flags = np.zeros(n, bool)
+    flags[order[:int(find_label_issues(labels, mix, n_jobs=1).sum())]] = True
+    return flags
 
 
 def test_files(cifar: Path, classes: list[str]) -> tuple[list[str], np.ndarray]:

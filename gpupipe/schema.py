@@ -125,8 +125,8 @@ RANK = _cols(
            "the model's features (models.outlier.knn_vote), classes as in rank_probs"),
     Column(RANK_VOTE_GIVEN, pa.float32(), "the neighbours' vote for the current label, 0..1 (its share in "
            "rank_neighbour_votes)"),
-    Column(RANK_FLAG, pa.bool_(), "likely mislabeled: as many rows as cleanlab finds, those whose label is most "
-           "likely wrong given the model, the neighbours' votes and the estimated noise "
+    Column(RANK_FLAG, pa.bool_(), "likely mislabeled: the rows whose label is most likely wrong given the model, "
+           "the neighbours' votes and the estimated noise, as many as maximise the flags' expected F1 "
            "(models.score.flag_label_issues); never a row whose outlier score is >= models.outlier.FAR", False),
 )
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gpupipe.models.nets import MODELS, build, resolve_model
-from gpupipe.models.score import flag_label_issues, label_error_odds, per_sample
+from gpupipe.models.score import expected_f1_count, flag_label_issues, label_error_odds, per_sample
 
 
 def test_per_sample_scores_match_their_definitions():
@@ -51,6 +51,21 @@ def test_flags_take_the_estimated_count_of_rows_whose_label_is_most_likely_wrong
     assert np.array_equal(flag_label_issues(labels, probs, votes), flags)
     assert flag_label_issues(np.zeros(0, np.int64), np.zeros((0, 3))).shape == (0,)
     assert not flag_label_issues(np.zeros(5, np.int64), np.full((5, 2), 0.5)).any()   # one class: nothing
+
+
+def test_expected_f1_count_maximises_the_f1_its_probabilities_expect():
+    # 2 * sum(w[:c]) / (c + sum(w)), sum(w) = 2: c=1 0.6, c=2 0.9, c=3 0.76, c=4 0.67.
+    assert expected_f1_count(np.array([0.9, 0.9, 0.1, 0.1])) == 2
+    assert expected_f1_count(np.zeros(5)) == 0 and expected_f1_count(np.zeros(0)) == 0
+    # Labels wrong with calibrated probabilities: the count's F1 is within a few
+    # points of the best count's, and far above flagging every row that may be wrong.
+    rng = np.random.default_rng(0)
+    w = np.sort(rng.beta(0.3, 3.0, 20_000))[::-1]        # ~9% wrong, most rows nearly sure
+    wrong = rng.random(len(w)) < w
+    f1 = 2 * np.cumsum(wrong) / (np.arange(1, len(w) + 1) + wrong.sum())
+    c = expected_f1_count(w)
+    assert f1[c - 1] >= f1.max() - 0.02
+    assert f1[c - 1] >= f1[np.flatnonzero(w > 0.05)[-1]] + 0.1
 
 
 def test_label_error_odds_follow_the_estimated_noise():
