@@ -154,13 +154,10 @@ def flags_cleanlab_count(labels: np.ndarray, mix: np.ndarray) -> np.ndarray:
     rows as cleanlab's ``find_label_issues`` flags in the same mix."""
     from cleanlab.filter import find_label_issues
 
-    from gpupipe.models.score import label_error_odds
+    from gpupipe.models.score import flag_order
 
-    n, k = mix.shape
-    other = np.where(np.eye(k, dtype=bool)[labels], -1.0, mix).max(axis=1)
-    order = np.lexsort((mix[np.arange(n), labels] - other, -label_error_odds(labels, mix)))
-    flags = np.zeros(n, bool)
-    flags[order[:int(find_label_issues(labels, mix, n_jobs=1).sum())]] = True
+    flags = np.zeros(len(labels), bool)
+    flags[flag_order(labels, mix)[:int(find_label_issues(labels, mix, n_jobs=1).sum())]] = True
     return flags
 
 

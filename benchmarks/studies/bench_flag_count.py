@@ -37,7 +37,7 @@ import numpy as np
 from gpupipe import schema
 from gpupipe.device import resolve_device
 from gpupipe.models.outlier import is_far
-from gpupipe.models.score import label_error_odds, label_posterior, with_votes
+from gpupipe.models.score import flag_order, label_posterior, with_votes
 from gpupipe.runner import LEDGER
 from gpupipe.stages.rank import rows_of
 from gpupipe.table import Ledger
@@ -64,10 +64,8 @@ def counts(run: Path) -> dict:
     true, junk = truth_of(run)
     given = np.asarray(rows.classes, dtype=object)[y]
     err = np.array([r in junk or true.get(r, g) != g for r, g in zip(rel[use], given)])
-    n, k = mix.shape
-    given_p = mix[np.arange(n), y]
-    other = np.where(np.eye(k, dtype=bool)[y], -1.0, mix).max(axis=1)
-    order = np.lexsort((given_p - other, -label_error_odds(y, mix)))
+    n = len(y)
+    order = flag_order(y, mix)
     lp = label_posterior(y, mix)
     q = (1.0 - lp.post[np.arange(n), y])[order]
     expected = 2 * np.cumsum(q) / (np.arange(1, n + 1) + q.sum())

@@ -206,12 +206,20 @@ def flag_label_issues(labels: np.ndarray, probs: np.ndarray, votes: np.ndarray |
     if n == 0 or k < 2 or len(np.unique(labels)) < 2:
         return flags
     p = np.asarray(probs, np.float64) if votes is None else with_votes(probs, votes)
-    given = p[np.arange(n), labels]
-    other = np.where(np.eye(k, dtype=bool)[labels], -1.0, p).max(axis=1)
-    order = np.lexsort((given - other, -label_error_odds(labels, p)))
+    order = flag_order(labels, p)
     wrong = 1.0 - label_posterior(labels, p).post[np.arange(n), labels]
     flags[order[:expected_f1_count(wrong[order])]] = True
     return flags
+
+
+def flag_order(labels: np.ndarray, mix: np.ndarray) -> np.ndarray:
+    """The order rows are flagged in (`flag_label_issues`): ``mix (N, K)`` the
+    probabilities mixed with the votes -> positions, the likeliest wrong label
+    first (`label_error_odds`), ties broken by the lower margin."""
+    n, k = mix.shape
+    given = mix[np.arange(n), labels]
+    other = np.where(np.eye(k, dtype=bool)[labels], -1.0, mix).max(axis=1)
+    return np.lexsort((given - other, -label_error_odds(labels, mix)))
 
 
 def expected_f1_count(wrong: np.ndarray) -> int:
