@@ -230,7 +230,7 @@ def expected_f1_count(wrong: np.ndarray) -> int:
     0 when no row is likely wrong at all.
 
     Measured against cleanlab's count on 14 ranked runs with known truth
-    (`benchmarks/studies/bench_flag_count.py`, RESULTS.md §29): CIFAR-10N
+    (`benchmarks/bench_flag_count.py`, RESULTS.md §29): CIFAR-10N
     ``aggre`` with the default CNN 0.400 -> 0.399 (choose) and 0.347 -> 0.375
     (judge); digits 0.966 -> 0.981 and 0.989 -> 0.992; Fashion-MNIST 0.703 ->
     0.756; it loses where the estimate undercounts the noise: linear heads on

@@ -1,7 +1,7 @@
 """How many rows to flag as likely mislabeled (issue 25): cleanlab's count
 against the count that maximises the flags' expected F1, on kept ranked runs.
 
-    python benchmarks/studies/bench_flag_count.py RUN [RUN ...]
+    python benchmarks/bench_flag_count.py RUN [RUN ...]
 
 Each RUN is a ranked, undecided run directory whose truth is known:
 ``bench_cifar10n.py``'s ``.bench/cifar10n-<noise>-<part>-10000/oof-<tag>``
