@@ -3,7 +3,8 @@
     python benchmarks/bench_cifar10n.py --cifar /tmp/cifar10 \
         --labels ../shared/data/cifar10/cifar10n_labels_dev.csv --part choose|judge \
         [--noise aggre|worse] [--augment auto|light|photo|method] [--n 10000]
-        [--backbone backbones:small_cnn_features --backbone-weights W.pt] [--init-weights W.pt] [--tag NAME]
+        [--backbone backbones:small_cnn_features --backbone-weights W.pt] [--init-weights W.pt]
+        [--lr-decay D] [--tag NAME]
 
 10,000 CIFAR-10 training images filed under the labels Mechanical Turk workers
 gave them (CIFAR-10N ``aggre``: the majority of three, 9% differ from the
@@ -182,6 +183,7 @@ def main() -> int:
     ap.add_argument("--backbone", default=None, help="rank's --backbone (see benchmarks/backbones.py)")
     ap.add_argument("--backbone-weights", default=None)
     ap.add_argument("--init-weights", default=None, help="rank's --init-weights (e.g. gpupipe pretrain's)")
+    ap.add_argument("--lr-decay", default=None, help="rank's --lr-decay (default: the CLI's)")
     ap.add_argument("--tag", default=None, help="name of the run and results (default: the augment set, or "
                                                 "'backbone')")
     args = ap.parse_args()
@@ -199,7 +201,8 @@ def main() -> int:
                                         + (["--backbone", args.backbone] if args.backbone else [])
                                         + (["--backbone-weights", args.backbone_weights]
                                            if args.backbone_weights else [])
-                                        + (["--init-weights", args.init_weights] if args.init_weights else []))
+                                        + (["--init-weights", args.init_weights] if args.init_weights else [])
+                                        + (["--lr-decay", args.lr_decay] if args.lr_decay else []))
         if run.exists():
             shutil.rmtree(run)
         shutil.copytree(data / "dedup", run)

@@ -2,7 +2,7 @@
 an outlier "remove" rule fixes and damages (issue 12, items 2-4).
 
     python benchmarks/bench_outlier.py --dataset digits|fashion [--n 10000] [--outliers 0.03]
-        [--rate 0.1] [--noise symmetric|pair] [--folds 3] [--epochs 10]
+        [--rate 0.1] [--noise symmetric|pair] [--folds 3] [--epochs 10] [--lr-decay D]
 
 The tree: real images (scikit-learn digits upscaled to 32x32, or Fashion-MNIST
 28x28) with ``--rate`` planted label flips and ``--outliers`` (share of N)
@@ -204,6 +204,7 @@ def add_data_args(ap: argparse.ArgumentParser, *, outliers: float | None = 0.03)
     ap.add_argument("--noise", choices=("symmetric", "pair"), default="symmetric")
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--lr-decay", type=float, default=TrainConfig.lr_decay, help="TrainConfig.lr_decay (1: constant)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", default=".bench")
 
@@ -252,7 +253,7 @@ def main() -> int:
         t0 = time.perf_counter()
         run_rank(base / "run", RankOptions(device="cpu", review="person", worst=10, best=10, mode="oof",
                                            folds=args.folds, max_rounds=1, tta=args.tta, seed=args.seed,
-                                           train=TrainConfig(max_epochs=args.epochs)))
+                                           train=TrainConfig(max_epochs=args.epochs, lr_decay=args.lr_decay)))
         t_rank = time.perf_counter() - t0
     state = json.loads((base / "run" / "rank.json").read_text())
     t = pq.read_table(base / "run" / LEDGER).to_pandas()

@@ -89,6 +89,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="model input channels (default: 1 if the images are grayscale, else 3)")
     g.add_argument("--epochs", type=int, default=30, help="most epochs per training (default: 30)")
     g.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs (default: 5)")
+    g.add_argument("--lr-decay", type=float, default=1.0,
+                   help="multiply the learning rate by this after patience/2 epochs without a better validation "
+                        "loss (e.g. 0.1); 1 keeps it constant (default: 1)")
     g.add_argument("--epoch-samples", type=int, default=2048,
                    help="an epoch shows at least this many augmented samples (default: 2048)")
     g.add_argument("--train-batch", type=int, default=64, help="training batch size (default: 64)")
@@ -158,13 +161,15 @@ def _rank_options(args):
         raise ValueError("--image-size must be at least 8")
     if args.min_precision is not None and not 0 <= args.min_precision <= 1:
         raise ValueError("--min-precision must be a probability in 0..1, or off")
+    if not 0 < args.lr_decay <= 1:
+        raise ValueError("--lr-decay must be in (0, 1]")
     for name in ("accept_prob", "relabel_prob", "remove_prob"):
         if not 0 <= getattr(args, name) <= 1:
             raise ValueError(f"--{name.replace('_', '-')} must be a probability in 0..1")
     review = "oracle" if args.oracle else args.review
     train = TrainConfig(model=args.model, lr=args.lr, batch_size=args.train_batch, image_size=args.image_size,
                         epoch_samples=args.epoch_samples, max_epochs=args.epochs, patience=args.patience,
-                        augment=_augment_config(args, mode=args.mode), init=args.init_weights)
+                        lr_decay=args.lr_decay, augment=_augment_config(args, mode=args.mode), init=args.init_weights)
     if args.init_weights is not None:  # a missing or misfit file fails here, before any work
         from gpupipe.models.nets import build, load_init
 

@@ -284,3 +284,30 @@ def test_the_audit_queue_lists_what_an_unattended_round_left_most_doubtful_first
     left = pd.read_csv(again.audit)
     assert again.stopped == "max rounds" and not left["sample_id"].isin(q["sample_id"]).any()
     assert (left["auto_action"] == "open").all()
+
+
+def test_the_learning_rate_drops_when_the_validation_loss_stalls(digits_noisy):
+    """`TrainConfig.lr_decay`: an epoch trains at the rate before it, times
+    ``lr_decay`` once the validation loss has gone ``patience // 2`` epochs
+    without a new best; 1.0 keeps it constant."""
+    from gpupipe.models.nets import resolve_model
+    from gpupipe.models.train import train
+
+    files = sorted(digits_noisy["root"].rglob("*.png"))
+    classes = sorted({f.parent.name for f in files})
+    y = np.array([classes.index(f.parent.name) for f in files])
+    tr, va = np.arange(0, 300), np.arange(300, 500)             # few, noisy rows: the validation loss stalls soon
+    lr0 = resolve_model("small-cnn").lr
+    for decay in (0.5, 1.0):
+        cfg = TrainConfig(max_epochs=10, epoch_samples=512, patience=4, lr_decay=decay, augment=None)
+        res = train(cpu_device(), [str(files[i]) for i in tr], y[tr], [str(files[i]) for i in va], y[va],
+                    num_classes=len(classes), channels=1, config=cfg, seed=0)
+        expect, rate, best, bad = [], lr0, np.inf, 0
+        for loss in res.val_loss:
+            expect.append(rate)
+            best, bad = (loss, 0) if loss < best - 1e-4 else (best, bad + 1)
+            if bad >= max(1, cfg.patience // 2):
+                rate, bad = rate * decay, 0
+        print(decay, [f"{v:.3f}" for v in res.val_loss], res.lr)
+        assert res.lr == pytest.approx(expect)
+        assert (min(res.lr) < lr0) if decay < 1 else (res.lr == [lr0] * res.epochs)
