@@ -1,11 +1,15 @@
 """Backbones for `rank --backbone` benchmarks, and a way to make honest weights here.
 
     python benchmarks/backbones.py --cifar /tmp/cifar10 --out .bench/cifar-test-small-cnn.pt [--epochs 30]
+        [--also-train 20000 30000 --labels ../shared/data/cifar10/cifar10n_labels_dev.csv]
 
 trains gpupipe's small-cnn on CIFAR-10's **test** split (10,000 images with
 their original labels: other images than the training images CIFAR-10N
 judges, as a user's ImageNet or in-house checkpoint would be) with the photo
-augmentations, and saves the weights of its feature part (everything before
+augmentations (``--also-train LO HI``: and the development training images
+LO..HI-1 of CIFAR-10N's label file, with their original labels; 20,000-29,999
+lie outside the ``choose`` and ``judge`` parts that bench_cifar10n.py judges),
+and saves the weights of its feature part (everything before
 the dropout and the dense layer: 128 features).  Then::
 
     python benchmarks/bench_cifar10n.py --part judge --backbone backbones:small_cnn_features \
@@ -42,8 +46,18 @@ def main() -> int:
     ap.add_argument("--cifar", default="/tmp/cifar10")
     ap.add_argument("--out", required=True)
     ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--also-train", type=int, nargs=2, metavar=("LO", "HI"), default=None)
+    ap.add_argument("--labels", default="../shared/data/cifar10/cifar10n_labels_dev.csv")
     args = ap.parse_args()
     files = sorted(Path(args.cifar, "test").glob("*/*.jpg"))
+    if args.also_train:
+        import csv
+
+        lo, hi = args.also_train
+        if lo < 20_000:
+            sys.exit("--also-train: images below 20,000 are the choose and judge parts bench_cifar10n.py judges")
+        with open(args.labels, newline="") as fh:
+            files += [Path(args.cifar, r["path"]) for r in csv.DictReader(fh) if lo <= int(r["index"]) < hi]
     classes = sorted({f.parent.name for f in files})
     y = np.array([classes.index(f.parent.name) for f in files])
     val = np.random.default_rng(0).random(len(files)) < 0.1
@@ -52,7 +66,7 @@ def main() -> int:
                 config=TrainConfig(max_epochs=args.epochs, patience=args.epochs, augment=AugmentConfig.photo()),
                 seed=0)
     print(f"trained {res.epochs} epochs, best {res.best_epoch}, validation accuracy "
-          f"{res.val_accuracy[res.best_epoch - 1]:.3f} (CIFAR-10 test split, held-out 10%)")
+          f"{res.val_accuracy[res.best_epoch - 1]:.3f} ({len(files)} CIFAR-10 images, held-out 10%)")
     body = small_cnn_features()
     body.load_state_dict({k: v for k, v in res.model.state_dict().items() if k.split(".")[0].isdigit()
                           and int(k.split(".")[0]) < len(body)})

@@ -19,7 +19,10 @@ Estimates (all over the scored rows, the model's out-of-sample probabilities):
   noise transition by EM under it;
 - ``joint-full``: temperature and a full transition fitted together;
 - ``joint-rate`` (what `gpupipe.models.score.label_posterior` does):
-  temperature, one noise rate and a confusion shape fitted together.
+  temperature, one noise rate and a confusion shape fitted together;
+- ``joint-rate on the mix``: the same on the model's probabilities mixed with
+  the neighbours' votes (`score.with_votes`, what the flags read), where the
+  run has votes.
 For each: the estimated noise rate, and at bars 0.8 / 0.9 / 0.99 the relabels
 and removes made (among those the default thresholds propose), how many were
 right, and how many clean rows they changed.
@@ -58,7 +61,11 @@ def load(run: Path, truth_file: Path):
     p = np.stack([np.asarray(probs[i], np.float64) for i in s])
     given = np.array([classes.index(x) for x in rows.label[s].astype(str)])
     true = np.array([classes.index(truth.get(r, c)) for r, c in zip(rel[s], rows.label[s].astype(str))])
-    return p, given, true
+    votes = np.full_like(p, np.nan)
+    if schema.RANK_VOTES in frame.columns:
+        v, has = ledger.host(frame, schema.RANK_VOTES)
+        votes[has[s]] = np.stack([np.asarray(v[i], np.float64) for i in s[has[s]]])
+    return p, given, true, votes
 
 
 def softmax(logp: np.ndarray, log_t: float) -> np.ndarray:
@@ -68,11 +75,11 @@ def softmax(logp: np.ndarray, log_t: float) -> np.ndarray:
     return q / q.sum(axis=1, keepdims=True)
 
 
-def estimates(p: np.ndarray, y: np.ndarray) -> dict[str, tuple[np.ndarray, float]]:
+def estimates(p: np.ndarray, y: np.ndarray, votes: np.ndarray) -> dict[str, tuple[np.ndarray, float]]:
     """name -> (posterior (N, K), estimated noise rate)."""
     from cleanlab.count import estimate_joint
 
-    from gpupipe.models.score import label_posterior
+    from gpupipe.models.score import label_posterior, with_votes
 
     n, k = p.shape
     logp = np.log(np.clip(p, 1e-12, 1.0))
@@ -116,6 +123,9 @@ def estimates(p: np.ndarray, y: np.ndarray) -> dict[str, tuple[np.ndarray, float
 
     lp = label_posterior(y, p)
     out["joint-rate (shipped)"] = (lp.post, lp.noise_rate)
+    if np.isfinite(votes).all(axis=1).any():
+        lm = label_posterior(y, with_votes(p, votes))
+        out["joint-rate on the model-and-votes mix"] = (lm.post, lm.noise_rate)
     return out
 
 
@@ -168,8 +178,8 @@ def main() -> int:
     print("| run | estimate | noise est. (true) | bar | relabels (right) | removes (right) | clean changed |")
     print("|---|---|---|---|---|---|---|")
     for run, truth in runs:
-        p, y, true = load(run, truth)
-        for name, (post, noise) in estimates(p, y).items():
+        p, y, true, votes = load(run, truth)
+        for name, (post, noise) in estimates(p, y, votes).items():
             for bar in (0.8, 0.9, 0.99):
                 d = decisions(p, y, true, post, bar)
                 print(f"| {run.parent.name}/{run.name} | {name} | {noise:.3f} ({(y != true).mean():.3f}) | {bar} | "
