@@ -147,7 +147,10 @@ def test_check_equal_on_gpu(digit_pairs):
 
 def test_a_full_cache_gives_the_same_similarities(digit_pairs, monkeypatch):
     """Past CACHE_BYTES nothing more is kept and the band-passes are computed
-    again for each call: the same numbers as with room for every image."""
+    again for each call: the same numbers as with room for every image, up to
+    float32 rounding (the recomputed batches have other shapes, and on some
+    CPUs other shapes take other SIMD paths: 149 of 1,800 similarities
+    differed by up to 2.4e-7 on an AMD EPYC with AVX2, none on an AVX-512 Xeon)."""
     from gpupipe.hashing import verify
 
     thumbs, n0, src, _, _ = digit_pairs
@@ -156,5 +159,5 @@ def test_a_full_cache_gives_the_same_similarities(digit_pairs, monkeypatch):
     full = PairCheck(thumbs).similarity(i, j, gate=False, full=True)
     monkeypatch.setattr(verify, "CACHE_BYTES", 40 * 4 * (32 * 32 + 11 * 11))     # room for 40 gray images
     small = PairCheck(thumbs)
-    assert np.array_equal(small.similarity(i, j, gate=False, full=True), full)
+    np.testing.assert_allclose(small.similarity(i, j, gate=False, full=True), full, rtol=0, atol=1e-6)
     assert int((small._fine_cache.slot >= 0).sum()) <= 40
