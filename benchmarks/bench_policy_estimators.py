@@ -129,11 +129,20 @@ def estimates(p: np.ndarray, y: np.ndarray, votes: np.ndarray) -> dict[str, tupl
     return out
 
 
-def decisions(p, y, true, post, bar):
+def gated(p, y, post, bar, remove_bar=None):
+    """bool (N,) x 2: the relabels and removes the default thresholds propose
+    (`AutoPolicy`'s 0.9 / 0.01) whose estimated precision under ``post``
+    reaches ``bar`` (removes: ``remove_bar``, default the same)."""
     n = len(y)
     pred, top, pg = p.argmax(1), p.max(1), p[np.arange(n), y]
     relabel = (pred != y) & (top >= 0.9) & (post[np.arange(n), pred] >= bar)
-    remove = (pred != y) & (top < 0.9) & (pg <= 0.01) & (1 - post[np.arange(n), y] >= bar)
+    remove = (pred != y) & (top < 0.9) & (pg <= 0.01) & (1 - post[np.arange(n), y] >= (remove_bar or bar))
+    return relabel, remove
+
+
+def decisions(p, y, true, post, bar):
+    pred = p.argmax(1)
+    relabel, remove = gated(p, y, post, bar)
     err = y != true
     return {"relabel": int(relabel.sum()), "relabel_right": int((relabel & (pred == true)).sum()),
             "remove": int(remove.sum()), "remove_right": int((remove & err).sum()),

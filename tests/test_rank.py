@@ -288,8 +288,8 @@ def test_the_audit_queue_lists_what_an_unattended_round_left_most_doubtful_first
 
 def test_the_learning_rate_drops_when_the_validation_loss_stalls(digits_noisy):
     """`TrainConfig.lr_decay`: an epoch trains at the rate before it, times
-    ``lr_decay`` once the validation loss has gone ``patience // 2`` epochs
-    without a new best; 1.0 keeps it constant."""
+    ``lr_decay`` once the validation loss has gone ``max(1, patience // 2)``
+    epochs without a new best; 1.0 keeps it constant."""
     from gpupipe.models.nets import resolve_model
     from gpupipe.models.train import train
 

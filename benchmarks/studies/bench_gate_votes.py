@@ -8,7 +8,7 @@ thresholds propose at each level of the neighbours' vote for the new class
 RUN: a ranked, undecided ``bench_cifar10n.py`` run (``.bench/cifar10n-<noise>-<part>-10000/oof-<tag>``);
 its truth is the part's ``truth.json``.  The gate is the shipped one
 (`score.label_posterior` of the model's probabilities; relabels at 0.9,
-removes at 0.99), re-read here as `bench_policy_estimators.decisions` does.
+removes at 0.99), re-read by `bench_policy_estimators.gated`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_policy_estimators import load  # noqa: E402
+from bench_policy_estimators import gated, load  # noqa: E402
 
 from gpupipe.models.score import label_posterior  # noqa: E402
 
@@ -28,10 +28,9 @@ def main() -> int:
     for run in map(Path, sys.argv[1:]):
         p, y, true, votes = load(run, run.parent / "truth.json")
         n = len(y)
-        pred, top, pg = p.argmax(1), p.max(1), p[np.arange(n), y]
+        pred, top = p.argmax(1), p.max(1)
         lp = label_posterior(y, p)
-        relabel = (pred != y) & (top >= 0.9) & (lp.post[np.arange(n), pred] >= 0.9)
-        remove = (pred != y) & (top < 0.9) & (pg <= 0.01) & (1 - lp.post[np.arange(n), y] >= 0.99)
+        relabel, remove = gated(p, y, lp.post, 0.9, remove_bar=0.99)
         vp, vy = votes[np.arange(n), pred], votes[np.arange(n), y]
         print(run)
         for i in np.flatnonzero(relabel | remove):

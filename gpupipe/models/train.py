@@ -94,7 +94,7 @@ def train(
     y = torch.as_tensor(np.asarray(labels), dtype=torch.int64, device=device.torch_device)
     val_y = np.asarray(val_labels, np.int64)
     plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(
-        opt, factor=config.lr_decay, patience=max(config.patience // 2 - 1, 0), threshold=1e-4,
+        opt, factor=config.lr_decay, patience=max(1, config.patience // 2) - 1, threshold=1e-4,
         threshold_mode="abs") if val_epochs is not None and config.lr_decay < 1.0 else None)
     best, best_state, best_epoch, stale = math.inf, None, 0, 0
     losses: list[float] = []
