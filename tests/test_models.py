@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from gpupipe.models.nets import MODELS, build, resolve_model
-from gpupipe.models.score import expected_f1_count, flag_label_issues, label_error_odds, per_sample
+from gpupipe.models.score import (expected_f1_count, flag_label_issues, label_error_odds, label_posterior, per_sample,
+                                  scaled_to, wrong_label_count)
 
 
 def test_per_sample_scores_match_their_definitions():
@@ -66,6 +67,35 @@ def test_expected_f1_count_maximises_the_f1_its_probabilities_expect():
     c = expected_f1_count(w)
     assert f1[c - 1] >= f1.max() - 0.02
     assert f1[c - 1] >= f1[np.flatnonzero(w > 0.05)[-1]] + 0.1
+
+
+def test_the_count_of_wrong_labels_lies_between_the_posteriors_and_cleanlabs():
+    """`wrong_label_count`: the geometric mean of `label_posterior`'s rate (low
+    where the model learned the noise) and cleanlab's count (high where the
+    model errs); `scaled_to` brings the posterior's probabilities to that sum."""
+    from cleanlab.count import num_label_issues
+
+    rng = np.random.default_rng(2)
+    n, k = 3000, 4
+    true = rng.integers(0, k, n)
+    labels = true.copy()
+    wrong = rng.choice(n, 300, replace=False)
+    labels[wrong] = (labels[wrong] + 1) % k
+    probs = rng.dirichlet(np.ones(k) * 0.7, n) * 0.6          # a weak model: 0.4 on the true class
+    probs[np.arange(n), true] += 0.4
+    lp = label_posterior(labels, probs)
+    low, high = sorted([lp.noise_rate * n, float(num_label_issues(labels, probs))])
+    count = wrong_label_count(labels, probs, lp.noise_rate)
+    assert low < high and count == pytest.approx(np.sqrt(low * high))
+    w = 1.0 - lp.post[np.arange(n), labels]
+    s = scaled_to(w, count)
+    assert s.sum() == pytest.approx(count, rel=1e-6) and s.max() <= 1.0
+    kept = (s < 1.0) & (w > 1e-9)                           # one factor: the order and ratios stay
+    assert np.allclose(s[kept] / w[kept], (s[kept] / w[kept])[0])
+    assert np.array_equal(np.argsort(-w, kind="stable")[:50], np.argsort(-s, kind="stable")[:50])
+    assert np.array_equal(scaled_to(w, n), w) and np.array_equal(scaled_to(np.zeros(5), 2.0), np.zeros(5))
+    few = np.array([0.5, 0.0, 0.0, 0.0])                    # one row can be wrong, two asked for: it, at 1
+    assert np.allclose(scaled_to(few, 2.0), [1.0, 0, 0, 0])
 
 
 def test_label_error_odds_follow_the_estimated_noise():

@@ -1,0 +1,110 @@
+"""How many labels are wrong?  Estimators of the noise rate on kept ranked
+runs with known truth, and the flags' F1 at the count each implies (issue 25).
+
+    python benchmarks/bench_noise_rate.py RUN [RUN ...]
+
+RUN as for `benchmarks/bench_flag_count.py` (its truth files).  The order is
+the shipped one (`score.flag_order` of the model-and-votes mix); per
+estimator: the estimated share of wrong labels, and P/R/F1 of flagging that
+many rows in that order.  Estimators:
+
+* before: the count `flag_label_issues` flagged before this study: the
+  expected-F1 count (`score.expected_f1_count`) on the posterior's
+  wrong-label probabilities (RESULTS.md §29);
+* posterior: `score.label_posterior`'s rate (temperature, rate and
+  confusion shape fitted together: what the shipped count and gate read);
+* cleanlab joint: 1 - trace of cleanlab's calibrated confident joint
+  (`cleanlab.count.estimate_joint`);
+* cleanlab count: `cleanlab.count.num_label_issues` / N;
+* disagreement: the share of rows whose most likely class is not the given one;
+* truth.
+
+and two counts between the posterior (which undercounts where the model has
+absorbed the noise: confident heads on a backbone) and cleanlab's count
+(which counts the model's own mistakes as noise: a weak model):
+
+* geometric mean: `score.wrong_label_count`, sqrt(posterior rate * cleanlab
+  count rate) * N rows, flagged as such;
+* shipped: what `flag_label_issues` flags since RESULTS.md §31: the
+  expected-F1 count on the posterior's wrong-label probabilities scaled
+  (`score.scaled_to`, clipped at 1) to sum to that geometric mean.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from bench_flag_count import truth_of
+
+from gpupipe import schema
+from gpupipe.device import resolve_device
+from gpupipe.models.outlier import is_far
+from gpupipe.models.score import (expected_f1_count, flag_label_issues, flag_order, label_posterior, scaled_to,
+                                  wrong_label_count, with_votes)
+from gpupipe.runner import LEDGER
+from gpupipe.stages.rank import rows_of
+from gpupipe.table import Ledger
+
+
+def study(run: Path) -> dict:
+    from cleanlab.count import estimate_joint, num_label_issues
+
+    ledger = Ledger(resolve_device("cpu"))
+    frame = ledger.read(run / LEDGER)
+    rows = rows_of(frame, ledger)
+    rel = ledger.host(frame, schema.REL_PATH)[0].astype(str)
+    probs, has = ledger.host(frame, schema.RANK_PROBS)
+    votes, has_votes = ledger.host(frame, schema.RANK_VOTES)
+    use = has & rows.eligible & ~is_far(*ledger.host(frame, schema.RANK_OUTLIER))
+    y, p = rows.y[use], probs[use].astype(np.float64)
+    mix = with_votes(p, np.where(has_votes[use, None], votes[use], np.nan))
+    true, junk = truth_of(run)
+    given = np.asarray(rows.classes, dtype=object)[y]
+    err = np.array([r in junk or true.get(r, g) != g for r, g in zip(rel[use], given)])
+    n = len(y)
+    order = flag_order(y, mix)
+    lp = label_posterior(y, mix)
+    rates = {
+        "posterior": lp.noise_rate,
+        "cleanlab joint": float(1.0 - np.trace(estimate_joint(y, mix))),
+        "cleanlab count": num_label_issues(y, mix) / n,
+        "disagreement": float((mix.argmax(1) != y).mean()),
+        "truth": float(err.mean()),
+    }
+    q = (1.0 - lp.post[np.arange(n), y])[order]
+    gm = wrong_label_count(y, mix, lp.noise_rate)
+    counts = {name: int(round(r * n)) for name, r in rates.items()}
+    counts["before"] = expected_f1_count(q)
+    counts["geometric mean"] = int(round(gm))
+    counts["shipped"] = expected_f1_count(scaled_to(q, gm))
+    rates.update({name: counts[name] / n for name in ("before", "geometric mean", "shipped")})
+    shipped = flag_label_issues(y, p, np.where(has_votes[use, None], votes[use], np.nan))
+    assert shipped.sum() == counts["shipped"] and shipped[order[:counts["shipped"]]].all()   # the same flags
+    out = {"run": str(run), "rows": n, "errors": int(err.sum()), "oof_accuracy": float((p.argmax(1) == y).mean())}
+    for name, r in rates.items():
+        c = counts[name]
+        tp = int(err[order[:c]].sum())
+        pr, rc = tp / max(c, 1), tp / max(int(err.sum()), 1)
+        out[name] = (round(r, 4), round(2 * pr * rc / max(pr + rc, 1e-12), 3))
+    return out
+
+
+def main() -> int:
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    names = ["before", "posterior", "cleanlab joint", "cleanlab count", "disagreement", "geometric mean",
+             "shipped", "truth"]
+    print("| run | rows | errors | OOF acc. vs given | " + " | ".join(f"{m}: rate, F1" for m in names) + " |")
+    print("|---|---|---|" + "---|" * len(names))
+    for run in sys.argv[1:]:
+        o = study(Path(run))
+        print(f"| {run} | {o['rows']} | {o['errors']} | {o['oof_accuracy']:.3f} | "
+              + " | ".join(f"{o[m][0]:.3f}, {o[m][1]}" for m in names) + " |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
