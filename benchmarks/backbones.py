@@ -54,7 +54,7 @@ def _cnn(num_classes: int, channels: int, widths: tuple[int, ...]) -> torch.nn.M
 
 def wide_cnn(num_classes: int, channels: int) -> torch.nn.Module:
     """small-cnn at twice the width (32-64-128-256 filters): ~4x its multiply-adds.
-    A `rank --model` factory for the capacity study (RESULTS.md §31)."""
+    A `rank --model` factory for the capacity study (RESULTS.md §31.1)."""
     return _cnn(num_classes, channels, (32, 64, 128, 256))
 
 

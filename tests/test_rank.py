@@ -209,6 +209,15 @@ def test_test_time_augmentation_is_seeded_and_averages_probabilities(digits_nois
     np.testing.assert_allclose(a.probs.sum(axis=1), 1, atol=1e-5)
     np.testing.assert_allclose(a.loss, -np.log(a.probs[np.arange(len(y)), y[a.rows]]), rtol=1e-5)
     assert (a.pred == a.probs.argmax(axis=1)).all() and (a.rows == plain.rows).all()
+    # A model trained with flips (the photo set) is tested on flips and crops, not rotations.
+    from gpupipe.dali.augment import AugmentConfig
+    from gpupipe.stages.rank import TTA, TTA_PHOTO, tta_set
+
+    assert tta_set(AugmentConfig.photo()) is TTA_PHOTO and tta_set(AugmentConfig.light()) is TTA
+    photo = replace(job, config=TrainConfig(augment=AugmentConfig.photo()))
+    c = run_job(photo).scores
+    np.testing.assert_array_equal(c.probs, run_job(photo).scores.probs)
+    assert np.abs(c.probs - a.probs).max() > 1e-4 and np.abs(c.probs - plain.probs).max() > 1e-4
 
 
 def test_the_audit_queue_lists_what_an_unattended_round_left_most_doubtful_first(certified_round, digits_noisy,
