@@ -256,7 +256,10 @@ def _rounds(run_dir: Path, options: RankOptions, cfg, device, ledger: Ledger, fr
                  "scored": stats.scored, "trained_on": stats.trained_on, "validated_on": stats.validated_on,
                  "val_accuracy": stats.val_accuracy, "epochs": stats.epochs,
                  "seconds_train": round(stats.seconds_train, 3), "seconds_score": round(stats.seconds_score, 3),
-                 "score_images_per_second": round(stats.score_images_per_second, 1)}
+                 "score_images_per_second": round(stats.score_images_per_second, 1),
+                 # rows flagged likely mislabeled after this round's scores (`models.score.flag_label_issues`),
+                 # before its decisions: the tool's estimate of how many labels are wrong
+                 "flagged": int(ledger.host(frame, schema.RANK_FLAG)[0].sum())}
         state["classes"] = stats.classes
         if options.review == "person":
             q = rv.queue(frame, ledger, worst=options.worst, best=options.best, policy=options.policy)
@@ -268,7 +271,8 @@ def _rounds(run_dir: Path, options: RankOptions, cfg, device, ledger: Ledger, fr
             state.update(pending=r, queue=str(csv), stopped=None)
             rounds.append(entry)
             _save(run_dir, ledger, frame, state, None)
-            log(f"round {r}: scored {stats.scored}; review {len(q)} samples in {csv}, then run `gpupipe review "
+            log(f"round {r}: scored {stats.scored}, {entry['flagged']} flagged as likely mislabeled; review {len(q)} "
+                f"samples in {csv}, then run `gpupipe review "
                 f"{run_dir} FILE`; or in the browser: `gpupipe review {run_dir} --serve`")
             return LoopResult("awaiting review", rounds, counts(frame, ledger), str(csv))
         if options.review == "oracle":
@@ -290,8 +294,8 @@ def _rounds(run_dir: Path, options: RankOptions, cfg, device, ledger: Ledger, fr
             state["stopped"] = stop_reason()
         _save(run_dir, ledger, frame, state, entries)        # the round and its stop reason together
         log(f"round {r}: scored {stats.scored} ({stats.score_images_per_second:.0f} img/s), "
-            f"val acc {stats.val_accuracy if stats.val_accuracy is None else round(stats.val_accuracy, 3)}; "
-            f"{d.source} decided {len(d)} {_tally(d)}{_declined(d)}")
+            f"val acc {stats.val_accuracy if stats.val_accuracy is None else round(stats.val_accuracy, 3)}, "
+            f"{entry['flagged']} flagged as likely mislabeled; {d.source} decided {len(d)} {_tally(d)}{_declined(d)}")
     if state.get("stopped") != stopped:
         state["stopped"] = stopped
         RunDir(run_dir).commit({RANK_STATE: state})

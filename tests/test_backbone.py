@@ -63,6 +63,7 @@ def test_label_flips_are_found_from_a_backbones_features(backbone, noisy_run, di
     assert r["scored"] == len(kept) and r["trained_on"] == 4 * len(kept) and r["epochs"] == []
     flipped = kept[schema.REL_PATH].isin(digits_noisy["flipped"]).to_numpy()
     flag = kept[schema.RANK_FLAG].to_numpy(bool)
+    assert r["flagged"] == flag.sum() == d[schema.RANK_FLAG].fillna(False).astype(bool).sum()   # rank.json says it
     p, rec = (flag & flipped).sum() / flag.sum(), (flag & flipped).sum() / flipped.sum()
     acc = (kept[schema.RANK_PRED] == kept[schema.REL_PATH].map(digits_noisy["truth"])).mean()
     print(f"backbone: accuracy {acc:.3f}, flags P {p:.3f} R {rec:.3f}, policy {r['policy']}")
