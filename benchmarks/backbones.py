@@ -37,30 +37,12 @@ def small_cnn_features(channels: int = 3) -> torch.nn.Module:
     return features(channels)
 
 
-def _cnn(num_classes: int, channels: int, widths: tuple[int, ...]) -> torch.nn.Module:
-    """gpupipe's small-cnn layout (conv-BN-ReLU blocks, a 2x2 pool after all but
-    the last, global average pooling, dropout 0.3, a dense layer) at other widths."""
-    from torch import nn
-
-    layers: list[nn.Module] = []
-    cin = channels
-    for k, cout in enumerate(widths):
-        layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
-        if k < len(widths) - 1:
-            layers.append(nn.MaxPool2d(2))
-        cin = cout
-    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.3), nn.Linear(cin, num_classes))
-
-
 def wide_cnn(num_classes: int, channels: int) -> torch.nn.Module:
     """small-cnn at twice the width (32-64-128-256 filters): ~4x its multiply-adds.
     A `rank --model` factory for the capacity study (RESULTS.md §31.1)."""
-    return _cnn(num_classes, channels, (32, 64, 128, 256))
+    from gpupipe.models.nets import small_cnn
 
-
-def wide_cnn_15(num_classes: int, channels: int) -> torch.nn.Module:
-    """small-cnn at 1.5x the width (24-48-96-192 filters)."""
-    return _cnn(num_classes, channels, (24, 48, 96, 192))
+    return small_cnn(num_classes, channels, widths=(32, 64, 128, 256))
 
 
 def main() -> int:

@@ -37,8 +37,8 @@ training rows, no early stopping; tested on CIFAR-10's 10,000 test images (JPEGs
 ``<cifar>/test``).  Each accuracy is the mean of ``--fits`` trainings (model
 seeds 0..fits-1, the same for every set).  Results accumulate in
 ``<data>/downstream-<tag>.json`` (a set already trained there is not trained
-again unless its rows or labels changed), then print as Markdown: accuracy, the share of the raw-to-clean gap
-recovered, label errors left and rows kept.
+again unless its rows or labels changed), then print as Markdown: accuracy,
+the share of the raw-to-clean gap recovered, label errors left and rows kept.
 """
 
 from __future__ import annotations

@@ -36,19 +36,20 @@ def as_input(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=MEMORY_FORMAT) if x.dim() == 4 else x
 
 
-def small_cnn(num_classes: int, channels: int) -> nn.Module:
+def small_cnn(num_classes: int, channels: int, widths: tuple[int, ...] = (16, 32, 64, 128)) -> nn.Module:
     """Four 3x3 conv blocks (16-32-64-128 filters, batch norm, a 2x2 pool after
     each of the first three), global average pooling, dropout 0.3, a dense
-    layer: ~0.1 M parameters, ~4 M multiply-adds per 32x32 image (fast on CPU)."""
+    layer: ~0.1 M parameters, ~4 M multiply-adds per 32x32 image (fast on CPU).
+    ``widths``: the blocks' filters (benchmarks/backbones.py's wider variant)."""
 
     def block(cin: int, cout: int) -> list[nn.Module]:
         return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
-    return nn.Sequential(
-        *block(channels, 16), nn.MaxPool2d(2), *block(16, 32), nn.MaxPool2d(2),
-        *block(32, 64), nn.MaxPool2d(2), *block(64, 128),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.3), nn.Linear(128, num_classes),
-    )
+    layers: list[nn.Module] = []
+    for k, (cin, cout) in enumerate(zip((channels, *widths[:-1]), widths)):
+        layers += block(cin, cout) + ([nn.MaxPool2d(2)] if k < len(widths) - 1 else [])
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.3),
+                         nn.Linear(widths[-1], num_classes))
 
 
 def small_cnn_features(channels: int = 3) -> nn.Module:

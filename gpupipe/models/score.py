@@ -254,7 +254,7 @@ def scaled_to(wrong: np.ndarray, total: float) -> np.ndarray:
     w = np.asarray(wrong, np.float64)
     if w.sum() <= 0 or total >= len(w):
         return w
-    lo, hi = 0.0, len(w) / w.sum() + 1.0        # at hi every nonzero w is clipped to 1: the largest sum there is
+    lo, hi = 0.0, len(w) / w.sum() + 1.0        # unclipped, w * hi would sum past N >= total
     for _ in range(60):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if np.minimum(w * mid, 1.0).sum() < total else (lo, mid)
