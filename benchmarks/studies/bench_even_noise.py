@@ -1,13 +1,13 @@
-"""The flags' order against its one parameter, `score.EVEN_NOISE` (the share of
-each class's estimated noise spread evenly over the other classes), on kept
-ranked runs with known truth (issue 25, RESULTS.md §31.4).
+"""The flags against their two parameters on kept ranked runs with known truth
+(issue 25, RESULTS.md §31.4): `score.EVEN_NOISE` (the share of each class's
+estimated noise spread evenly over the other classes, in the order) or, with
+``--votes``, `score.VOTE_SHARE` (the neighbours' votes' share of the mix).
 
-    python benchmarks/studies/bench_even_noise.py RUN [RUN ...]
+    python benchmarks/studies/bench_even_noise.py [--votes] RUN [RUN ...]
 
 RUN as for `benchmarks/bench_flag_count.py`.  Per run and value: the flags'
-F1 at the true count (the order alone) / at the shipped count
-(`score.expected_f1_count` on the scaled posterior, `score.flag_label_issues`)
-with the order that value gives; then the mean of the second over the runs.
+F1 at the true count (the order alone) / as `score.flag_label_issues` flags
+them with that value; then the mean of the second over the runs.
 """
 
 from __future__ import annotations
@@ -24,20 +24,22 @@ from bench_flag_count import truth_of  # noqa: E402
 from gpupipe import schema  # noqa: E402
 from gpupipe.device import resolve_device  # noqa: E402
 from gpupipe.models.outlier import is_far  # noqa: E402
-from gpupipe.models.score import (expected_f1_count, label_error_odds, label_posterior, scaled_to,  # noqa: E402
-                                  with_votes, wrong_label_count)
+from gpupipe.models import score  # noqa: E402
 from gpupipe.runner import LEDGER  # noqa: E402
 from gpupipe.stages.rank import rows_of  # noqa: E402
 from gpupipe.table import Ledger  # noqa: E402
 
-EVEN = (0.25, 0.5, 0.75, 1.0)
+VALUES = {"even": (0.25, 0.5, 0.75, 1.0), "votes": (0.0, 0.25, 0.5, 0.75)}
 
 
 def main() -> int:
-    if len(sys.argv) < 2:
+    args = [a for a in sys.argv[1:] if a != "--votes"]
+    if not args:
         sys.exit(__doc__)
-    mean = {e: [] for e in EVEN}
-    for arg in sys.argv[1:]:
+    what = "votes" if "--votes" in sys.argv else "even"
+    mean: dict[float, list[float]] = {v: [] for v in VALUES[what]}
+    shipped = score.VOTE_SHARE, score.EVEN_NOISE
+    for arg in args:
         run = Path(arg)
         ledger = Ledger(resolve_device("cpu"))
         frame = ledger.read(run / LEDGER)
@@ -47,23 +49,31 @@ def main() -> int:
         votes, has_votes = ledger.host(frame, schema.RANK_VOTES)
         use = has & rows.eligible & ~is_far(*ledger.host(frame, schema.RANK_OUTLIER))
         y, p = rows.y[use], probs[use].astype(np.float64)
-        mix = with_votes(p, np.where(has_votes[use, None], votes[use], np.nan))
+        v = np.where(has_votes[use, None], votes[use], np.nan)
         true, junk = truth_of(run)
         given = np.asarray(rows.classes, dtype=object)[y]
         err = np.array([r in junk or true.get(r, g) != g for r, g in zip(rel[use], given)])
-        n, k = len(y), int(err.sum())
-        lp = label_posterior(y, mix)
-        wrong = scaled_to(1.0 - lp.post[np.arange(n), y], wrong_label_count(y, mix, lp.noise_rate))
-        margin = mix[np.arange(n), y] - np.where(np.eye(mix.shape[1], dtype=bool)[y], -1.0, mix).max(axis=1)
+        k = int(err.sum())
         cells = []
-        for even in EVEN:
-            order = np.lexsort((margin, -label_error_odds(y, mix, even=even)))     # as `score.flag_order`
-            c = expected_f1_count(wrong[order])
-            f1 = 2 * int(err[order[:c]].sum()) / (c + k)
-            mean[even].append(f1)
-            cells.append(f"{even}: {err[order[:k]].mean():.3f} / {f1:.3f}")
+        for value in VALUES[what]:
+            # the module's constants, as flag_label_issues reads them (label_error_odds' default is bound at
+            # definition, so EVEN_NOISE goes in through its keyword)
+            score.VOTE_SHARE = value if what == "votes" else shipped[0]
+            even = value if what == "even" else shipped[1]
+            odds = score.label_error_odds
+            score.label_error_odds = lambda labels, probs, even=even: odds(labels, probs, even=even)
+            try:
+                mix = score.with_votes(p, v)
+                order = score.flag_order(y, mix)
+                flags = score.flag_label_issues(y, p, v)
+            finally:
+                score.label_error_odds = odds
+                score.VOTE_SHARE = shipped[0]
+            f1 = 2 * int((flags & err).sum()) / (int(flags.sum()) + k)
+            mean[value].append(f1)
+            cells.append(f"{value}: {err[order[:k]].mean():.3f} / {f1:.3f}")
         print(f"| {run} | {k} | " + " | ".join(cells) + " |", flush=True)
-    print("mean F1 at the shipped count: " + ", ".join(f"{e}: {np.mean(v):.4f}" for e, v in mean.items()))
+    print("mean F1 of the flags: " + ", ".join(f"{e}: {np.mean(m):.4f}" for e, m in mean.items()))
     return 0
 
 
