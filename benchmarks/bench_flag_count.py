@@ -17,7 +17,9 @@ differs:
 * expected F1: the count c maximising 2 * sum(q[:c]) / (c + sum(q)), q the
   probability that each row's label is wrong under `score.label_posterior`
   (temperature and noise rate fitted together) in the flags' order: the
-  expected F1 of flagging the first c rows, were q calibrated;
+  expected F1 of flagging the first c rows, were q calibrated (§29's count;
+  since RESULTS.md §31 `flag_label_issues` scales q first:
+  `benchmarks/bench_noise_rate.py` measures that one);
 * posterior rate: the noise rate `label_posterior` estimates, times the rows;
 * truth: as many as the errors there are (not known to a user: a ceiling
   for this order).
@@ -51,7 +53,10 @@ def truth_of(run: Path) -> tuple[dict, set]:
     return planted["true"], set(planted["outliers"])
 
 
-def counts(run: Path) -> dict:
+def flagged_rows(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A ranked run's rows as `rank` flags them (scored, eligible, not far from
+    every class) -> (labels (N,), probabilities (N, K) float64, the neighbours'
+    votes (N, K), NaN where none, whether each label is wrong (N,) bool)."""
     ledger = Ledger(resolve_device("cpu"))
     frame = ledger.read(run / LEDGER)
     rows = rows_of(frame, ledger)
@@ -60,10 +65,15 @@ def counts(run: Path) -> dict:
     votes, has_votes = ledger.host(frame, schema.RANK_VOTES)
     use = has & rows.eligible & ~is_far(*ledger.host(frame, schema.RANK_OUTLIER))
     y, p = rows.y[use], probs[use].astype(np.float64)
-    mix = with_votes(p, np.where(has_votes[use, None], votes[use], np.nan))
     true, junk = truth_of(run)
     given = np.asarray(rows.classes, dtype=object)[y]
     err = np.array([r in junk or true.get(r, g) != g for r, g in zip(rel[use], given)])
+    return y, p, np.where(has_votes[use, None], votes[use], np.nan), err
+
+
+def counts(run: Path) -> dict:
+    y, p, votes, err = flagged_rows(run)
+    mix = with_votes(p, votes)
     n = len(y)
     order = flag_order(y, mix)
     lp = label_posterior(y, mix)

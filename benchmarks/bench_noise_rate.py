@@ -37,33 +37,17 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_flag_count import truth_of
+from bench_flag_count import flagged_rows
 
-from gpupipe import schema
-from gpupipe.device import resolve_device
-from gpupipe.models.outlier import is_far
 from gpupipe.models.score import (expected_f1_count, flag_label_issues, flag_order, label_posterior, scaled_to,
                                   wrong_label_count, with_votes)
-from gpupipe.runner import LEDGER
-from gpupipe.stages.rank import rows_of
-from gpupipe.table import Ledger
 
 
 def study(run: Path) -> dict:
     from cleanlab.count import estimate_joint, num_label_issues
 
-    ledger = Ledger(resolve_device("cpu"))
-    frame = ledger.read(run / LEDGER)
-    rows = rows_of(frame, ledger)
-    rel = ledger.host(frame, schema.REL_PATH)[0].astype(str)
-    probs, has = ledger.host(frame, schema.RANK_PROBS)
-    votes, has_votes = ledger.host(frame, schema.RANK_VOTES)
-    use = has & rows.eligible & ~is_far(*ledger.host(frame, schema.RANK_OUTLIER))
-    y, p = rows.y[use], probs[use].astype(np.float64)
-    mix = with_votes(p, np.where(has_votes[use, None], votes[use], np.nan))
-    true, junk = truth_of(run)
-    given = np.asarray(rows.classes, dtype=object)[y]
-    err = np.array([r in junk or true.get(r, g) != g for r, g in zip(rel[use], given)])
+    y, p, votes, err = flagged_rows(run)
+    mix = with_votes(p, votes)
     n = len(y)
     order = flag_order(y, mix)
     lp = label_posterior(y, mix)
@@ -81,7 +65,7 @@ def study(run: Path) -> dict:
     counts["geometric mean"] = int(round(gm))
     counts["shipped"] = expected_f1_count(scaled_to(q, gm))
     rates.update({name: counts[name] / n for name in ("before", "geometric mean", "shipped")})
-    shipped = flag_label_issues(y, p, np.where(has_votes[use, None], votes[use], np.nan))
+    shipped = flag_label_issues(y, p, votes)
     assert shipped.sum() == counts["shipped"] and shipped[order[:counts["shipped"]]].all()   # the same flags
     out = {"run": str(run), "rows": n, "errors": int(err.sum()), "oof_accuracy": float((p.argmax(1) == y).mean())}
     for name, r in rates.items():

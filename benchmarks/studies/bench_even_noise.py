@@ -19,15 +19,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_flag_count import truth_of  # noqa: E402
+from bench_flag_count import flagged_rows  # noqa: E402
 
-from gpupipe import schema  # noqa: E402
-from gpupipe.device import resolve_device  # noqa: E402
-from gpupipe.models.outlier import is_far  # noqa: E402
 from gpupipe.models import score  # noqa: E402
-from gpupipe.runner import LEDGER  # noqa: E402
-from gpupipe.stages.rank import rows_of  # noqa: E402
-from gpupipe.table import Ledger  # noqa: E402
 
 VALUES = {"even": (0.25, 0.5, 0.75, 1.0), "votes": (0.0, 0.25, 0.5, 0.75)}
 
@@ -41,18 +35,7 @@ def main() -> int:
     shipped = score.VOTE_SHARE, score.EVEN_NOISE
     for arg in args:
         run = Path(arg)
-        ledger = Ledger(resolve_device("cpu"))
-        frame = ledger.read(run / LEDGER)
-        rows = rows_of(frame, ledger)
-        rel = ledger.host(frame, schema.REL_PATH)[0].astype(str)
-        probs, has = ledger.host(frame, schema.RANK_PROBS)
-        votes, has_votes = ledger.host(frame, schema.RANK_VOTES)
-        use = has & rows.eligible & ~is_far(*ledger.host(frame, schema.RANK_OUTLIER))
-        y, p = rows.y[use], probs[use].astype(np.float64)
-        v = np.where(has_votes[use, None], votes[use], np.nan)
-        true, junk = truth_of(run)
-        given = np.asarray(rows.classes, dtype=object)[y]
-        err = np.array([r in junk or true.get(r, g) != g for r, g in zip(rel[use], given)])
+        y, p, v, err = flagged_rows(run)
         k = int(err.sum())
         cells = []
         for value in VALUES[what]:
