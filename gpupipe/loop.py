@@ -76,7 +76,7 @@ class RankOptions:
     workers: int | None = None       # a local Dask cluster of N processes runs the folds / scoring jobs
     scheduler: str | None = None     # or an existing Dask cluster
     torch_threads: int | None = None
-    tta: int = 0                     # test-time augmentations averaged into each score (stages.rank.TTA)
+    tta: int = 0                     # test-time augmentations averaged into each score (stages.rank.tta_set)
     backbone: BackboneSpec | None = None  # a user's feature extractor (models.backbone): linear heads, no CNN
 
 

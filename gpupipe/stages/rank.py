@@ -243,7 +243,7 @@ def tta_set(augment) -> AugmentConfig:
 
 def _with_tta(model, job: Job, device, batch: int, plain: Scores) -> Scores:
     """``plain``'s scores with the probabilities averaged over it and
-    ``job.tta`` seeded augmentations of each image (`TTA`, seeds job.seed+1..);
+    ``job.tta`` seeded augmentations of each image (`tta_set`, seeds job.seed+1..);
     loss, prediction, probability of the label and margin recomputed from the
     average.  The embedding, outlier score and neighbours' votes stay the plain pass's."""
     order = np.argsort(plain.rows, kind="stable")
