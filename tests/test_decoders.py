@@ -84,3 +84,41 @@ def test_a_jpeg_and_its_other_decoder_pixels_group_and_nothing_else_does(tree, t
     assert differ >= 0.9 * len(pairs), differ
     kind = dict(zip(t[schema.REL_PATH], t[schema.DEDUP_KIND]))
     assert {k for a, b in pairs if ph[a] != ph[b] for k in (kind[a], kind[b])} == {"near", "representative"}
+
+
+def _sample_tiles(sizes: list[tuple[int, int]], fmt: str, seed: int) -> list[np.ndarray]:
+    """Crops of scikit-learn's two sample photographs at (height, width) ``sizes``, encoded."""
+    from sklearn.datasets import load_sample_images
+
+    photos = load_sample_images().images
+    rng = np.random.default_rng(seed)
+    out = []
+    for k, (h, w) in enumerate(sizes):
+        p = photos[k % len(photos)]
+        y, x = rng.integers(0, p.shape[0] - h), rng.integers(0, p.shape[1] - w)
+        buf = io.BytesIO()
+        Image.fromarray(p[y:y + h, x:x + w]).save(buf, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+        out.append(np.frombuffer(buf.getvalue(), np.uint8))
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_a_32_px_image_is_its_own_thumbnail_and_other_sizes_fall_back_to_the_resize(fmt):
+    """The hash stage decodes files whose headers say 32x32 (CIFAR's size) without
+    the resize: the thumbnails, grays and pixels must be what the resize route
+    gives, and a batch holding another size must come back as the resize route's."""
+    from gpupipe.dali.decode import Decoder
+    from gpupipe.device import cpu_device
+
+    dec = Decoder(cpu_device(), batch_size=64).setup()
+    tiles = _sample_tiles([(32, 32)] * 48, fmt, seed=1)
+    mixed = tiles[:40] + _sample_tiles([(32, 40), (64, 64), (31, 32), (48, 32)] * 2, fmt, seed=2)
+    for blobs in (tiles, mixed):
+        fast, usual = dec.decode(blobs, at_size=True), dec.decode(blobs)
+        assert np.array_equal(fast.ok, usual.ok) and not fast.errors
+        assert np.array_equal(fast.thumbs, usual.thumbs)
+        assert np.array_equal(fast.grays, usual.grays)
+        assert len(fast.rgb_groups) == len(usual.rgb_groups)
+        for (pa_, a), (pb, b) in zip(fast.rgb_groups, usual.rgb_groups):
+            assert np.array_equal(pa_, pb) and np.array_equal(a, b)
+    assert len(usual.rgb_groups) == 5       # the mixed batch did take the resize route

@@ -147,9 +147,9 @@ def hash_partition(
                 ahead = _submit_reads(pool, paths[stop:stop + chunk], locators[stop:stop + chunk],
                                       config.io_threads)   # [] after the last
                 to_decode, waiting = _read_chunk(datas, start, out, settled, pending, config, counts, t0)
-                batches = [to_decode[b:b + config.batch_size] for b in range(0, len(to_decode), config.batch_size)]
-                queued = (stop - start, to_decode, waiting, batches,
-                          [decode_pool.submit(_decode, decoder, batch) for batch in batches])
+                batches = _batches(to_decode, out, config.batch_size)
+                queued = (stop - start, to_decode, waiting, [b for b, _ in batches],
+                          [decode_pool.submit(_decode, decoder, *b) for b in batches])
             if current is not None:
                 _hash_chunk(device, current, out, thumbs, settled, pending, counts)
                 if progress is not None:
@@ -206,6 +206,18 @@ def _read_chunk(datas, start: int, out, settled, pending: set, config: HashConfi
     return to_decode, waiting
 
 
+def _batches(to_decode: list, out, size: int) -> list[tuple[list, bool]]:
+    """Decode batches of up to ``size`` files: (batch, at_size), the files whose
+    headers say THUMB x THUMB pixels (CIFAR's 32 px) apart from the others, so
+    that theirs skip the resize (`gpupipe.dali.decode.Decoder.decode`)."""
+    at = [(out["w"][e[0]], out["h"][e[0]]) == (THUMB, THUMB) for e in to_decode]
+    batches = []
+    for flag in (True, False):
+        files = [e for e, a in zip(to_decode, at) if a is flag]
+        batches += [(files[b:b + size], flag) for b in range(0, len(files), size)]
+    return batches
+
+
 def _hash_chunk(device: Device, queued, out, thumbs: np.ndarray, settled, pending: set, counts: HashCounts) -> None:
     """Hash a chunk whose batches were queued for decoding, then settle its rows and their byte twins."""
     _, to_decode, waiting, batches, futures = queued
@@ -237,10 +249,10 @@ def _settle(out, thumbs: np.ndarray, i: int, result) -> None:
         thumbs[i] = thumb
 
 
-def _decode(decoder, batch):
+def _decode(decoder, batch, at_size: bool = False):
     """Decode one batch (runs in the decode thread) -> (Decoded, seconds)."""
     t0 = time.perf_counter()
-    decoded = decoder.decode([e for _, _, e in batch])
+    decoded = decoder.decode([e for _, _, e in batch], at_size=at_size)
     return decoded, time.perf_counter() - t0
 
 
