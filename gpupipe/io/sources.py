@@ -91,12 +91,26 @@ def read_many(paths: Sequence[str], locators: Sequence[str | None] | None = None
     return out  # type: ignore[return-value]
 
 
+_READ_STEP = 1 << 20
+
+
 def _read_file(path: str) -> bytes | OSError:
+    # os.open/os.read, not open(): the buffered file object's own calls (fstat,
+    # isatty's ioctl, lseek) cost more than the read of a small image: CIFAR-10's
+    # 50,000 JPEGs in 4 threads took 1.75 core-s with open(), 0.72 with this.
     try:
-        with open(path, "rb") as fh:
-            return fh.read()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
         return e
+    try:
+        chunks = []
+        while chunk := os.read(fd, _READ_STEP):     # to the end of the file, however it is read
+            chunks.append(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    except OSError as e:
+        return e
+    finally:
+        os.close(fd)
 
 
 def _read_tar(path: str, items: list[tuple[int, int, int]], out: list) -> None:
