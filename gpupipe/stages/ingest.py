@@ -100,8 +100,7 @@ def ingest(src: str | os.PathLike, *, image_column: str | None = None,
         return _from_manifest(src)
     loops: list[str] = []
     walked = list(_walk(src, loops))
-    exts = {os.path.splitext(rel)[1].lower() for _, rel, _ in walked}
-    if not exts & IMAGE_EXTENSIONS:
+    if not any(_is_image(rel) for _, rel, _ in walked):
         tars = [Path(p) for p, rel, _ in walked if rel.lower().endswith(".tar")]
         if tars:
             return _from_webdataset(src, tars, label_column)
@@ -112,6 +111,11 @@ def ingest(src: str | os.PathLike, *, image_column: str | None = None,
     if loops:    # reported, not followed: a folder linking to one of its parents
         res.source_errors.update({r: "symlink loop: not followed" for r in loops})
     return res
+
+
+def _is_image(rel: str) -> bool:
+    """Does the file's extension name an image format (`IMAGE_EXTENSIONS`)?"""
+    return os.path.splitext(rel)[1].lower() in IMAGE_EXTENSIONS
 
 
 def _walk(root: Path, loops: list | None = None):
@@ -169,7 +173,7 @@ def _from_imagefolder(root: Path, walked: list) -> IngestResult:
     rows = _rows()
     skipped = 0
     for path, rel, size in walked:
-        if os.path.splitext(rel)[1].lower() not in IMAGE_EXTENSIONS:
+        if not _is_image(rel):
             skipped += 1
             continue
         parts = rel.split("/")
@@ -475,10 +479,12 @@ def _from_parquet_images(root: Path, files: list[Path], image_column: str | None
 
 
 def _table(rows) -> pa.Table:
-    ids = [sample_id_of(r) for r in rows["rel"]]
-    if len(set(ids)) != len(ids):
+    # sample_id_of over all rows at once: a numpy scalar per row cost ~1 us of 7 per file
+    ids = np.fromiter((xxhash.xxh3_64_intdigest(r.encode("utf-8")) for r in rows["rel"]), dtype=np.uint64,
+                      count=len(rows["rel"])).view(np.int64)
+    if len(np.unique(ids)) != len(ids):
         seen: dict[int, str] = {}
-        for i, r in zip(ids, rows["rel"]):
+        for i, r in zip(ids.tolist(), rows["rel"]):
             if i in seen:
                 raise SourceError(f"the source lists {r!r} twice (or two paths share an id: {seen[i]!r})")
             seen[i] = r
