@@ -9,8 +9,9 @@ run one of them.
 stage       function (plain, table in/out)       runs where                   checkpoint / resume
 ==========  ===================================  ===========================  =====================================
 ingest      `stages.ingest.ingest`               here                         redone (a listing; cheap)
-hash        `stages.hashing.hash_partition`      executor, per partition      parts/hash-K-FP.parquet + thumbs-K-FP
-                                                                              .npy per partition (`hash_partition_to`)
+hash        `stages.hashing.hash_partition`      executor, per partition      parts/hash-K-FP.parquet per partition,
+                                                                              its rows of parts/thumbs-LAYOUT.npy
+                                                                              (`hash_partition_to`)
 dedup       `stages.dedup.dedup`                 here (CuPy/numpy)            commit: ledger, thumbs.npy, summary
 rank        `stages.rank.rank` in rounds         executor, one job per fold   commit per round: ledger, rank.json,
             (`gpupipe.loop`)                     or per 65,536 scored rows    decisions.parquet
@@ -67,7 +68,7 @@ from gpupipe.stages.export import ExportConfig, export
 from gpupipe.stages.ingest import IngestResult, ingest
 from gpupipe.stages.split import SplitConfig, split
 from gpupipe.summary import RunSummary
-from gpupipe.table import Ledger, atomic_file, write_npy_atomic, write_parquet_atomic
+from gpupipe.table import Ledger, atomic_file, crash_point, write_parquet_atomic
 
 if TYPE_CHECKING:
     from gpupipe.loop import RankOptions
@@ -203,8 +204,10 @@ def _dedup(run: RunDir, src, options: DedupOptions, progress, ingested: IngestRe
         config = hashing.HashConfig(device=device.kind, batch_size=options.batch_size, dali_threads=dali_threads)
         parts = [(k, p, _part_fingerprint(p, config)) for k, p in
                  enumerate(_partitions(ing.table.select(list(hashing.READS) + [schema.FILE_BYTES]), per_part))]
-        done_files = {f.name for f in parts_dir.glob("hash-*.parquet")} if parts_dir.is_dir() else set()
-        todo = [(k, p, fp) for k, p, fp in parts if _part_name(k, fp) not in done_files]
+        thumbs_file = _thumbs_file(parts_dir, parts)      # moved to thumbs.npy by the commit
+        done_files = {f.name for f in parts_dir.glob("hash-*.parquet")}
+        firsts = np.cumsum([0] + [p.num_rows for _, p, _ in parts]).tolist()
+        todo = [(k, p, fp, firsts[k]) for k, p, fp in parts if _part_name(k, fp) not in done_files]
         resumed = len(parts) - len(todo)
         done = [sum(p.num_rows for k, p, fp in parts if _part_name(k, fp) in done_files)]
         if progress is not None and done[0]:
@@ -215,11 +218,10 @@ def _dedup(run: RunDir, src, options: DedupOptions, progress, ingested: IngestRe
             if progress is not None:
                 progress("hash", done[0], n)
 
-        ex.map(hash_partition_to, todo, config, str(parts_dir), on_done=on_done)
+        ex.map(hash_partition_to, todo, config, str(parts_dir), str(thumbs_file), on_done=on_done)
         executor_name = ex.name
     hashed, counts = _read_parts(parts_dir, parts)
-    thumbs_file = parts_dir / "thumbs-joined.npy"      # moved to thumbs.npy by the commit
-    thumbs = _join_thumbs(parts_dir, parts, thumbs_file)
+    thumbs = NpyRows(thumbs_file)
     seconds["hash"] = time.perf_counter() - t
 
     joined = ing.table
@@ -422,18 +424,63 @@ def _part_name(k: int, fp: str, kind: str = "hash", ext: str = "parquet") -> str
     return f"{kind}-{k:05d}-{fp}.{ext}"
 
 
-def hash_partition_to(item: tuple[int, pa.Table, str], config: hashing.HashConfig, parts_dir: str) -> int:
-    """Hash one partition where it runs and write its outputs under ``parts_dir``
-    (thumbnails first, then the hash table: the table's presence marks the
-    partition done).  Returns its row count; only that travels back, so a Dask
-    worker ships no thumbnails (RUN_DIR must be on a filesystem the workers share)."""
-    k, part, fp = item
+def hash_partition_to(item: tuple[int, pa.Table, str, int], config: hashing.HashConfig, parts_dir: str,
+                      thumbs_file: str) -> int:
+    """Hash one partition where it runs and write its outputs: its thumbnails
+    into their rows of ``thumbs_file`` (`_thumbs_file`), then its hash table
+    under ``parts_dir``, whose presence marks the partition done.  Returns its
+    row count; only that travels back, so a Dask worker ships no thumbnails
+    (RUN_DIR must be on a filesystem the workers share)."""
+    k, part, fp, first = item
     table, counts, thumbs = hashing.hash_partition(part.select(list(hashing.READS)), config)
-    d = Path(parts_dir)
-    write_npy_atomic(thumbs, d / _part_name(k, fp, "thumbs", "npy"))
+    _write_rows(thumbs_file, first, thumbs)
+    crash_point(f"wrote thumbs-{k:05d}")
     meta = {b"gpupipe.counts": json.dumps(asdict(counts)).encode()}
-    write_parquet_atomic(table.replace_schema_metadata(meta), d / _part_name(k, fp))
+    write_parquet_atomic(table.replace_schema_metadata(meta), Path(parts_dir) / _part_name(k, fp))
     return part.num_rows
+
+
+THUMB_SHAPE = (hashing.THUMB, hashing.THUMB, 3)
+
+
+def _thumbs_file(parts_dir: Path, parts) -> Path:
+    """The thumbnails of every partition of this layout, (N, 32, 32, 3) uint8 .npy:
+    ``parts_dir/thumbs-<layout>.npy``, made (zeros, sparse) when absent, each
+    partition writing its own rows into it.  Written once, not per partition
+    and then joined (CIFAR-10's 60,000: the join cost 0.1-0.6 s of a 4 s run).
+    A new layout (other rows or settings) starts ``parts_dir`` afresh: the
+    partitions done for another one have their thumbnails in another file."""
+    layout = xxhash.xxh3_64(repr([(k, fp, p.num_rows) for k, p, fp in parts]).encode()).hexdigest()
+    path = parts_dir / f"thumbs-{layout}.npy"
+    if path.exists():
+        return path
+    shutil.rmtree(parts_dir, ignore_errors=True)
+    n = sum(p.num_rows for _, p, _ in parts)
+    with atomic_file(path, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": "|u1", "fortran_order": False,
+                                                  "shape": (n, *THUMB_SHAPE)})
+        fh.truncate(fh.tell() + n * int(np.prod(THUMB_SHAPE)))
+    return path
+
+
+
+def _write_rows(path: str, first: int, rows: np.ndarray) -> None:
+    """Write ``rows`` at row ``first`` of the .npy file ``path`` and fsync it."""
+    reader = NpyRows(path)
+    offset, row_bytes = reader.offset, reader.row_bytes
+    reader.close()
+    data = memoryview(np.ascontiguousarray(rows, dtype=np.uint8)).cast("B")
+    if len(data) != len(rows) * row_bytes:
+        raise ValueError(f"{path}: rows of {row_bytes} bytes expected")
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        at = offset + first * row_bytes
+        while len(data):
+            done = os.pwrite(fd, data, at)
+            data, at = data[done:], at + done
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _read_parts(parts_dir: Path, parts) -> tuple[pa.Table, hashing.HashCounts]:
@@ -445,13 +492,3 @@ def _read_parts(parts_dir: Path, parts) -> tuple[pa.Table, hashing.HashCounts]:
     return (pa.concat_tables(tables) if tables else hashing.OUTPUT_SCHEMA.empty_table()), counts
 
 
-def _join_thumbs(parts_dir: Path, parts, out: Path) -> NpyRows:
-    """Concatenate the partitions' thumbnails into ``out`` (.npy) one partition
-    at a time, and return a reader of its rows: the dedup stage reads only the
-    rows its candidate pairs need."""
-    n = sum(p.num_rows for _, p, _ in parts)
-    with atomic_file(out, "wb") as fh:     # streamed: no N-sized array in memory
-        np.lib.format.write_array_header_1_0(fh, {"descr": "|u1", "fortran_order": False, "shape": (n, 32, 32, 3)})
-        for k, p, fp in parts:
-            fh.write(np.ascontiguousarray(np.load(parts_dir / _part_name(k, fp, "thumbs", "npy"))).tobytes())
-    return NpyRows(out)

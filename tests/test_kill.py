@@ -4,7 +4,8 @@ time: the final ledger, decisions and export equal an uninterrupted run's.
 The moments are write steps (`gpupipe.table.crash_point`: just before and
 just after every atomic write becomes visible, and between the renames of a
 commit), found by counting them in an uninterrupted run and drawing one at
-random from each tenth of the run, so every stage is hit, including between
+random from each tenth of the run (and one of each stage's writes that no
+tenth drew), so every stage is hit, including between
 any two writes of a rank round.  Real images: 420 of scikit-learn's digits
 with planted duplicates, invalid files and 10% label flips.
 """
@@ -34,6 +35,7 @@ QUICK = ["--device", "cpu", "--quiet", "--mode", "oof", "--oof-folds", "3", "--m
          "--partition-rows", "256", "--recall-sample", "20",
          "--accept-prob", "0.5", "--relabel-prob", "0.6", "--remove-prob", "0.05", "--min-precision", "off"]
 KILLS = 10
+STAGE_WRITES = ("thumbs-|hash-", "rank.json", "ledger.parquet", "curate.json")
 
 
 @pytest.fixture(scope="module")
@@ -114,10 +116,15 @@ def test_killed_at_ten_seeded_write_steps_a_rerun_ends_identical(tree, tmp_path)
     steps = [line.split("\t") for line in steps_log.read_text().splitlines()]
     assert all(pid == steps[0][1] for _, pid, _ in steps), "the run is in-process: one process makes every write"
     expected = _outputs(ref)
-    # One step drawn from each tenth of the run: every stage gets hit.
+    # One step drawn from each tenth of the run, and one of each kind of write a
+    # tenth missed (drawn the same way): every stage gets hit, whatever the count.
     rng = np.random.default_rng(20261128)
     edges = np.linspace(0, len(steps), KILLS + 1).astype(int)
     picks = [int(rng.integers(lo, hi)) + 1 for lo, hi in zip(edges[:-1], edges[1:])]
+    for what in STAGE_WRITES:
+        if not any(w in steps[k - 1][2] for k in picks for w in what.split("|")):
+            some = [k + 1 for k, (_, _, step) in enumerate(steps) if any(w in step for w in what.split("|"))]
+            picks.append(int(rng.choice(some)))
     hit = []
     for i, k in enumerate(picks):
         run = tmp_path / f"run-{i}"
@@ -136,9 +143,9 @@ def test_killed_at_ten_seeded_write_steps_a_rerun_ends_identical(tree, tmp_path)
     print("killed at:", "; ".join(f"step {k} of {len(steps)} ({w})" for k, w in zip(picks, hit)))
     # The kills fell in every stage: hashing partitions, dedup's commit, rank rounds, balance/split, export.
     text = " | ".join(hit)
-    for what in ("thumbs-|hash-", "rank.json", "ledger.parquet", "curate.json"):
+    for what in STAGE_WRITES:
         assert any(w in text for w in what.split("|")), (what, hit)
-    assert len(set(picks)) == KILLS
+    assert len(set(picks)) == len(picks) >= KILLS
     assert {schema.BALANCE_STATUS, schema.SPLIT_SET} <= set(expected["ledger"].columns)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import pyarrow.parquet as pq
 
@@ -22,8 +23,16 @@ def test_joining_an_existing_scheduler(digits_planted, digits_run, tmp_path):
 
     root, _ = digits_planted
     ledger, _ = digits_run
-    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None, silence_logs=logging.ERROR) as cluster:
-        summary = run_dedup(root, tmp_path, DedupOptions(device="cpu", scheduler=cluster.scheduler_address))
+    saved = dict(os.environ)
+    try:
+        with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None,
+                          silence_logs=logging.ERROR) as cluster:
+            summary = run_dedup(root, tmp_path, DedupOptions(device="cpu", scheduler=cluster.scheduler_address))
+    finally:
+        # the nanny's OMP_NUM_THREADS=1 (and more) left in os.environ put later tests'
+        # BLAS on one thread, and their float sums rounded otherwise (see the last test)
+        os.environ.clear()
+        os.environ.update(saved)
     assert summary.executor.startswith("dask scheduler tcp://")
     assert pq.read_table(tmp_path / LEDGER).equals(ledger)
 
@@ -114,7 +123,7 @@ def test_progress_reaches_every_row_and_every_checked_pair(digits_planted, tmp_p
 def test_a_rerun_with_other_partitions_does_not_reuse_the_wrong_ones(digits_planted, digits_run, tmp_path):
     """Partition fingerprints hold the partition's own rows: left-over partitions of
     another size are not taken for these."""
-    from gpupipe.runner import PARTS, _part_fingerprint, _partitions, hash_partition_to
+    from gpupipe.runner import PARTS, _part_fingerprint, _partitions, _thumbs_file, hash_partition_to
     from gpupipe.stages import hashing
     from gpupipe.stages.ingest import ingest
 
@@ -124,8 +133,10 @@ def test_a_rerun_with_other_partitions_does_not_reuse_the_wrong_ones(digits_plan
     cfg = hashing.HashConfig(device="cpu")
     fps = {_part_fingerprint(p, cfg) for p in _partitions(table, 100)}
     assert len(fps) == len(_partitions(table, 100))              # every partition its own
-    for k, p in enumerate(_partitions(table, 100)[:3]):          # what a killed run at 100 rows left
-        hash_partition_to((k, p, _part_fingerprint(p, cfg)), cfg, str(tmp_path / PARTS))
+    parts = [(k, p, _part_fingerprint(p, cfg)) for k, p in enumerate(_partitions(table, 100))]
+    thumbs = _thumbs_file(tmp_path / PARTS, parts)
+    for k, p, fp in parts[:3]:                                    # what a killed run at 100 rows left
+        hash_partition_to((k, p, fp, 100 * k), cfg, str(tmp_path / PARTS), str(thumbs))
     s = run_dedup(root, tmp_path, DedupOptions(device="cpu", partition_rows=250))
     assert s.counts["partitions_resumed"] == 0
     assert pq.read_table(tmp_path / LEDGER).equals(ledger)
@@ -144,11 +155,20 @@ def test_partitions_hashed_in_two_threads_at_once_equal_one_at_a_time(digits_pla
     table = ingest(root).table.select(list(hashing.READS))
     cfg = hashing.HashConfig(device="cpu", batch_size=64)
     parts = _partitions(table, 200)[:4]
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+    before = blas_threads()
     alone = [hashing.hash_partition(p, cfg) for p in parts]
     with ThreadPoolExecutor(4) as pool:
         together = list(pool.map(lambda p: hashing.hash_partition(p, cfg), parts))
     for (t1, _, th1), (t2, _, th2) in zip(alone, together):
         assert t1.equals(t2) and (th1 == th2).all()
+    # the stage's one BLAS thread ends with the last partition: not left on one thread,
+    # where later float sums (the same-picture check's) rounded otherwise
+    assert blas_threads() == before
 
 
 def test_a_local_cluster_leaves_this_process_environment_as_it_was():
