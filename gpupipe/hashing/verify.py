@@ -63,6 +63,8 @@ at the alignment found (one global colour map must explain the pair):
 from __future__ import annotations
 
 import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -240,6 +242,35 @@ def _peak_anywhere(surface, best, xp):
     return xp.minimum(f0 + gain, 1.0)
 
 
+def _threads() -> int:
+    """Threads for the check's per-image work on the CPU: this process's cores, up to 4."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, 4))
+
+
+@functools.lru_cache(maxsize=1)
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=_threads(), thread_name_prefix="gpupipe-check")
+
+
+def _each(fn, starts, xp) -> None:
+    """``fn(s)`` for every start ``s``: on the CPU in threads (numpy's kernels
+    release the GIL; each call writes its own rows), at most a few at a time so
+    that memory holds that many chunks' temporaries; on a GPU one after another
+    (its kernels are queued on one stream anyway).  Run in threads, the check's
+    per-image work (codes, band-passes) used the second core the dedup step had
+    left idle."""
+    starts = list(starts)
+    if xp is not np or len(starts) < 2 or _threads() < 2:
+        for s in starts:
+            fn(s)
+        return
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        list(_pool().map(fn, starts))
+
+
 class _Cache:
     """Per-image arrays computed on first use and kept: ``get(idx)`` returns them
     for images ``idx``, computing (in chunks) the ones not held.  At most
@@ -279,14 +310,17 @@ class _Cache:
         if need > int(self.store[0].shape[0]):
             self._grow(need)
         rows = (self.cursor + xp.arange(k_all, dtype=xp.int64)) % self.max_rows
-        for s in range(0, k_all, self.chunk):
+        old = self.owner[rows]
+        self.slot[old[old >= 0]] = -1
+
+        def fill(s: int) -> None:       # disjoint rows of the store for each chunk
             k, at = todo[s:s + self.chunk], rows[s:s + self.chunk]
-            old = self.owner[at]
-            self.slot[old[old >= 0]] = -1
             for dst, val in zip(self.store, self.compute(k)):
                 dst[at] = val
-            self.slot[k] = at
-            self.owner[at] = k
+
+        _each(fill, range(0, k_all, self.chunk), xp)
+        self.slot[todo] = rows
+        self.owner[rows] = todo
         self.cursor = (self.cursor + k_all) % self.max_rows
 
     def get(self, idx):
@@ -301,9 +335,12 @@ class _Cache:
             ids, inv = xp.unique(idx[miss], return_inverse=True)
             inv = inv.ravel()
             vals = [xp.empty((int(ids.shape[0]), *s), dtype=xp.float32) for s in self.shapes]
-            for s in range(0, int(ids.shape[0]), self.chunk):
+
+            def fill(s: int) -> None:
                 for dst, val in zip(vals, self.compute(ids[s:s + self.chunk])):
                     dst[s:s + self.chunk] = val
+
+            _each(fill, range(0, int(ids.shape[0]), self.chunk), xp)
             for dst, val in zip(out, vals):
                 dst[miss] = val[inv]
         return tuple(out)
@@ -364,14 +401,17 @@ class PairCheck:
         self._fine = xp.zeros((u, 4), xp.uint64)
         self._ring = xp.zeros((u, 4), xp.uint64)
         step = CPU_IMAGES if xp is np else chunk
-        for s in range(0, u, step):
+
+        def codes(s: int) -> None:
             t = thumbs[s:s + step]
             if t.ndim == 4:
                 self._is_colour[s:s + step] = is_colour(t, xp)
-                self.colour |= bool(self._is_colour[s:s + step].any())
                 t = to_gray(t, xp)
             self._fine[s:s + step] = dct_hash(t, size=FINE_SIZE, xp=xp)
             self._ring[s:s + step] = ring_code(t, xp=xp)
+
+        _each(codes, range(0, u, step), xp)
+        self.colour = bool(self._is_colour.any())
         # band-passes (16x16 coarse; 32x32 fine with its window norms) computed on first
         # use for the images that need them, each once: an image is in several pairs
         c = 3 if self.colour else 1

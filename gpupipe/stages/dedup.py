@@ -325,7 +325,7 @@ class _Thumbs:
         self.ndim = len(self.shape)
 
     def __getitem__(self, k):
-        idx = np.arange(self.shape[0])[k] if isinstance(k, slice) else np.asarray(
+        idx = np.arange(*k.indices(self.shape[0])) if isinstance(k, slice) else np.asarray(
             k.get() if hasattr(k, "get") else k, np.int64)
         real = idx < self.n_real
         if real.all():
