@@ -7,6 +7,7 @@ groups with the ones the ledger holds (same partition of the rows or not).
 For changes to the dedup step at 1M images without re-hashing the shards:
 
     python benchmarks/bench_dedup_step.py --run .bench/scale/n1000000/run [--profile 25]
+    python benchmarks/bench_dedup_step.py --run RUN --rounds 6 --check-threads 1 2   # alternating
 
 The run's own groups are the reference: a change that keeps them prints
 ``groups: identical``.
@@ -54,9 +55,17 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", type=int, default=0, help="print the N most expensive functions (cProfile)")
     ap.add_argument("--sort", default="tottime", help="cProfile order: tottime or cumulative")
     ap.add_argument("--json", default=None, help="write the numbers here")
+    ap.add_argument("--rounds", type=int, default=1, help="run the step this many times (the last one's numbers)")
+    ap.add_argument("--check-threads", type=int, nargs="+", default=None,
+                    help="alternate round by round between these thread counts of the check's per-image work "
+                         "(gpupipe.hashing.verify._threads); prints each round's seconds")
     args = ap.parse_args(argv)
 
     run = Path(args.run)
+    if not (run / "ledger.parquet").exists() or not (run / "thumbs.npy").exists():
+        raise SystemExit(f"{run} is not a finished `gpupipe dedup` run (no ledger.parquet and thumbs.npy)")
+    if args.check_threads:
+        return _alternate(run, args)
     cols = [c for c in dedup_stage.READS] + [schema.DEDUP_GROUP]
     table = pq.read_table(run / "ledger.parquet", columns=cols)
     reference = table.column(schema.DEDUP_GROUP).to_numpy(zero_copy_only=False)
@@ -91,6 +100,27 @@ def main(argv=None) -> int:
         pstats.Stats(prof, stream=sys.stdout).sort_stats(args.sort).print_stats(args.profile)
     if args.json:
         Path(args.json).write_text(json.dumps(numbers, indent=1) + "\n")
+    return 0
+
+
+def _alternate(run: Path, args) -> int:
+    """The dedup step ``args.rounds`` times per thread count, alternating; the seconds of each."""
+    from gpupipe.hashing import verify
+
+    table = pq.read_table(run / "ledger.parquet", columns=list(dedup_stage.READS))
+    ledger = Ledger(resolve_device("cpu"))
+    cfg = dedup_stage.DedupConfig(verify=args.verify)
+    seconds: dict[int, list[float]] = {n: [] for n in args.check_threads}
+    for _ in range(args.rounds):
+        for n in args.check_threads:
+            verify._threads = lambda n=n: n
+            frame = ledger.from_arrow(table)
+            with NpyRows(run / "thumbs.npy") as thumbs:
+                t = time.perf_counter()
+                dedup_stage.dedup(frame, ledger, cfg, thumbs=thumbs)
+                seconds[n].append(round(time.perf_counter() - t, 3))
+    for n, s in seconds.items():
+        print(f"check threads {n}: dedup step {sorted(s)} s, median {np.median(s):.2f}")
     return 0
 
 
