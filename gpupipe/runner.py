@@ -463,7 +463,6 @@ def _thumbs_file(parts_dir: Path, parts) -> Path:
     return path
 
 
-
 def _write_rows(path: str, first: int, rows: np.ndarray) -> None:
     """Write ``rows`` at row ``first`` of the .npy file ``path`` and fsync it."""
     reader = NpyRows(path)

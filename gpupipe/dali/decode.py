@@ -119,8 +119,9 @@ class Decoder:
             enc = fn.external_source(name="encoded", dtype=types.UINT8, device="cpu")
             rgb = fn.decoders.image(enc, device="mixed" if gpu else "cpu", output_type=types.RGB)
             if at_size:
-                # DALI's resize returns a 32x32 image unchanged (checked on all of CIFAR-10's
-                # 60,000), and it cost as much as the decode: ~15 us a sample on the CPU.
+                # DALI's CPU resize returns a 32x32 image unchanged (checked on all of CIFAR-10's
+                # 60,000 and in tests/test_decoders.py) and cost about as much CPU as the decode,
+                # ~12 us a sample (benchmarks/bench_read_decode.py; RESULTS.md §32).
                 return rgb, fn.color_space_conversion(rgb, image_type=types.RGB, output_type=types.GRAY)
             thumb = fn.resize(rgb, size=[THUMB, THUMB], antialias=True, dtype=types.UINT8)
             gray = fn.color_space_conversion(thumb, image_type=types.RGB, output_type=types.GRAY)

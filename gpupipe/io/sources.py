@@ -97,7 +97,8 @@ _READ_STEP = 1 << 20
 def _read_file(path: str) -> bytes | OSError:
     # os.open/os.read, not open(): the buffered file object's own calls (fstat,
     # isatty's ioctl, lseek) cost more than the read of a small image: CIFAR-10's
-    # 50,000 JPEGs in 4 threads took 1.75 core-s with open(), 0.72 with this.
+    # 60,000 JPEGs in 4 threads took 1.7-2.0 core-s with open(), 0.8-0.9 with this
+    # (benchmarks/bench_read_decode.py; RESULTS.md §32).
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
