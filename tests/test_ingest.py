@@ -25,6 +25,8 @@ def test_imagefolder_labels_and_ids(tmp_path):
     assert t.column(schema.LABEL).to_pylist() == ["cat", "cat", "dog"]
     assert t.column(schema.SPLIT).to_pylist() == [None, None, None]
     assert t.column(schema.SAMPLE_ID).to_pylist() == [sample_id_of(p) for p in ("cat/a.png", "cat/b.JPG", "dog/c.webp")]
+    # ids are stable across versions (decisions and resumed runs are keyed by them): xxh3-64 of the path
+    assert (sample_id_of("cat/a.png"), sample_id_of("dog/c.webp")) == (-3000830432792074227, 2319578786352722467)
     assert res.skipped_non_images == 1
     assert t.schema == schema.arrow_schema("ingest")
 
