@@ -196,7 +196,7 @@ def test_curate_from_shards_exports_real_files(three_layouts, digits_planted, tm
 
 
 def test_tar_listing_matches_tarfile(tmp_path):
-    from gpupipe.io.tarindex import _slow, list_members
+    from gpupipe.io.tarindex import _byte_sum, _fast, _slow, list_members
 
     long = "d/" + "x" * 150 + ".png"            # > 100 chars: a pax header, handled by tarfile
     for fmt, names in ((tarfile.USTAR_FORMAT, ["a.png", "a.cls", "sub/b.jpg", "sub/b.txt"]),
@@ -212,6 +212,11 @@ def test_tar_listing_matches_tarfile(tmp_path):
         assert got.error is None and got.members == _slow(str(p)).members
         assert [m[0] for m in got.members] == names
     whole = (tmp_path / f"{tarfile.USTAR_FORMAT}.tar").read_bytes()
+    # the plain ustar shard is listed by the fast reader itself (a wrong checksum sum would
+    # hand it to tarfile, silently): its byte sums are Python's
+    assert _fast(str(tmp_path / f"{tarfile.USTAR_FORMAT}.tar")).members == _slow(str(tmp_path / f"{tarfile.USTAR_FORMAT}.tar")).members
+    blocks = [whole[i:i + 512] for i in range(0, len(whole), 512)] + [b"\xff" * 512, bytes(512)]
+    assert [_byte_sum(b) for b in blocks] == [sum(b) for b in blocks]
     (tmp_path / "cut.tar").write_bytes(whole[:2 * 512 + 512 + 300])     # cut inside the 2nd member's data
     cut = list_members(str(tmp_path / "cut.tar"))
     assert [m[0] for m in cut.members] == ["a.png", "a.cls"] and "truncated" in cut.error

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import mmap
 import tarfile
+import zlib
 from dataclasses import dataclass
 
 BLOCK = 512
@@ -48,12 +49,21 @@ def _octal(field: bytes) -> int:
     return int(s, 8) if s else 0
 
 
+def _byte_sum(h: bytes) -> int:
+    """sum(h) of a 512-byte header, exactly, in C: Adler-32's first half is 1 + the
+    sum of the bytes modulo 65,521, and 256 bytes sum to at most 65,280, so each
+    half's is exact (4x faster than Python's sum; a million samples' shards hold
+    two million headers)."""
+    m = memoryview(h)
+    return (zlib.adler32(m[:256]) & 0xFFFF) + (zlib.adler32(m[256:]) & 0xFFFF) - 2
+
+
 def _checksum_ok(h: bytes) -> bool:
     try:
         want = _octal(h[148:156])
     except ValueError:                     # not octal digits: not a tar header
         return False
-    return want == sum(h) - sum(h[148:156]) + 8 * 32     # the checksum field counts as spaces
+    return want == _byte_sum(h) - sum(h[148:156]) + 8 * 32     # the checksum field counts as spaces
 
 
 def _fast(path: str) -> Listing:
