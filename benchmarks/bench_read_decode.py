@@ -7,7 +7,7 @@
    against ``os.open``/``os.read`` (what `gpupipe.io.sources` does): wall
    seconds and core-seconds of this process.
 2. DALI on the CPU, 512 crops of scikit-learn's two sample photographs per
-   side (32, 56, 128, 256 px, JPEG q90), 3 threads, run synchronously as the
+   side (32, 56, 128, 256, 400 px, JPEG q90), 3 threads, run synchronously as the
    hash stage runs it: decode only, decode + the hash stage's antialiased
    resize to 32x32, and two cheaper resizes for comparison: microseconds of
    wall and of CPU per image.  At 32 px the resize returns the image itself
@@ -60,7 +60,7 @@ def resizes(rounds: int) -> None:
     rng = np.random.default_rng(0)
     b = 512
     print(f"DALI on the CPU, {b} JPEG crops a batch, 3 threads, synchronous: us per image (wall / CPU)")
-    for side in (32, 56, 128, 256):
+    for side in (32, 56, 128, 256, 400):
         blobs = []
         for k in range(b):
             p = photos[k % 2]
