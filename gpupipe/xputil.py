@@ -5,9 +5,15 @@ path that measured 10-20x slower than one stable argsort here (1.1 s for 3 calls
 on 70,000-730,000 int64 values; 13 s on 10M), and CuPy's is sort-based anyway.
 Where only the values are wanted, a plain sort (numpy's SIMD quicksort) is 15x
 faster again than the stable argsort (28M int64: 0.45 s against 6.7 s).
+
+`one_blas_thread` is the one place the process's BLAS is put on one thread
+(the hash stage's partitions, the check's threads), counted across threads.
 """
 
 from __future__ import annotations
+
+import contextlib
+import threading
 
 import numpy as np
 
@@ -140,3 +146,32 @@ def apportion(total: int, counts: np.ndarray, *, minimum: int = 0) -> np.ndarray
         if quota[i] < counts[i]:
             quota[i] += 1
     return quota
+
+
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_limit = None
+
+
+@contextlib.contextmanager
+def one_blas_thread():
+    """BLAS on one thread while any caller in this process is inside.  Counted:
+    threadpoolctl's limit is process-wide, and callers in several threads (the
+    partitions a Dask worker hashes at once) each entering and leaving their own
+    limit left the process on one thread when they ended out of order (and later
+    float sums, the same-picture check's, rounded otherwise than before)."""
+    global _blas_users, _blas_limit
+    from threadpoolctl import threadpool_limits
+
+    with _blas_lock:
+        if _blas_users == 0:
+            _blas_limit = threadpool_limits(limits=1, user_api="blas")
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                _blas_limit.restore_original_limits()
+                _blas_limit = None

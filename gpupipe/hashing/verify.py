@@ -73,6 +73,7 @@ import numpy as np
 from gpupipe.hashing.neighbors import hamming
 from gpupipe.hashing.phash import FINE_SIZE, dct_hash
 from gpupipe.hashing.shiftkey import ring_code
+from gpupipe.xputil import one_blas_thread
 
 VerifyMode = Literal["pixels", "photo", "none"]
 THUMB = 32
@@ -265,9 +266,7 @@ def _each(fn, starts, xp) -> None:
         for s in starts:
             fn(s)
         return
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1, user_api="blas"):
+    with one_blas_thread():
         list(_pool().map(fn, starts))
 
 

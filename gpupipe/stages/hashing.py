@@ -19,7 +19,6 @@ Reads: sample_id, path, ingest_locator.  Adds: `schema.HASH`.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +28,6 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 import xxhash
-from threadpoolctl import threadpool_limits
 
 from gpupipe import schema
 from gpupipe.device import Device, DeviceRequest, resolve_device
@@ -39,6 +37,7 @@ from gpupipe.hashing.pixels import pixel_hash, to_hex
 from gpupipe.hashing.shiftkey import shift_key
 from gpupipe.io.sniff import sniff
 from gpupipe.io.sources import ReadError, read_many
+from gpupipe.xputil import one_blas_thread
 
 READS = (schema.SAMPLE_ID, schema.PATH, schema.LOCATOR)
 MISSING = "missing"             # the file is not there (or a link leads nowhere)
@@ -98,33 +97,6 @@ def _decoder(config: HashConfig):
     return cache[config]
 
 
-_blas_lock = threading.Lock()
-_blas_users = 0
-_blas_limit = None
-
-
-@contextlib.contextmanager
-def _one_blas_thread():
-    """BLAS on one thread while any partition of this process hashes.  Counted:
-    threadpoolctl's limit is process-wide, and partitions hashed at once in
-    threads (a Dask worker's) each entering and leaving their own limit left the
-    process on one thread when they ended out of order (and later float sums,
-    the same-picture check's, rounded otherwise than before)."""
-    global _blas_users, _blas_limit
-    with _blas_lock:
-        if _blas_users == 0:
-            _blas_limit = threadpool_limits(limits=1, user_api="blas")
-        _blas_users += 1
-    try:
-        yield
-    finally:
-        with _blas_lock:
-            _blas_users -= 1
-            if _blas_users == 0:
-                _blas_limit.restore_original_limits()
-                _blas_limit = None
-
-
 def _submit_reads(pool: ThreadPoolExecutor, paths: list[str], locators: list, n_tasks: int) -> list:
     """Read ``paths`` (with their locators) in ``n_tasks`` tasks (one future per file costs ~10 us)."""
     step = max(1, -(-len(paths) // n_tasks))
@@ -160,7 +132,7 @@ def hash_partition(
     # meanwhile, and OpenBLAS's own threads competing with them cost more than they gave
     # (CIFAR-10's 60,000 on 2 cores: 7.4-7.8 core-s with them, 4.6-4.8 with one; RESULTS.md §20.1).
     with ThreadPoolExecutor(max_workers=config.io_threads) as pool, ThreadPoolExecutor(max_workers=1) as decode_pool, \
-            _one_blas_thread():
+            one_blas_thread():
         # Three steps overlap: the reads of chunk k+2 (io pool), the decoding of chunk
         # k+1 (the decode thread; DALI releases the GIL), and here, the hashing of chunk k.
         pending: set[str] = set()        # byte hashes queued for decoding, not settled yet
