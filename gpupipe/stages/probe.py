@@ -71,25 +71,36 @@ def make_probes(table, device: Device, config: ProbeConfig, *, batch_size: int =
     decoder = Decoder(device, batch_size=batch_size).setup()
     sources = _decode_files([paths[r] for r in rows.tolist()], [locs[r] for r in rows.tolist()], decoder)
     rng = np.random.default_rng(config.seed)
-    data, src_row, kinds = [], [], []
-    for r, img in zip(rows.tolist(), sources):
-        if img is None:
-            continue
-        pixels = img[..., 0] if _is_gray(img) else img
-        for kind in config.kinds:
-            encoded, _ = near_copy(pixels, kind, rng)
-            data.append(np.frombuffer(encoded, np.uint8))
-            src_row.append(r)
-            kinds.append(kind)
     xp = device.xp
+    src_row, kinds = [], []
     ph, sk, thumbs, keep = [], [], [], []
-    for s in range(0, len(data), batch_size):
-        dec = decoder.decode(data[s:s + batch_size])
+    data: list[np.ndarray] = []
+
+    def flush() -> None:                 # decode and hash the copies made so far: one batch in memory
+        s = len(src_row) - len(data)
+        dec = decoder.decode(data)
         p, k = image_keys(dec.grays, xp)
         ph.append(device.to_host(p))
         sk.append(device.to_host(k))
         thumbs.append(device.to_host(dec.thumbs))
         keep.append(s + dec.ok)
+        data.clear()
+
+    for r, img in zip(rows.tolist(), sources):
+        if img is None:
+            continue
+        pixels = img[..., 0] if _is_gray(img) else img
+        for kind in config.kinds:
+            # zlib level 1 for the lossless copies: the same pixels as Pillow's default 6 at a
+            # third of the time (1,200 copies of 256 px photos: PNG encoding took 13 of 15 s)
+            encoded, _ = near_copy(pixels, kind, rng, png_level=1)
+            data.append(np.frombuffer(encoded, np.uint8))
+            src_row.append(r)
+            kinds.append(kind)
+            if len(data) == batch_size:
+                flush()
+    if data:
+        flush()
     keep_idx = np.concatenate(keep) if keep else np.zeros(0, np.int64)
     if not len(keep_idx):
         return None
