@@ -41,6 +41,16 @@ def test_pixel_hash_sees_one_bit_and_shape(digits_rgb):
     assert to_hex(pixel_hash(digits_rgb[3:4])) == to_hex(pixel_hash(digits_rgb[:8]))[3:4]
 
 
+def test_pixel_hash_digests_are_stable():
+    """The digests are part of every ledger (hash_pixels): the kernel may get faster,
+    its values may not change.  Pinned on a photo-sized batch (hashed a few images at a
+    time on the CPU) and on the last image of a 600-image batch of 32 px ones."""
+    a = (np.arange(2 * 256 * 256 * 3, dtype=np.uint64) * 2654435761 % 251).astype(np.uint8).reshape(2, 256, 256, 3)
+    assert to_hex(pixel_hash(a)) == ["b0bd9121de0b0861dd89dcd285e9b213", "6ac5faf2d29bde96fe25caf066980a7f"]
+    b = (np.arange(600 * 32 * 32 * 3, dtype=np.uint64) * 40503 % 253).astype(np.uint8).reshape(600, 32, 32, 3)
+    assert to_hex(pixel_hash(b))[599] == "0a969c7c9779f9b23ecc15170eafc0be"
+
+
 def test_dct_matrix_is_orthonormal():
     d = dct_matrix()
     assert np.allclose(d @ d.T, np.eye(32))

@@ -55,6 +55,17 @@ def _salts(n: int, xp, lane: int):
     return mix64(k * _GOLDEN, xp)
 
 
+def _mix64_inplace(z, tmp, xp):
+    """`mix64` in place on ``z``, with ``tmp`` (same shape) for the shifts: no new
+    arrays (the allocating form moved each batch's words through memory ~10 times)."""
+    for shift, mult in ((30, _M1), (27, _M2), (31, None)):
+        xp.right_shift(z, xp.uint64(shift), out=tmp)
+        z ^= tmp
+        if mult is not None:
+            z *= mult
+    return z
+
+
 def pixel_hash(images, xp=np):
     """Hash a batch of same-shape images.
 
@@ -70,9 +81,17 @@ def pixel_hash(images, xp=np):
         flat = xp.concatenate([flat, xp.zeros((b, pad), dtype=xp.uint8)], axis=1)
     words = flat.view(xp.uint64)
     n = int(words.shape[1])
-    m = mix64(words ^ _salts(n, xp, 0)[None, :], xp)
-    lane0 = m.sum(axis=1, dtype=xp.uint64)
-    lane1 = (m * (_salts(n, xp, 1) | xp.uint64(1))[None, :]).sum(axis=1, dtype=xp.uint64)
+    salt0, salt1 = _salts(n, xp, 0)[None, :], (_salts(n, xp, 1) | xp.uint64(1))[None, :]
+    lane0, lane1 = xp.empty(b, dtype=xp.uint64), xp.empty(b, dtype=xp.uint64)
+    # On the CPU a few images at a time, so the temporaries stay in cache (256 px photos:
+    # 132 -> 46-48 us an image with the in-place mix; the same digests); one step on a GPU.
+    rows = max(1, (1 << 20) // (8 * n)) if xp is np else max(b, 1)
+    for r in range(0, b, rows):
+        m = words[r:r + rows] ^ salt0
+        _mix64_inplace(m, xp.empty_like(m), xp)
+        lane0[r:r + rows] = m.sum(axis=1, dtype=xp.uint64)
+        m *= salt1
+        lane1[r:r + rows] = m.sum(axis=1, dtype=xp.uint64)
     # Fold the shape in so that (2, 6) and (3, 4) images of the same bytes differ.
     shape_word = _shape_word(shape)
     lane0 = mix64(lane0 ^ xp.uint64(shape_word), xp)
