@@ -103,13 +103,14 @@ def _composite(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def near_copy(img: np.ndarray, kind: str, rng: np.random.Generator, *,
-              png_level: int = 6) -> tuple[bytes, np.ndarray | None]:
+              png_level: int | None = 6) -> tuple[bytes | None, np.ndarray | None]:
     """Encoded bytes of an edited copy of ``img`` and, for lossless outputs,
     its pixels (None for JPEG, whose pixels only its decoder knows).
 
     img: uint8 (H, W) or (H, W, 3).  Raises ValueError for an unknown kind.
     png_level: zlib level of the lossless (PNG) copies, 0-9 (Pillow's default 6);
     the pixels are the same at every level, only the bytes and the time differ.
+    None: lossless copies are not encoded at all (bytes None, the pixels only).
     """
     x = img.astype(np.float32)
     h, w = img.shape[:2]
@@ -146,4 +147,4 @@ def near_copy(img: np.ndarray, kind: str, rng: np.random.Generator, *,
     else:
         raise ValueError(f"unknown near-duplicate kind {kind!r}")
     out = np.ascontiguousarray(out.astype(np.uint8))
-    return encode(out, "PNG", compress_level=png_level), out
+    return (None if png_level is None else encode(out, "PNG", compress_level=png_level)), out

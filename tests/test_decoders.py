@@ -122,3 +122,27 @@ def test_a_32_px_image_is_its_own_thumbnail_and_other_sizes_fall_back_to_the_res
         for (pa_, a), (pb, b) in zip(fast.rgb_groups, usual.rgb_groups):
             assert np.array_equal(pa_, pb) and np.array_equal(a, b)
     assert len(usual.rgb_groups) == 5       # the mixed batch did take the resize route
+
+
+def test_thumbnails_of_pixels_are_those_of_decoding_their_png():
+    """The recall probe gives its lossless copies' pixels to `Decoder.thumbnails`
+    instead of encoding and decoding a PNG: the thumbnails and grays must be the
+    decoded PNG's, at the thumbnail size and others, colour and gray."""
+    from gpupipe.dali.decode import Decoder
+    from gpupipe.device import cpu_device
+
+    dec = Decoder(cpu_device(), batch_size=32).setup()
+    sizes = [(32, 32), (33, 35), (64, 48), (200, 150)] * 3
+    pixels = [np.asarray(Image.open(io.BytesIO(b.tobytes()))) for b in _sample_tiles(sizes, "PNG", seed=3)]
+    pixels += [p[..., 1] for p in pixels[:4]]                                   # gray ones
+    pngs = [np.frombuffer(_png(p), np.uint8) for p in pixels]
+    rgb = [np.repeat(p[..., None], 3, axis=2) if p.ndim == 2 else p for p in pixels]
+    direct, decoded = dec.thumbnails(rgb), dec.decode(pngs)
+    assert np.array_equal(decoded.ok, np.arange(len(pixels)))
+    assert np.array_equal(direct.thumbs, decoded.thumbs) and np.array_equal(direct.grays, decoded.grays)
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    return buf.getvalue()

@@ -92,7 +92,7 @@ class Decoder:
         self.device = device
         self.batch_size = int(batch_size)
         self.num_threads = num_threads
-        self._pipes: dict[bool, Any] = {}      # at_size -> pipeline
+        self._pipes: dict[Any, Any] = {}       # at_size -> decoding pipeline; "raw" -> `thumbnails`'
 
     def setup(self) -> "Decoder":
         if _DALI_ERROR is not None:
@@ -126,6 +126,34 @@ class Decoder:
             thumb = fn.resize(rgb, size=[THUMB, THUMB], antialias=True, dtype=types.UINT8)
             gray = fn.color_space_conversion(thumb, image_type=types.RGB, output_type=types.GRAY)
             return rgb, thumb, gray
+
+        pipe = _pipeline()
+        pipe.build()
+        return pipe
+
+    def thumbnails(self, images: list[np.ndarray]) -> Decoded:
+        """The thumbnails and grays of up to ``batch_size`` decoded images ((H, W, 3)
+        uint8 RGB numpy arrays), by the same resize as `decode`: what decoding a
+        lossless file of these pixels would give, without encoding it first."""
+        if "raw" not in self._pipes:
+            self._pipes["raw"] = self._build_raw()
+        pipe = self._pipes["raw"]
+        pipe.feed_input("pixels", [np.ascontiguousarray(a) for a in images], layout="HWC")
+        thumb, gray = pipe.run()
+        xp, n = self.device.xp, len(images)
+        return Decoded([], _as_xp(thumb.as_tensor(), xp).reshape(n, THUMB, THUMB, 3),
+                       _as_xp(gray.as_tensor(), xp).reshape(n, THUMB, THUMB), np.arange(n))
+
+    def _build_raw(self):
+        @pipeline_def(batch_size=self.batch_size, num_threads=self.num_threads or default_threads(),
+                      device_id=self.device.dali_device_id, exec_async=False, exec_pipelined=False,
+                      prefetch_queue_depth=1)
+        def _pipeline():
+            rgb = fn.external_source(name="pixels", dtype=types.UINT8, device="cpu", layout="HWC")
+            if self.device.decoder == "mixed":
+                rgb = rgb.gpu()
+            thumb = fn.resize(rgb, size=[THUMB, THUMB], antialias=True, dtype=types.UINT8)
+            return thumb, fn.color_space_conversion(thumb, image_type=types.RGB, output_type=types.GRAY)
 
         pipe = _pipeline()
         pipe.build()

@@ -74,39 +74,47 @@ def make_probes(table, device: Device, config: ProbeConfig, *, batch_size: int =
     xp = device.xp
     src_row, kinds = [], []
     ph, sk, thumbs, keep = [], [], [], []
-    data: list[np.ndarray] = []
+    queued: dict[bool, list] = {True: [], False: []}    # lossless? -> [(copy index, pixels or bytes)]
 
-    def flush() -> None:                 # decode and hash the copies made so far: one batch in memory
-        s = len(src_row) - len(data)
-        dec = decoder.decode(data)
+    def flush(lossless: bool) -> None:     # decode (or only resize) and hash one batch of copies
+        batch = queued[lossless]
+        at = np.asarray([c for c, _ in batch], np.int64)
+        dec = (decoder.thumbnails if lossless else decoder.decode)([x for _, x in batch])
         p, k = image_keys(dec.grays, xp)
         ph.append(device.to_host(p))
         sk.append(device.to_host(k))
         thumbs.append(device.to_host(dec.thumbs))
-        keep.append(s + dec.ok)
-        data.clear()
+        keep.append(at[dec.ok])
+        batch.clear()
 
     for r, img in zip(rows.tolist(), sources):
         if img is None:
             continue
         pixels = img[..., 0] if _is_gray(img) else img
         for kind in config.kinds:
-            # zlib level 1 for the lossless copies: the same pixels as Pillow's default 6 at a
-            # third of the time (1,200 copies of 256 px photos: PNG encoding took 13 of 15 s)
-            encoded, _ = near_copy(pixels, kind, rng, png_level=1)
-            data.append(np.frombuffer(encoded, np.uint8))
+            # Lossless copies are not encoded: their pixels are what decoding their PNG
+            # would give, and they take the same resize (`Decoder.thumbnails`).  Encoding
+            # them took 13 of the probe's 15 s on 1,200 copies of 256 px photos.
+            encoded, out = near_copy(pixels, kind, rng, png_level=None)
+            lossless = encoded is None
+            x = (np.repeat(out[..., None], 3, axis=2) if out.ndim == 2 else out) if lossless \
+                else np.frombuffer(encoded, np.uint8)
+            queued[lossless].append((len(src_row), x))
             src_row.append(r)
             kinds.append(kind)
-            if len(data) == batch_size:
-                flush()
-    if data:
-        flush()
+            if len(queued[lossless]) == batch_size:
+                flush(lossless)
+    for lossless in (True, False):
+        if queued[lossless]:
+            flush(lossless)
     keep_idx = np.concatenate(keep) if keep else np.zeros(0, np.int64)
     if not len(keep_idx):
         return None
+    order = np.argsort(keep_idx, kind="stable")            # the copies in the order they were made
+    keep_idx = keep_idx[order]
     return Probes(
-        phash=np.concatenate(ph).astype(np.uint64), shift=np.concatenate(sk).astype(np.uint64),
-        thumbs=np.concatenate(thumbs), source_row=np.asarray(src_row, np.int64)[keep_idx],
+        phash=np.concatenate(ph).astype(np.uint64)[order], shift=np.concatenate(sk).astype(np.uint64)[order],
+        thumbs=np.concatenate(thumbs)[order], source_row=np.asarray(src_row, np.int64)[keep_idx],
         kind=np.asarray(kinds, dtype=object)[keep_idx],
     )
 
