@@ -42,6 +42,7 @@ except Exception as e:  # pragma: no cover - exercised only without DALI
     _DALI_ERROR = e
 
 THUMB = 32
+RAW = "raw"         # `Decoder._build`'s route for decoded pixels (`Decoder.thumbnails`)
 
 
 class DaliMissing(RuntimeError):
@@ -92,7 +93,7 @@ class Decoder:
         self.device = device
         self.batch_size = int(batch_size)
         self.num_threads = num_threads
-        self._pipes: dict[Any, Any] = {}       # at_size -> decoding pipeline; "raw" -> `thumbnails`'
+        self._pipes: dict[Any, Any] = {}       # route (`_build`) -> its pipeline
 
     def setup(self) -> "Decoder":
         if _DALI_ERROR is not None:
@@ -104,9 +105,11 @@ class Decoder:
         self._pipes = {False: self._build(False)}
         return self
 
-    def _build(self, at_size: bool):
-        """The pipeline; ``at_size``: for images already THUMB x THUMB, whose
-        thumbnail is the image itself (no resampling)."""
+    def _build(self, route):
+        """One of the decoder's pipelines, by ``route``: False, encoded files to
+        (pixels, thumbnails, grays); True, encoded files already THUMB x THUMB,
+        whose thumbnail is the image itself (no resampling); RAW, decoded pixels
+        to (thumbnails, grays), the same resize without a decode."""
         dev = self.device
         threads = self.num_threads or default_threads()
         gpu = dev.decoder == "mixed"
@@ -116,54 +119,44 @@ class Decoder:
             exec_async=False, exec_pipelined=False, prefetch_queue_depth=1,
         )
         def _pipeline():
-            enc = fn.external_source(name="encoded", dtype=types.UINT8, device="cpu")
-            rgb = fn.decoders.image(enc, device="mixed" if gpu else "cpu", output_type=types.RGB)
-            if at_size:
+            if route == RAW:
+                rgb = fn.external_source(name="input", dtype=types.UINT8, device="cpu", layout="HWC")
+                rgb = rgb.gpu() if gpu else rgb
+            else:
+                enc = fn.external_source(name="input", dtype=types.UINT8, device="cpu")
+                rgb = fn.decoders.image(enc, device="mixed" if gpu else "cpu", output_type=types.RGB)
+            if route is True:
                 # DALI's CPU resize returns a 32x32 image unchanged (checked on all of CIFAR-10's
                 # 60,000 and in tests/test_decoders.py) and cost about as much CPU as the decode,
                 # ~12 us a sample (benchmarks/bench_read_decode.py; RESULTS.md §32).
                 return rgb, fn.color_space_conversion(rgb, image_type=types.RGB, output_type=types.GRAY)
             thumb = fn.resize(rgb, size=[THUMB, THUMB], antialias=True, dtype=types.UINT8)
             gray = fn.color_space_conversion(thumb, image_type=types.RGB, output_type=types.GRAY)
-            return rgb, thumb, gray
+            return (thumb, gray) if route == RAW else (rgb, thumb, gray)
 
         pipe = _pipeline()
         pipe.build()
         return pipe
+
+    def _pipe(self, route):
+        if route not in self._pipes:
+            self._pipes[route] = self._build(route)
+        return self._pipes[route]
 
     def thumbnails(self, images: list[np.ndarray]) -> Decoded:
         """The thumbnails and grays of up to ``batch_size`` decoded images ((H, W, 3)
         uint8 RGB numpy arrays), by the same resize as `decode`: what decoding a
         lossless file of these pixels would give, without encoding it first."""
-        if "raw" not in self._pipes:
-            self._pipes["raw"] = self._build_raw()
-        pipe = self._pipes["raw"]
-        pipe.feed_input("pixels", [np.ascontiguousarray(a) for a in images], layout="HWC")
+        pipe = self._pipe(RAW)
+        pipe.feed_input("input", [np.ascontiguousarray(a) for a in images], layout="HWC")
         thumb, gray = pipe.run()
         xp, n = self.device.xp, len(images)
         return Decoded([], _as_xp(thumb.as_tensor(), xp).reshape(n, THUMB, THUMB, 3),
                        _as_xp(gray.as_tensor(), xp).reshape(n, THUMB, THUMB), np.arange(n))
 
-    def _build_raw(self):
-        @pipeline_def(batch_size=self.batch_size, num_threads=self.num_threads or default_threads(),
-                      device_id=self.device.dali_device_id, exec_async=False, exec_pipelined=False,
-                      prefetch_queue_depth=1)
-        def _pipeline():
-            rgb = fn.external_source(name="pixels", dtype=types.UINT8, device="cpu", layout="HWC")
-            if self.device.decoder == "mixed":
-                rgb = rgb.gpu()
-            thumb = fn.resize(rgb, size=[THUMB, THUMB], antialias=True, dtype=types.UINT8)
-            return thumb, fn.color_space_conversion(thumb, image_type=types.RGB, output_type=types.GRAY)
-
-        pipe = _pipeline()
-        pipe.build()
-        return pipe
-
     def _run(self, encoded: list[np.ndarray], at_size: bool):
-        if at_size not in self._pipes:
-            self._pipes[at_size] = self._build(at_size)
-        pipe = self._pipes[at_size]
-        pipe.feed_input("encoded", encoded)
+        pipe = self._pipe(at_size)
+        pipe.feed_input("input", encoded)
         out = pipe.run()
         return (out[0], out[0], out[1]) if at_size else out
 
