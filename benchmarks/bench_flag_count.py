@@ -71,12 +71,17 @@ def flagged_rows(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
     return y, p, np.where(has_votes[use, None], votes[use], np.nan), err
 
 
-def counts(run: Path) -> dict:
+def ranked(run: Path):
+    """`flagged_rows` with what the flags are made of: (labels, probabilities,
+    votes, wrong, the model-and-votes mix, the flags' order, its label posterior)."""
     y, p, votes, err = flagged_rows(run)
     mix = with_votes(p, votes)
+    return y, p, votes, err, mix, flag_order(y, mix), label_posterior(y, mix)
+
+
+def counts(run: Path) -> dict:
+    y, p, votes, err, mix, order, lp = ranked(run)
     n = len(y)
-    order = flag_order(y, mix)
-    lp = label_posterior(y, mix)
     q = (1.0 - lp.post[np.arange(n), y])[order]
     expected = 2 * np.cumsum(q) / (np.arange(1, n + 1) + q.sum())
 

@@ -37,20 +37,16 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_flag_count import flagged_rows
+from bench_flag_count import ranked
 
-from gpupipe.models.score import (expected_f1_count, flag_label_issues, flag_order, label_posterior, scaled_to,
-                                  wrong_label_count, with_votes)
+from gpupipe.models.score import expected_f1_count, flag_label_issues, scaled_to, wrong_label_count
 
 
 def study(run: Path) -> dict:
     from cleanlab.count import estimate_joint, num_label_issues
 
-    y, p, votes, err = flagged_rows(run)
-    mix = with_votes(p, votes)
+    y, p, votes, err, mix, order, lp = ranked(run)
     n = len(y)
-    order = flag_order(y, mix)
-    lp = label_posterior(y, mix)
     rates = {
         "posterior": lp.noise_rate,
         "cleanlab joint": float(1.0 - np.trace(estimate_joint(y, mix))),
