@@ -63,7 +63,7 @@ class BenchOptions:
     image_column: str | None = None
     label_column: str | None = None
     rank: bool = True                  # time scoring and training too
-    model: str = "small-cnn"
+    model: str = "auto"                # as `rank --model` (auto: by the images' channels)
     image_size: int = 32
     train_limit: int = 8192            # most images in the training epoch
     scratch: str | None = None         # where the temporary run directory goes (None: the system's temp)
@@ -314,7 +314,7 @@ def _rank_rows(rows: _Rows, device: Device, refs: list, labels: list, options: B
     from gpupipe.models import nets
     from gpupipe.models.score import score
     from gpupipe.models.train import TrainConfig, train
-    from gpupipe.stages.rank import default_score_batch, probe_channels
+    from gpupipe.stages.rank import default_score_batch, probe_channels, resolve_schedule
 
     classes = sorted({str(v) for v in labels if v is not None})
     index = {c: k for k, c in enumerate(classes)}
@@ -322,7 +322,8 @@ def _rank_rows(rows: _Rows, device: Device, refs: list, labels: list, options: B
     k = max(2, len(classes))       # unlabelled images: timed with placeholder classes
     channels = probe_channels(device, refs[:64])
     size, batch = options.image_size, default_score_batch(device)
-    model = nets.build(nets.resolve_model(options.model), k, channels, seed=0).to(device.torch_device)
+    name = nets.auto_model(channels) if options.model == nets.AUTO else options.model
+    model = nets.build(nets.resolve_model(name), k, channels, seed=0).to(device.torch_device)
     rows_all = np.arange(len(refs))
     cuda = device.is_gpu
     for r in range(options.repeat):
@@ -333,7 +334,7 @@ def _rank_rows(rows: _Rows, device: Device, refs: list, labels: list, options: B
             torch.cuda.synchronize()
         t1 = time.perf_counter()
         rows.add("score", "rank scoring (decode, resize, forward, per-sample scores)", "images", len(refs),
-                 t1 - t0, mem.peak(t0, t1), note=f"{options.model}, batch {batch}, {size} px, {channels} channel(s)")
+                 t1 - t0, mem.peak(t0, t1), note=f"{name}, batch {batch}, {size} px, {channels} channel(s)")
         held, count = [], 0
         for x, _ in epochs:
             held.append(nets.as_input(x.to(device.torch_device)).clone())
@@ -358,7 +359,8 @@ def _rank_rows(rows: _Rows, device: Device, refs: list, labels: list, options: B
             f"bare forward {count / (t1 - t0):,.0f} images/s")
     m = min(len(refs), options.train_limit)
     augment = AugmentConfig.auto(channels=channels, mode="oof")
-    cfg = TrainConfig(model=options.model, image_size=size, epoch_samples=m, max_epochs=1, augment=augment)
+    cfg = TrainConfig(model=name, image_size=size, epoch_samples=m, max_epochs=1, augment=augment,
+                      schedule=resolve_schedule(channels=channels, mode="oof"))
     t0 = time.perf_counter()
     train(device, refs[:m], y[:m], [], np.zeros(0, np.int64), num_classes=k, channels=channels, config=cfg,
           seed=options.seed)

@@ -69,9 +69,11 @@ def _add_dedup_options(p: argparse.ArgumentParser) -> None:
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("auxiliary model")
-    g.add_argument("--model", default="small-cnn",
-                   help="small-cnn (fast on CPU), resnet50-layer1 (the Data-Centric AI competition's model), "
-                        "or package.module:function returning a torch.nn.Module (default: %(default)s)")
+    g.add_argument("--model", default="auto",
+                   help="small-cnn (fast on CPU), photo-cnn (small-cnn at 1.5x the width), resnet50-layer1 (the "
+                        "Data-Centric AI competition's model), or package.module:function returning a "
+                        "torch.nn.Module; auto: photo-cnn for colour images, small-cnn for gray ones and with "
+                        "--init-weights (default: %(default)s)")
     g.add_argument("--backbone", default=None, metavar="package.module:function",
                    help="a feature extractor of your own instead of training a CNN: the function returns a "
                         "torch.nn.Module mapping images (float B,C,S,S in 0..1, S = --image-size) to features; "
@@ -83,7 +85,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="start each auxiliary model from these weights and fine-tune it (a state_dict with the "
                         "model's layer names, e.g. what `gpupipe pretrain` writes for small-cnn); default: a "
                         "seeded random init")
-    g.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the model's own)")
+    g.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate (default: the model's own for --schedule: Adam's 1e-3 for small-cnn "
+                        "on a plateau, SGD's 0.1 in one cycle)")
     g.add_argument("--image-size", type=int, default=32, help="side images are resized to, in memory (default: 32)")
     g.add_argument("--channels", type=int, choices=(1, 3), default=None,
                    help="model input channels (default: 1 if the images are grayscale, else 3)")
@@ -92,6 +96,11 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr-decay", type=float, default=1.0,
                    help="multiply the learning rate by this after patience/2 epochs without a better validation "
                         "loss (e.g. 0.1); 1 keeps it constant (default: 1)")
+    g.add_argument("--schedule", choices=("auto", "plateau", "onecycle"), default="auto",
+                   help="plateau: Adam at a constant rate, early stopping on the validation loss (the method's); "
+                        "onecycle: SGD with momentum in one cycle of --epochs epochs, label smoothing 0.1, the "
+                        "last epoch's model; auto: onecycle for colour images out-of-fold, else plateau "
+                        "(default: auto)")
     g.add_argument("--epoch-samples", type=int, default=2048,
                    help="an epoch shows at least this many augmented samples (default: 2048)")
     g.add_argument("--train-batch", type=int, default=64, help="training batch size (default: 64)")
@@ -152,7 +161,7 @@ def _rank_options(args):
     from gpupipe.models.train import TrainConfig
     from gpupipe.stages.review import AutoPolicy
 
-    resolve_model(args.model)        # a bad name or import fails here, before any work
+    resolve_model(args.model, channels=3)        # a bad name or import fails here, before any work
     for name in ("image_size", "epochs", "epoch_samples", "train_batch", "seed_size", "max_rounds", "oof_folds"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
@@ -170,14 +179,16 @@ def _rank_options(args):
     review = "oracle" if args.oracle else args.review
     train = TrainConfig(model=args.model, lr=args.lr, batch_size=args.train_batch, image_size=args.image_size,
                         epoch_samples=args.epoch_samples, max_epochs=args.epochs, patience=args.patience,
-                        lr_decay=args.lr_decay, augment=_augment_config(args, mode=args.mode), init=args.init_weights)
+                        lr_decay=args.lr_decay, schedule=args.schedule,
+                        augment=_augment_config(args, mode=args.mode), init=args.init_weights)
     if args.init_weights is not None:  # a missing or misfit file fails here, before any work
         from gpupipe.models.nets import build, load_init
 
         fits = []
         for ch in [args.channels] if args.channels else [3, 1]:       # colour or gray: decided later, by the images
             try:
-                load_init(build(resolve_model(args.model), 2, ch, seed=0), args.init_weights)
+                load_init(build(resolve_model(args.model, channels=ch, init=args.init_weights), 2, ch, seed=0),
+                          args.init_weights)
                 break
             except ValueError as e:
                 fits.append(e)
@@ -386,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0, help="the sample's seed (default: 0)")
     b.add_argument("--repeat", type=int, default=1, metavar="R",
                    help="alternate the dedup run and the decode ceiling R times; rows are the median round")
-    b.add_argument("--model", default="small-cnn", help="the auxiliary model scored and trained (as for rank)")
+    b.add_argument("--model", default="auto", help="the auxiliary model scored and trained (as rank's --model)")
     b.add_argument("--image-size", type=int, default=32, help="the model's input side (default: 32)")
     b.add_argument("--train-limit", type=int, default=8192, metavar="N",
                    help="most images in the timed training epoch (default: %(default)s)")

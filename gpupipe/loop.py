@@ -254,6 +254,7 @@ def _rounds(run_dir: Path, options: RankOptions, cfg, device, ledger: Ledger, fr
             _save_model(run_dir / MODELS_DIR / f"round-{r:03d}.pt", model)
         entry = {"round": r, "mode": stats.mode, "classes": stats.classes, "channels": stats.channels,
                  "scored": stats.scored, "trained_on": stats.trained_on, "validated_on": stats.validated_on,
+                 "model": stats.model, "schedule": stats.schedule,
                  "val_accuracy": stats.val_accuracy, "epochs": stats.epochs,
                  "seconds_train": round(stats.seconds_train, 3), "seconds_score": round(stats.seconds_score, 3),
                  "score_images_per_second": round(stats.score_images_per_second, 1),

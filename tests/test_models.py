@@ -129,7 +129,16 @@ def test_resnet50_layer1_has_the_competition_models_shape():
 
 
 def test_registry_and_plugged_in_factories():
-    assert set(MODELS) == {"small-cnn", "resnet50-layer1"}
+    assert set(MODELS) == {"small-cnn", "photo-cnn", "resnet50-layer1"}
+    # auto: by the images' channels, and the pretrained feature part's model wherever weights are given
+    assert resolve_model("auto", channels=3).factory is MODELS["photo-cnn"].factory
+    assert resolve_model("auto", channels=1).factory is MODELS["small-cnn"].factory
+    assert resolve_model("auto", channels=3, init="w.pt").factory is MODELS["small-cnn"].factory
+    with pytest.raises(ValueError, match="channels"):
+        resolve_model("auto")
+    widths = [m.out_channels for m in build(resolve_model("photo-cnn"), 10, 3, seed=0).modules()
+              if isinstance(m, torch.nn.Conv2d)]
+    assert widths == [24, 48, 96, 192]
     a = build(resolve_model("small-cnn"), 3, 1, seed=1)
     b = build(resolve_model("small-cnn"), 3, 1, seed=1)
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))     # seeded init

@@ -61,6 +61,7 @@ def test_flipped_labels_rank_far_above_clean_ones(certified_round, digits_noisy)
     assert precision >= 0.75 and recall >= 0.75
     state = json.loads((run / RANK_STATE).read_text())
     assert state["rounds"][0]["trained_on"] == 180 and state["rounds"][0]["validated_on"] == 20
+    assert (state["rounds"][0]["model"], state["rounds"][0]["schedule"]) == ("small-cnn", "plateau")   # gray
 
 
 def _auto_changes(ledger, digits_noisy) -> tuple[int, int]:
@@ -175,6 +176,9 @@ def test_colour_images_of_mixed_sizes_and_three_classes(tmp_path):
     res = run_rank(tmp_path / "run", RankOptions(device="cpu", mode="oof", folds=2, review="auto", max_rounds=1,
                                                  train=quick))
     assert res.rounds[0]["channels"] == 3 and res.rounds[0]["classes"] == ["class_0", "class_1", "class_2"]
+    # --model / --schedule auto, decided by the images: colour, out-of-fold
+    assert (res.rounds[0]["model"], res.rounds[0]["schedule"]) == ("photo-cnn", "onecycle")
+    assert res.rounds[0]["epochs"] == [3, 3]
     d = pq.read_table(tmp_path / "run" / "ledger.parquet").to_pandas()
     kept = d[d[schema.DEDUP_KEEP]]
     assert kept[schema.RANK_LOSS].notna().all()
@@ -320,3 +324,37 @@ def test_the_learning_rate_drops_when_the_validation_loss_stalls(digits_noisy):
         print(decay, [f"{v:.3f}" for v in res.val_loss], res.lr)
         assert res.lr == pytest.approx(expect)
         assert (min(res.lr) < lr0) if decay < 1 else (res.lr == [lr0] * res.epochs)
+
+
+def test_one_cycle_trains_every_epoch_and_keeps_the_last_model(digits_noisy):
+    """`TrainConfig.schedule = "onecycle"`: SGD's rate climbs for a quarter of
+    the steps and falls to near zero, every epoch trains (no early stop), and
+    the model returned is the last epoch's, held-out digits read against their
+    true labels."""
+    from gpupipe.models.nets import resolve_model
+    from gpupipe.models.score import score
+    from gpupipe.dali.augment import file_pipeline
+    from gpupipe.models.train import train
+
+    files = sorted(digits_noisy["root"].rglob("*.png"))
+    classes = sorted({f.parent.name for f in files})
+    rel = [str(f.relative_to(digits_noisy["root"])) for f in files]
+    y = np.array([classes.index(f.parent.name) for f in files])             # 10% flipped
+    true = np.array([classes.index(digits_noisy["truth"].get(r, f.parent.name)) for r, f in zip(rel, files)])
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(files))
+    tr, te = order[:1000], order[1000:1400]
+    cfg = TrainConfig(max_epochs=8, epoch_samples=1000, schedule="onecycle", augment=None)
+    res = train(cpu_device(), [str(files[i]) for i in tr], y[tr], [str(files[i]) for i in te], y[te],
+                num_classes=len(classes), channels=1, config=cfg, seed=0)
+    peak = resolve_model("small-cnn").sgd_lr
+    print([f"{r:.4f}" for r in res.lr], [f"{a:.3f}" for a in res.val_accuracy])
+    assert res.epochs == 8 and res.best_epoch == 8 and len(res.val_loss) == 8
+    assert res.lr[0] < peak / 5 and max(res.lr) > 0.8 * peak and int(np.argmax(res.lr)) in (2, 3)
+    assert res.lr[-1] < res.lr[-2] < max(res.lr)
+    s = score(res.model, file_pipeline(cpu_device(), [str(files[i]) for i in te], np.arange(len(te)), size=32,
+                                       channels=1, batch_size=256), y[te], torch_device="cpu")
+    assert float(s.loss.mean()) == pytest.approx(res.val_loss[-1], rel=1e-5)     # the last epoch's model
+    acc = float((s.pred == true[te][s.rows]).mean())
+    print(f"held-out accuracy vs the true digits {acc:.3f}")
+    assert acc >= 0.85

@@ -18,22 +18,40 @@ from gpupipe.models import nets
 from gpupipe.models.score import score
 
 
+#: The one-cycle schedule's regularisation (`TrainConfig.schedule`): the usual
+#: CIFAR values, not tuned here; label smoothing 0.1 against 0 and 0.2 in
+#: RESULTS.md §33 (benchmarks/bench_photo_recipe.py).
+ONECYCLE_WEIGHT_DECAY = 5e-4
+ONECYCLE_LABEL_SMOOTHING = 0.1
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How an auxiliary model is trained.
 
-    model: a `gpupipe.models.nets.MODELS` name or ``"package.module:function"``.
-    lr: Adam learning rate (None: the model's own, 1e-3 small-cnn, 1e-4 resnet50-layer1).
+    model: a `gpupipe.models.nets.MODELS` name, ``"package.module:function"``, or
+        "auto" (`nets.auto_model`: photo-cnn for colour images, else small-cnn).
+    lr: the peak learning rate (None: the model's own for the schedule: Adam's 1e-3
+        small-cnn, 1e-4 resnet50-layer1 on a plateau; SGD's 0.1 in one cycle).
+    schedule: "plateau": Adam at a constant rate, early stopping on the validation
+        loss, the best epoch's weights kept (the method's).  "onecycle": SGD with
+        Nesterov momentum 0.9 and weight decay 5e-4, torch's ``OneCycleLR`` over
+        ``max_epochs`` epochs (a quarter warming up), label smoothing 0.1, the
+        last epoch's weights (validation only reported).  "auto" is resolved by
+        the rank stage (`resolve_schedule`) and means "plateau" when `train` is
+        called directly.
     image_size: side the images are resized to for the model (in memory).
     epoch_samples: an epoch shows at least this many (augmented) samples, repeating
         a small training set, so that a 180-image seed set still gets enough steps.
-    max_epochs / patience: stop when the validation loss has not improved for
-        ``patience`` epochs; the best epoch's weights are kept.
+    max_epochs / patience: "plateau" stops when the validation loss has not improved
+        for ``patience`` epochs and keeps the best epoch's weights; "onecycle" always
+        trains ``max_epochs``.
     lr_decay: multiply the learning rate by this when the validation loss has
         not improved for ``max(1, patience // 2)`` epochs (torch's
         ``ReduceLROnPlateau``), so that a model early stopping would cut off
         at its plateau gets a few epochs at a lower rate first; 1.0 (the
-        default): a constant rate.  Without validation the rate is constant.
+        default): a constant rate.  Without validation the rate is constant;
+        "onecycle" follows its cycle instead.
         Not the default: on CIFAR-10N's choose part (RESULTS.md §30) 0.1 ran
         more epochs (16-30 against 18-25) for a lower out-of-fold accuracy
         (0.592 against 0.604) and the same flag F1 (0.382 against 0.383).
@@ -44,7 +62,7 @@ class TrainConfig:
         weights `gpupipe pretrain` learned from the run's own images; None: seeded init.
     """
 
-    model: str = "small-cnn"
+    model: str = "auto"
     lr: float | None = None
     batch_size: int = 64
     image_size: int = 32
@@ -52,6 +70,7 @@ class TrainConfig:
     max_epochs: int = 30
     patience: int = 5
     lr_decay: float = 1.0
+    schedule: Literal["auto", "plateau", "onecycle"] = "auto"
     augment: AugmentConfig | None | Literal["auto"] = "auto"
     init: str | None = None     # a pretrained feature part to start from (`nets.load_init`), e.g. gpupipe pretrain's
 
@@ -76,15 +95,25 @@ def train(
     Validation (no augmentation) runs after every epoch when ``val_files`` is
     non-empty; without it the model trains ``max_epochs`` epochs.
     """
-    spec = nets.resolve_model(config.model, lr=config.lr)
+    spec = nets.resolve_model(config.model, lr=config.lr, channels=channels, init=config.init)
     augment = AugmentConfig() if config.augment == "auto" else config.augment
     model = nets.build(spec, num_classes, channels, seed=seed)
     if config.init is not None:
         model = nets.load_init(model, config.init)
     model = model.to(device.torch_device)
-    opt = torch.optim.Adam(model.parameters(), lr=spec.lr)
+    onecycle = config.schedule == "onecycle"
     repeat = max(1, math.ceil(config.epoch_samples / max(len(files), 1)))
     rows = np.tile(np.arange(len(files)), repeat)
+    if onecycle:
+        opt = torch.optim.SGD(model.parameters(), lr=spec.sgd_lr if config.lr is None else config.lr,
+                              momentum=0.9, nesterov=True, weight_decay=ONECYCLE_WEIGHT_DECAY)
+        steps = config.max_epochs * math.ceil(len(rows) / config.batch_size)
+        cycle = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=opt.param_groups[0]["lr"], total_steps=steps,
+                                                    pct_start=0.25)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=spec.lr)
+        steps, cycle = 0, None
+    smoothing = ONECYCLE_LABEL_SMOOTHING if onecycle else 0.0
     train_epochs = file_pipeline(device, [files[i] for i in rows], rows, size=config.image_size,
                                  channels=channels, batch_size=config.batch_size, augment=augment,
                                  shuffle=True, seed=seed)
@@ -95,11 +124,12 @@ def train(
     val_y = np.asarray(val_labels, np.int64)
     plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, factor=config.lr_decay, patience=max(1, config.patience // 2) - 1, threshold=1e-4,
-        threshold_mode="abs") if val_epochs is not None and config.lr_decay < 1.0 else None)
+        threshold_mode="abs") if val_epochs is not None and config.lr_decay < 1.0 and not onecycle else None)
     best, best_state, best_epoch, stale = math.inf, None, 0, 0
     losses: list[float] = []
     accs: list[float] = []
     rates: list[float] = []
+    step = 0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for epoch in range(1, config.max_epochs + 1):
@@ -109,10 +139,13 @@ def train(
                 x = nets.as_input(x.to(device.torch_device, non_blocking=True))
                 target = y[torch.as_tensor(r, device=device.torch_device)]
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.is_gpu):
-                    loss = F.cross_entropy(model(x), target)
+                    loss = F.cross_entropy(model(x), target, label_smoothing=smoothing)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                step += 1
+                if cycle is not None and step < steps:
+                    cycle.step()
             if val_epochs is None:
                 continue
             s = score(model, val_epochs, val_y, torch_device=device.torch_device)
@@ -120,7 +153,9 @@ def train(
             accs.append(float((s.pred == val_y[s.rows]).mean()))
             if plateau is not None:
                 plateau.step(losses[-1])
-            if losses[-1] < best - 1e-4:
+            if onecycle:                 # the cycle's end is the model: no early stop, no best epoch
+                best_epoch = epoch
+            elif losses[-1] < best - 1e-4:
                 best, best_epoch, stale = losses[-1], epoch, 0
                 best_state = copy.deepcopy(model.state_dict())
             else:
