@@ -185,6 +185,7 @@ def main() -> int:
     ap.add_argument("--init-weights", default=None, help="rank's --init-weights (e.g. gpupipe pretrain's)")
     ap.add_argument("--lr-decay", default=None, help="rank's --lr-decay (default: the CLI's)")
     ap.add_argument("--tta", default=None, help="rank's --tta (default: the CLI's)")
+    ap.add_argument("--schedule", default=None, help="rank's --schedule (default: the CLI's)")
     ap.add_argument("--model", default=None, help="rank's --model (default: the CLI's), e.g. backbones:wide_cnn")
     ap.add_argument("--tag", default=None, help="name of the run and results (default: the augment set, or "
                                                 "'backbone')")
@@ -205,6 +206,7 @@ def main() -> int:
                                            if args.backbone_weights else [])
                                         + (["--init-weights", args.init_weights] if args.init_weights else [])
                                         + (["--lr-decay", args.lr_decay] if args.lr_decay else [])
+                                        + (["--schedule", args.schedule] if args.schedule else [])
                                         + (["--model", args.model] if args.model else [])
                                         + (["--tta", args.tta] if args.tta else []))
         if run.exists():

@@ -205,6 +205,8 @@ def add_data_args(ap: argparse.ArgumentParser, *, outliers: float | None = 0.03)
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--lr-decay", type=float, default=TrainConfig.lr_decay, help="TrainConfig.lr_decay (1: constant)")
+    ap.add_argument("--schedule", default=TrainConfig.schedule, choices=("auto", "plateau", "onecycle"),
+                    help="TrainConfig.schedule (a run with another than auto is kept under its own name)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", default=".bench")
 
@@ -232,7 +234,8 @@ def main() -> int:
         print(json.dumps(c, indent=2))
         (Path(args.data) / f"outlier-cost-{args.dataset}.json").write_text(json.dumps(c, indent=2))
         return 0
-    name = f"outlier-{args.dataset}-{args.noise}" + (f"-tta{args.tta}" if args.tta else "")
+    name = (f"outlier-{args.dataset}-{args.noise}" + (f"-tta{args.tta}" if args.tta else "")
+            + (f"-{args.schedule}" if args.schedule != "auto" else ""))
     base = Path(args.data) / name
     if args.reuse:
         planted = planted_of(args, base)
@@ -253,7 +256,8 @@ def main() -> int:
         t0 = time.perf_counter()
         run_rank(base / "run", RankOptions(device="cpu", review="person", worst=10, best=10, mode="oof",
                                            folds=args.folds, max_rounds=1, tta=args.tta, seed=args.seed,
-                                           train=TrainConfig(max_epochs=args.epochs, lr_decay=args.lr_decay)))
+                                           train=TrainConfig(max_epochs=args.epochs, lr_decay=args.lr_decay,
+                                                             schedule=args.schedule)))
         t_rank = time.perf_counter() - t0
     state = json.loads((base / "run" / "rank.json").read_text())
     t = pq.read_table(base / "run" / LEDGER).to_pandas()

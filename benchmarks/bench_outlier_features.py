@@ -115,7 +115,8 @@ def features(run: Path, args) -> dict:
     # A tree this script planted has only been deduplicated: the review's columns as the loop adds them.
     rows = rows_of(review.ensure_columns(ledger.read(run / LEDGER), ledger), ledger)
     channels = probe_channels(dev, list(rows.paths[rows.eligible]))
-    tcfg = replace(TrainConfig(max_epochs=args.epochs), augment=AugmentConfig.light())
+    tcfg = replace(TrainConfig(max_epochs=args.epochs, lr_decay=args.lr_decay, schedule=args.schedule),
+                   augment=AugmentConfig.light())
     rng = np.random.default_rng(args.seed)
     elig = np.flatnonzero(rows.eligible)
     fold = _stratified_folds(rows.y[elig], args.folds, rng)

@@ -70,7 +70,8 @@ def run_rounds(args, base: Path):
 
     # The loop with the outlier rule off (each rule is replayed over its scores below).
     opts = dict(device="cpu", review="auto", mode="oof", folds=args.folds, seed=args.seed,
-                train=TrainConfig(max_epochs=args.epochs), policy=AutoPolicy(remove_outlier=None))
+                train=TrainConfig(max_epochs=args.epochs, lr_decay=args.lr_decay, schedule=args.schedule),
+                policy=AutoPolicy(remove_outlier=None))
     t0 = time.perf_counter()
     scores, open_before, rel = [], [], None
     for r in range(1, args.rounds + 1):
