@@ -110,8 +110,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                         "Dask); fix it for bitwise-equal scores across executors")
     g.add_argument("--tta", type=int, default=0, metavar="N",
                    help="average each score over N seeded test-time augmentations too (models trained with "
-                        "flips, as the photo set: flips and crops of 90-100%%; others: small rotations, shifts, "
-                        "contrast; each costs one more scoring pass) (default: 0)")
+                        "flips, as the photo set: the exact mirror first, then flips and crops of 90-100%%; "
+                        "others: small rotations, shifts, contrast; each costs one more scoring pass) (default: 0)")
     _add_augment_options(p)
 
 

@@ -187,7 +187,7 @@ def test_colour_images_of_mixed_sizes_and_three_classes(tmp_path):
     assert {p: p.read_bytes() for p in (tmp_path / "src").rglob("*.png")} == before   # sources untouched
 
 
-def test_test_time_augmentation_is_seeded_and_averages_probabilities(digits_noisy):
+def test_test_time_augmentation_is_seeded_and_averages_probabilities(digits_noisy, tmp_path):
     """run_job with tta=2: the same scores twice (seeded), different from the
     plain pass's, and loss / prediction / margin consistent with the averaged
     probabilities."""
@@ -222,6 +222,16 @@ def test_test_time_augmentation_is_seeded_and_averages_probabilities(digits_nois
     c = run_job(photo).scores
     np.testing.assert_array_equal(c.probs, run_job(photo).scores.probs)
     assert np.abs(c.probs - a.probs).max() > 1e-4 and np.abs(c.probs - plain.probs).max() > 1e-4
+    # Its first extra view is the exact mirror: the mean of the image's and its mirrored file's.
+    from PIL import Image, ImageOps
+
+    mirrored = []
+    for i, p in enumerate(paths):
+        mirrored.append(str(tmp_path / f"{i}.png"))
+        ImageOps.mirror(Image.open(p)).save(mirrored[-1])
+    flipped = run_job(replace(job, tta=0, score_refs=mirrored)).scores
+    one = run_job(replace(photo, tta=1)).scores
+    np.testing.assert_allclose(one.probs, (plain.probs + flipped.probs) / 2, atol=1e-5)
 
 
 def test_the_audit_queue_lists_what_an_unattended_round_left_most_doubtful_first(certified_round, digits_noisy,
