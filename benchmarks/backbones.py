@@ -71,7 +71,8 @@ def main() -> int:
     val = np.random.default_rng(0).random(len(files)) < 0.1
     f = np.array([str(p) for p in files], object)
     res = train(resolve_device("cpu"), list(f[~val]), y[~val], list(f[val]), y[val], num_classes=10, channels=3,
-                config=TrainConfig(max_epochs=args.epochs, patience=args.epochs, augment=AugmentConfig.photo()),
+                config=TrainConfig(model="small-cnn", max_epochs=args.epochs, patience=args.epochs,
+                                   augment=AugmentConfig.photo()),     # small_cnn_features takes its weights
                 seed=0)
     print(f"trained {res.epochs} epochs, best {res.best_epoch}, validation accuracy "
           f"{res.val_accuracy[res.best_epoch - 1]:.3f} ({len(files)} CIFAR-10 images, held-out 10%)")
