@@ -256,16 +256,14 @@ def _with_tta(model, job: Job, device, batch: int, plain: Scores) -> Scores:
     total = plain.probs.astype(np.float64)
     mirror = isinstance(job.config.augment, AugmentConfig) and job.config.augment.flip
     for t in range(1, job.tta + 1):
-        if mirror and t == 1:
+        exact_mirror = mirror and t == 1
+        views = file_pipeline(device, job.score_refs, job.score_rows, size=job.config.image_size,
+                              channels=job.channels, batch_size=batch, seed=job.seed + t,
+                              augment=None if exact_mirror else tta_set(job.config.augment))
+        if exact_mirror:
             # A model trained with flips: the first extra view is the exact mirror.  Flipped
             # here, on the decoded batch: the DALI graph's flip is a per-sample coin.
-            views = ((x.flip(-1), r) for x, r in file_pipeline(
-                device, job.score_refs, job.score_rows, size=job.config.image_size, channels=job.channels,
-                batch_size=batch))
-        else:
-            views = file_pipeline(device, job.score_refs, job.score_rows, size=job.config.image_size,
-                                  channels=job.channels, batch_size=batch, augment=tta_set(job.config.augment),
-                                  seed=job.seed + t)
+            views = ((x.flip(-1), r) for x, r in views)
         s = score(model, views, job.y, torch_device=device.torch_device)
         at = order[np.searchsorted(plain.rows[order], s.rows)]
         total[at] += s.probs
