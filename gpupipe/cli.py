@@ -112,6 +112,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="average each score over N seeded test-time augmentations too (models trained with "
                         "flips, as the photo set: the exact mirror first, then flips and crops of 90-100%%; "
                         "others: small rotations, shifts, contrast; each costs one more scoring pass) (default: 0)")
+    g.add_argument("--decode-cache", choices=("auto", "off"), default="auto",
+                   help="auto: decode each image once per run at --image-size into RUN_DIR/decoded (uint8, "
+                        "memory-mapped; skipped past 8 GiB or without twice that free on the disk) and train "
+                        "and score from it; off: decode from the files every epoch (default: auto)")
     _add_augment_options(p)
 
 
@@ -203,7 +207,7 @@ def _rank_options(args):
                           remove_outlier=args.remove_outlier, min_precision=args.min_precision),
         train=train, channels=args.channels, score_batch=args.score_batch, seed=args.seed,
         workers=args.workers, scheduler=args.scheduler, torch_threads=args.torch_threads, tta=args.tta,
-        backbone=_backbone(args))
+        backbone=_backbone(args), decode_cache=args.decode_cache == "auto")
 
 
 def _backbone(args):

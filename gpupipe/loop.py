@@ -37,7 +37,7 @@ from gpupipe import schema
 from gpupipe.device import DeviceRequest, resolve_device
 from gpupipe.models.backbone import BackboneSpec
 from gpupipe.models.train import TrainConfig
-from gpupipe.rundir import DECISIONS, GROUP_DECISIONS, LEDGER, RANK_STATE, PendingReview, RunDir
+from gpupipe.rundir import DECISIONS, DECODED, GROUP_DECISIONS, LEDGER, RANK_STATE, PendingReview, RunDir
 from gpupipe.scale.executor import make_executor
 from gpupipe.stages import rank as rank_stage
 from gpupipe.stages import review as rv
@@ -78,6 +78,7 @@ class RankOptions:
     torch_threads: int | None = None
     tta: int = 0                     # test-time augmentations averaged into each score (stages.rank.tta_set)
     backbone: BackboneSpec | None = None  # a user's feature extractor (models.backbone): linear heads, no CNN
+    decode_cache: bool = True        # decode each image once per run, into RUN_DIR/decoded (gpupipe.dali.decoded)
 
 
 @dataclass
@@ -191,7 +192,8 @@ def _run_rank(run_dir, options: RankOptions, log: Callable[[str], None], progres
     truth = rv.load_oracle(options.oracle) if options.oracle else None
     cfg = rank_stage.RankConfig(mode=options.mode, folds=options.folds, train=options.train,
                                 channels=options.channels, score_batch=options.score_batch,
-                                torch_threads=options.torch_threads, tta=options.tta, backbone=options.backbone)
+                                torch_threads=options.torch_threads, tta=options.tta, backbone=options.backbone,
+                                decode_cache=str(run_dir / DECODED) if options.decode_cache else None)
     with make_executor(workers=options.workers, scheduler=options.scheduler, gpu=device.is_gpu) as executor:
         return _rounds(run_dir, options, cfg, device, ledger, frame, state, truth, executor, log, progress)
 
@@ -256,6 +258,7 @@ def _rounds(run_dir: Path, options: RankOptions, cfg, device, ledger: Ledger, fr
                  "scored": stats.scored, "trained_on": stats.trained_on, "validated_on": stats.validated_on,
                  "model": stats.model, "schedule": stats.schedule,
                  "val_accuracy": stats.val_accuracy, "epochs": stats.epochs,
+                 "seconds_decode": round(stats.seconds_decode, 3),
                  "seconds_train": round(stats.seconds_train, 3), "seconds_score": round(stats.seconds_score, 3),
                  "score_images_per_second": round(stats.score_images_per_second, 1),
                  # rows flagged likely mislabeled after this round's scores (`models.score.flag_label_issues`),

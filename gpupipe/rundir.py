@@ -45,6 +45,7 @@ GROUP_DECISIONS = "group_decisions.parquet"
 CURATE_STATE = "curate.json"
 RUN_STATE = "run.json"
 PARTS = "parts"
+DECODED = "decoded"          # images decoded once for rank (`gpupipe.dali.decoded`)
 JOURNAL = ".commit"
 COMMIT = "COMMIT"
 
@@ -150,7 +151,7 @@ class RunDir:
                      "report.html"):
             if name not in keep:
                 (self.path / name).unlink(missing_ok=True)
-        for name in ("review", "models", "export", PARTS):
+        for name in ("review", "models", "export", PARTS, DECODED):
             if name not in keep:
                 shutil.rmtree(self.path / name, ignore_errors=True)
         fsync_dir(self.path)

@@ -179,6 +179,9 @@ def test_colour_images_of_mixed_sizes_and_three_classes(tmp_path):
     # --model / --schedule auto, decided by the images: colour, out-of-fold
     assert (res.rounds[0]["model"], res.rounds[0]["schedule"]) == ("photo-cnn", "onecycle")
     assert res.rounds[0]["epochs"] == [3, 3]
+    # every image decoded once, at the model's size, into the run directory (gpupipe.dali.decoded)
+    (cache,) = (tmp_path / "run" / "decoded").iterdir()
+    assert np.load(cache, mmap_mode="r").shape == (240, 24, 24, 3) and res.rounds[0]["seconds_decode"] > 0
     d = pq.read_table(tmp_path / "run" / "ledger.parquet").to_pandas()
     kept = d[d[schema.DEDUP_KEEP]]
     assert kept[schema.RANK_LOSS].notna().all()

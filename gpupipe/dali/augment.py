@@ -172,43 +172,62 @@ def _to_model(img):
 
 
 def file_pipeline(
-    device: Device, files: Sequence[str], rows: np.ndarray, *, size: int, channels: int,
+    device: Device, files, rows: np.ndarray, *, size: int, channels: int,
     batch_size: int, augment: AugmentConfig | None = None, shuffle: bool = False, seed: int = 0,
-    num_threads: int | None = None,
+    num_threads: int | None = None, as_uint8: bool = False,
 ):
     """`Epochs` over ``files``: batches of (x float (B, C, size, size) in 0..1, rows (B,)),
     ``rows[i]`` returned with ``files[i]``; shuffled anew each epoch when ``shuffle``.
 
     ``files``: paths of loose image files, or (path, locator) pairs
-    (`gpupipe.io.sources`) for samples inside a tar shard or a Parquet file.
+    (`gpupipe.io.sources`) for samples inside a tar shard or a Parquet file, or
+    a `gpupipe.dali.decoded.DecodedRefs` (images decoded once at ``size``).
     Loose files go through DALI's file reader; samples inside shards through an
-    ``external_source`` fed by `gpupipe.io.sources.read_many`, in the same graph.
+    ``external_source`` fed by `gpupipe.io.sources.read_many`, decoded ones
+    through an ``external_source`` over their array, in the same graph.
+    ``as_uint8``: x is the resized pixels, uint8 0..255 (no augmentation).
     """
+    from gpupipe.dali.decoded import ArrayBatches, DecodedRefs
+
     _require_dali()
     gpu = device.decoder == "mixed"
-    files, rows = list(files), [int(r) for r in rows]
+    decoded = files if isinstance(files, DecodedRefs) else None
+    if decoded is not None and (decoded.images.size, decoded.images.channels) != (size, channels):
+        raise ValueError(f"decoded images are {decoded.images.size} px, {decoded.images.channels} channel(s); "
+                         f"the pipeline wants {size} px, {channels}")
+    rows = [int(r) for r in rows]
+    files = decoded if decoded is not None else list(files)
     locs: list[str | None] = [None] * len(files)
-    for i, f in enumerate(files):
+    for i, f in enumerate([] if decoded is not None else files):
         if isinstance(f, tuple):
             files[i], locs[i] = f
     if shuffle:  # exact epochs: a seeded permutation first, DALI reshuffles the whole list after each
         order = np.random.default_rng(seed).permutation(len(files))
-        files, rows, locs = [files[i] for i in order], [rows[i] for i in order], [locs[i] for i in order]
+        rows, locs = [rows[i] for i in order], [locs[i] for i in order]
+        files = decoded.take(order) if decoded is not None else [files[i] for i in order]
     inside = any(loc is not None for loc in locs)
 
     @pipeline_def(batch_size=batch_size, num_threads=_threads(num_threads), device_id=device.dali_device_id,
                   seed=seed, prefetch_queue_depth=2)
     def _pipe():
-        if inside:
-            enc, row = fn.external_source(source=_ByteBatches(files, locs, rows, batch_size, shuffle, seed),
-                                          num_outputs=2, batch=True, cycle="raise",
+        if decoded is not None:
+            img, row = fn.external_source(source=ArrayBatches(files, rows, batch_size, shuffle, seed),
+                                          num_outputs=2, batch=True, cycle="raise", layout=["HWC", ""],
                                           dtype=[types.UINT8, types.INT64])
+            img = img.gpu() if gpu else img
         else:
-            enc, row = fn.readers.file(files=files, labels=rows, shuffle_after_epoch=shuffle, seed=seed,
-                                       name=READER, pad_last_batch=True)
-        img = fn.decoders.image(enc, device="mixed" if gpu else "cpu",
-                                output_type=types.GRAY if channels == 1 else types.RGB)
-        img = fn.resize(img, size=[size, size], antialias=True, dtype=types.UINT8)
+            if inside:
+                enc, row = fn.external_source(source=_ByteBatches(files, locs, rows, batch_size, shuffle, seed),
+                                              num_outputs=2, batch=True, cycle="raise",
+                                              dtype=[types.UINT8, types.INT64])
+            else:
+                enc, row = fn.readers.file(files=files, labels=rows, shuffle_after_epoch=shuffle, seed=seed,
+                                           name=READER, pad_last_batch=True)
+            img = fn.decoders.image(enc, device="mixed" if gpu else "cpu",
+                                    output_type=types.GRAY if channels == 1 else types.RGB)
+            img = fn.resize(img, size=[size, size], antialias=True, dtype=types.UINT8)
+        if as_uint8:
+            return img, row
         if augment is not None:
             img = _augment(img, augment, size=size, batch_size=batch_size, seed=seed + 1, gpu=gpu,
                            channels=channels)[0]
@@ -216,7 +235,7 @@ def file_pipeline(
 
     pipe = _pipe()
     pipe.build()
-    return Epochs(pipe, reader=not inside)
+    return Epochs(pipe, reader=not inside and decoded is None)
 
 
 class _ByteBatches:

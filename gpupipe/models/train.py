@@ -6,13 +6,14 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from gpupipe.dali.augment import AugmentConfig, file_pipeline
+from gpupipe.dali.decoded import take
 from gpupipe.device import Device
 from gpupipe.models import nets
 from gpupipe.models.score import score
@@ -87,10 +88,12 @@ class TrainResult:
 
 
 def train(
-    device: Device, files: Sequence[str], labels: np.ndarray, val_files: Sequence[str], val_labels: np.ndarray,
+    device: Device, files, labels: np.ndarray, val_files, val_labels: np.ndarray,
     *, num_classes: int, channels: int, config: TrainConfig, seed: int,
 ) -> TrainResult:
     """Train ``config.model`` on ``files`` with class indices ``labels (N,)`` in 0..num_classes-1.
+    ``files`` and ``val_files``: what `file_pipeline` takes (file refs, or
+    `gpupipe.dali.decoded.DecodedRefs`).
 
     Validation (no augmentation) runs after every epoch when ``val_files`` is
     non-empty; without it the model trains ``max_epochs`` epochs.
@@ -114,10 +117,10 @@ def train(
         opt = torch.optim.Adam(model.parameters(), lr=spec.lr)
         steps, cycle = 0, None
     smoothing = ONECYCLE_LABEL_SMOOTHING if onecycle else 0.0
-    train_epochs = file_pipeline(device, [files[i] for i in rows], rows, size=config.image_size,
+    train_epochs = file_pipeline(device, take(files, rows), rows, size=config.image_size,
                                  channels=channels, batch_size=config.batch_size, augment=augment,
                                  shuffle=True, seed=seed)
-    val_epochs = (file_pipeline(device, list(val_files), np.arange(len(val_files)), size=config.image_size,
+    val_epochs = (file_pipeline(device, val_files, np.arange(len(val_files)), size=config.image_size,
                                 channels=channels, batch_size=max(config.batch_size, 256))
                   if len(val_files) else None)
     y = torch.as_tensor(np.asarray(labels), dtype=torch.int64, device=device.torch_device)

@@ -26,6 +26,7 @@ from typing import Literal
 import numpy as np
 
 from gpupipe import schema
+from gpupipe.dali import decoded
 from gpupipe.dali.augment import AugmentConfig, file_pipeline
 from gpupipe.dali.strokes import StrokeSpec
 from gpupipe.device import Device
@@ -49,6 +50,7 @@ class RankConfig:
     torch_threads: int | None = None  # CPU threads per job (None: torch's default in-process, cores/workers on Dask)
     tta: int = 0                     # test-time augmentations averaged with the plain pass (seeded; 0: off)
     backbone: BackboneSpec | None = None  # a user's feature extractor: linear heads on its features, no CNN trained
+    decode_cache: str | None = None  # a directory: every image decoded once per run there (`gpupipe.dali.decoded`)
 
 
 @dataclass
@@ -66,6 +68,7 @@ class RankStats:
     seconds_score: float
     model: str = ""                  # what trained: the model's name and schedule ("auto" resolved), or the backbone
     schedule: str = ""
+    seconds_decode: float = 0.0      # decoding the images once (`RankConfig.decode_cache`; 0 when reused or off)
 
     @property
     def score_images_per_second(self) -> float:
@@ -153,7 +156,7 @@ class Job:
     seed: int
     y: np.ndarray                      # int64 (N,) class of every row (labels for training and scoring)
     score_rows: np.ndarray             # positions to score
-    score_refs: list
+    score_refs: list                   # file refs, or `gpupipe.dali.decoded.DecodedRefs` (as every *_refs)
     score_batch: int | None
     train_rows: np.ndarray | None = None
     train_refs: list | None = None
@@ -345,7 +348,29 @@ def rank(frame, ledger: Ledger, device: Device, cfg: RankConfig, *, round_no: in
         tcfg = replace(tcfg, schedule=resolve_schedule(channels=channels, mode=cfg.mode))
     if tcfg.model == nets.AUTO:
         tcfg = replace(tcfg, model=nets.auto_model(channels, init=tcfg.init))
-    t_train = t_score = 0.0
+    t_train = t_score = t_decode = 0.0
+    images = None
+    if cfg.decode_cache is not None and cfg.backbone is None:
+        t = time.perf_counter()
+        invalid, _ = ledger.host(frame, schema.IS_INVALID)
+        images = decoded.decode_once(device, rows.paths, ~invalid.astype(bool), size=tcfg.image_size,
+                                     channels=channels, directory=cfg.decode_cache)
+        t_decode = time.perf_counter() - t
+
+    strokes = isinstance(tcfg.augment, AugmentConfig) and max(tcfg.augment.strokes.black_spots,
+                                                               tcfg.augment.strokes.white_spots,
+                                                               tcfg.augment.strokes.dashed_lines) > 0
+
+    def refs(pos: np.ndarray, *, training: bool = False):
+        """What the jobs' pipelines read for rows ``pos``: the decoded images, else the files.
+        Training with pen strokes reads the files: fed from memory (as samples inside shards
+        are), those models flagged worse on digits in 11 of 12 seeds (F1 0.963 -> 0.953) with
+        equal pixels, draws and per-epoch statistics, cause not found; without strokes (5
+        seeds) and on colour digits (5) no worse (benchmarks/studies/bench_decoded_seeds.py,
+        RESULTS.md §34).  Scores do not depend on where their pixels come from."""
+        if images is None or (training and strokes):
+            return list(rows.paths[pos])
+        return images.take(pos)
     parts: list[Scores] = []
     epochs: list[int] = []
     val_acc: list[float] = []
@@ -359,7 +384,7 @@ def rank(frame, ledger: Ledger, device: Device, cfg: RankConfig, *, round_no: in
         if len(tr) == 0:
             raise NothingCertified("no certified rows to train on: certify a seed set first")
         t = time.perf_counter()
-        res = train(device, list(rows.paths[tr]), rows.y[tr], list(rows.paths[va]), rows.y[va],
+        res = train(device, refs(tr, training=True), rows.y[tr], refs(va), rows.y[va],
                     num_classes=k, channels=channels, config=tcfg, seed=seed)
         t_train += time.perf_counter() - t
         model, trained, validated = res.model, len(tr), len(va)
@@ -370,8 +395,8 @@ def rank(frame, ledger: Ledger, device: Device, cfg: RankConfig, *, round_no: in
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         ref = outlier.reference_rows(tr, seed)
         jobs = [Job(device.kind, tcfg, k, channels, seed, rows.y, todo[i:i + cfg.score_partition],
-                    list(rows.paths[todo[i:i + cfg.score_partition]]), cfg.score_batch, state=state,
-                    torch_threads=threads, ref_rows=ref, ref_refs=list(rows.paths[ref]), tta=cfg.tta)
+                    refs(todo[i:i + cfg.score_partition]), cfg.score_batch, state=state,
+                    torch_threads=threads, ref_rows=ref, ref_refs=refs(ref), tta=cfg.tta)
                 for i in range(0, len(todo), cfg.score_partition)]
         parts += [r.scores for r in mapped(jobs, f"round {round_no}: score jobs")]
         t_score += time.perf_counter() - t
@@ -392,10 +417,10 @@ def rank(frame, ledger: Ledger, device: Device, cfg: RankConfig, *, round_no: in
                 tr, va = rest[~is_val], rest[is_val]
             sc = elig[fold == f]
             ref = outlier.reference_rows(tr, seed + f)
-            jobs.append(Job(device.kind, tcfg, k, channels, seed + f, rows.y, sc, list(rows.paths[sc]),
-                            cfg.score_batch, train_rows=tr, train_refs=list(rows.paths[tr]), val_rows=va,
-                            val_refs=list(rows.paths[va]), torch_threads=threads, ref_rows=ref,
-                            ref_refs=list(rows.paths[ref]), tta=cfg.tta))
+            jobs.append(Job(device.kind, tcfg, k, channels, seed + f, rows.y, sc, refs(sc),
+                            cfg.score_batch, train_rows=tr, train_refs=refs(tr, training=True), val_rows=va,
+                            val_refs=refs(va), torch_threads=threads, ref_rows=ref,
+                            ref_refs=refs(ref), tta=cfg.tta))
             trained, validated = trained + len(tr), validated + (len(va) or len(sc))
         for res in mapped(jobs, f"round {round_no}: folds"):           # one fold per worker
             t_train += res.seconds_train
@@ -420,7 +445,8 @@ def rank(frame, ledger: Ledger, device: Device, cfg: RankConfig, *, round_no: in
     stats = RankStats(cfg.mode, rows.classes, channels, sum(len(p.rows) for p in parts), trained, validated,
                       float(np.mean(val_acc)) if val_acc else None, epochs, t_train, t_score,
                       model=cfg.backbone.factory if cfg.backbone is not None else tcfg.model,
-                      schedule="linear heads" if cfg.backbone is not None else tcfg.schedule)
+                      schedule="linear heads" if cfg.backbone is not None else tcfg.schedule,
+                      seconds_decode=t_decode)
     return frame, stats, model
 
 
