@@ -187,6 +187,7 @@ def main() -> int:
     ap.add_argument("--tta", default=None, help="rank's --tta (default: the CLI's)")
     ap.add_argument("--schedule", default=None, help="rank's --schedule (default: the CLI's)")
     ap.add_argument("--model", default=None, help="rank's --model (default: the CLI's), e.g. backbones:wide_cnn")
+    ap.add_argument("--decode-cache", default=None, help="rank's --decode-cache (default: the CLI's)")
     ap.add_argument("--tag", default=None, help="name of the run and results (default: the augment set, or "
                                                 "'backbone')")
     args = ap.parse_args()
@@ -208,7 +209,8 @@ def main() -> int:
                                         + (["--lr-decay", args.lr_decay] if args.lr_decay else [])
                                         + (["--schedule", args.schedule] if args.schedule else [])
                                         + (["--model", args.model] if args.model else [])
-                                        + (["--tta", args.tta] if args.tta else []))
+                                        + (["--tta", args.tta] if args.tta else [])
+                                        + (["--decode-cache", args.decode_cache] if args.decode_cache else []))
         if run.exists():
             shutil.rmtree(run)
         shutil.copytree(data / "dedup", run)

@@ -267,7 +267,7 @@ def bench(src, options: BenchOptions = BenchOptions(), *, log=lambda m: None) ->
             if options.rank:
                 labels = (ing.table.column(schema.LABEL).to_pylist() if schema.LABEL in ing.table.column_names
                           else [None] * n)
-                _rank_rows(rows, device, valid_refs, [labels[i] for i in valid], options, mem, log)
+                _rank_rows(rows, device, valid_refs, [labels[i] for i in valid], options, mem, log, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return _result(src, options, device, full, ing, rows, executor, n_workers, t_ingest, t_warm)
@@ -304,13 +304,17 @@ def _dedup_rows(rows: _Rows, s, t0: float, t1: float, mem: _Memory, n: int) -> N
 
 
 def _rank_rows(rows: _Rows, device: Device, refs: list, labels: list, options: BenchOptions, mem: _Memory,
-               log) -> None:
-    """Scoring as `gpupipe.stages.rank.run_job` scores (DALI decode + resize,
-    `gpupipe.models.score.score`) vs the bare forward pass over the same
-    inputs held in memory, and one augmented training epoch (`train`)."""
+               log, scratch: str) -> None:
+    """Scoring as `gpupipe.stages.rank.run_job` scores: each image decoded once
+    into the run's decoded images (`gpupipe.dali.decoded`, timed once), then
+    the forward pass and per-sample scores over them; the same from the files
+    (``--decode-cache off``: decode + resize every pass); the bare forward
+    pass over inputs held in memory; one augmented training epoch (`train`)
+    from the decoded images."""
     import torch
 
     from gpupipe.dali.augment import AugmentConfig, file_pipeline
+    from gpupipe.dali.decoded import decode_once
     from gpupipe.models import nets
     from gpupipe.models.score import score
     from gpupipe.models.train import TrainConfig, train
@@ -326,17 +330,35 @@ def _rank_rows(rows: _Rows, device: Device, refs: list, labels: list, options: B
     model = nets.build(nets.resolve_model(name), k, channels, seed=0).to(device.torch_device)
     rows_all = np.arange(len(refs))
     cuda = device.is_gpu
-    for r in range(options.repeat):
-        epochs = file_pipeline(device, refs, rows_all, size=size, channels=channels, batch_size=batch)
+    note = f"{name}, batch {batch}, {size} px, {channels} channel(s)"
+    t0 = time.perf_counter()
+    refs_all = np.empty(len(refs), object)
+    refs_all[:] = refs
+    images = decode_once(device, refs_all, np.ones(len(refs), bool), size=size, channels=channels,
+                         directory=os.path.join(scratch, "decoded"))
+    t1 = time.perf_counter()
+    if images is not None:
+        rows.add("decode", "rank's decoded images (each decoded once per run)", "images", len(refs), t1 - t0,
+                 mem.peak(t0, t1), note=f"{size} px, {channels} channel(s), uint8")
+    sources = {"score_files": refs, **({"score": images.take(rows_all)} if images is not None else {})}
+    stages = {"score": "rank scoring (decoded images: forward, per-sample scores)",
+              "score_files": "rank scoring from the files (decode, resize, forward, per-sample scores)"}
+
+    def timed(key: str) -> None:
+        epochs = file_pipeline(device, sources[key], rows_all, size=size, channels=channels, batch_size=batch)
         t0 = time.perf_counter()
         score(model, epochs, y, torch_device=device.torch_device)
         if cuda:
             torch.cuda.synchronize()
         t1 = time.perf_counter()
-        rows.add("score", "rank scoring (decode, resize, forward, per-sample scores)", "images", len(refs),
-                 t1 - t0, mem.peak(t0, t1), note=f"{name}, batch {batch}, {size} px, {channels} channel(s)")
+        rows.add(key, stages[key], "images", len(refs), t1 - t0, mem.peak(t0, t1), note=note)
+
+    for r in range(options.repeat):
+        for key in (sources if r % 2 == 0 else reversed(list(sources))):
+            timed(key)
         held, count = [], 0
-        for x, _ in epochs:
+        for x, _ in file_pipeline(device, sources.get("score", refs), rows_all, size=size, channels=channels,
+                                  batch_size=batch):
             held.append(nets.as_input(x.to(device.torch_device)).clone())
             count += len(x)
             if count >= HELD:
@@ -354,19 +376,21 @@ def _rank_rows(rows: _Rows, device: Device, refs: list, labels: list, options: B
             t1 = time.perf_counter()
         rows.add("forward", "bare forward (the same inputs, in memory)", "images", count, t1 - t0,
                  mem.peak(t0, t1))
-        del held, epochs
-        log(f"  round {r + 1}: scoring {len(refs) / rows.rows['score']['rounds'][-1]:,.0f} images/s, "
-            f"bare forward {count / (t1 - t0):,.0f} images/s")
+        del held
+        log(f"  round {r + 1}: " + ", ".join(
+            f"{stages[key].split(' (')[0]} {len(refs) / rows.rows[key]['rounds'][-1]:,.0f} images/s"
+            for key in sources) + f", bare forward {count / (t1 - t0):,.0f} images/s")
     m = min(len(refs), options.train_limit)
     augment = AugmentConfig.auto(channels=channels, mode="oof")
     cfg = TrainConfig(model=name, image_size=size, epoch_samples=m, max_epochs=1, augment=augment,
                       schedule=resolve_schedule(channels=channels, mode="oof"))
     t0 = time.perf_counter()
-    train(device, refs[:m], y[:m], [], np.zeros(0, np.int64), num_classes=k, channels=channels, config=cfg,
-          seed=options.seed)
+    train(device, refs[:m] if images is None else images.take(rows_all[:m]), y[:m], [],
+          np.zeros(0, np.int64), num_classes=k, channels=channels, config=cfg, seed=options.seed)
     t1 = time.perf_counter()
     rows.add("train", "training, one augmented epoch", "images", m, t1 - t0, mem.peak(t0, t1),
-             note=f"{'photo' if channels == 3 else 'light'} augmentations (auto), batch {cfg.batch_size}")
+             note=f"{'photo' if channels == 3 else 'light'} augmentations (auto), batch {cfg.batch_size}"
+                  + (", decoded images" if images is not None else ", from the files"))
     log(f"  training: {m / (t1 - t0):,.0f} images/s")
 
 
@@ -384,19 +408,21 @@ def _result(src, options: BenchOptions, device: Device, full, ing, rows: _Rows, 
                if sec > 0 else None,
                "peak_host_bytes": r["peak_host_bytes"], "peak_device_bytes": r["peak_device_bytes"],
                "note": r["note"]}
-        if key in ("score", "forward", "train"):       # their own images, not the whole sample
+        if key in ("decode", "score", "score_files", "forward", "train"):   # their own images, not the sample
             row["sample_images_per_s"] = row["per_s"]
         row["of_decode_ceiling"] = (round(row["sample_images_per_s"] / c_rate, 3)
                                     if row["sample_images_per_s"] else None)
         if r["mapped"] and n_workers > 1:
             row["per_worker_per_s"] = round(row["per_s"] / n_workers, 1)
         out_rows.append(row)
-    order = ["ceiling", "hash", "probe", "search", "check", "rest", "dedup", "score", "forward", "train"]
+    order = ["ceiling", "hash", "probe", "search", "check", "rest", "dedup", "decode", "score", "score_files",
+             "forward", "train"]
     out_rows.sort(key=lambda x: order.index(x["key"]))
     by = {r["key"]: r for r in out_rows}
     ratios = {"dedup_vs_ceiling": by["dedup"]["of_decode_ceiling"], "hash_vs_ceiling": by["hash"]["of_decode_ceiling"]}
-    if "score" in by:
-        ratios["score_vs_forward"] = round(by["score"]["per_s"] / by["forward"]["per_s"], 3)
+    for key in ("score", "score_files"):
+        if key in by:
+            ratios[f"{key}_vs_forward"] = round(by[key]["per_s"] / by["forward"]["per_s"], 3)
     return {
         "format": FORMAT, "date": time.strftime("%Y-%m-%d %H:%M"), "source": str(src), "layout": ing.layout,
         "sample": {"images": n, "of": full.table.num_rows, "seed": options.seed,
@@ -439,4 +465,6 @@ def format_table(result: dict) -> str:
             f"hash stage / decode ceiling: {ra['hash_vs_ceiling']:.0%}"]
     if "score_vs_forward" in ra:
         tail.append(f"scoring / bare forward: {ra['score_vs_forward']:.0%}")
+    if "score_files_vs_forward" in ra:
+        tail.append(f"scoring from the files / bare forward: {ra['score_files_vs_forward']:.0%}")
     return "\n".join(lines + [""] + ["; ".join(tail)])

@@ -1,19 +1,25 @@
-"""`rank`'s scoring path against the bare forward, outside `gpupipe bench`.
+"""`rank`'s scoring path against the bare forward, taken apart, outside `gpupipe bench`.
 
-    python benchmarks/studies/bench_score_forward.py /tmp/cifar10 [--models small-cnn photo-cnn] [--rounds 2]
+    python benchmarks/studies/bench_score_forward.py /tmp/cifar10 [--models small-cnn photo-cnn] [--rounds 3]
 
-`gpupipe bench` read photo-cnn's scoring (decode, resize, forward, per-sample
-scores) faster than its bare forward over inputs already in memory, which
-cannot be (RESULTS.md §33).  This times the same two things in a plain
-process: `score` over a DALI `file_pipeline` of every ``*.jpg`` under SRC
-(batch 1024, 32 px), then the model's forward over 8 random batches of 1024
-held in memory (channels-last, inference mode); torch's threads as they
-come.  Prints images/s of each, per model and round.
+Over every ``*.jpg`` under SRC (32 px, batch 1024, torch's threads as they
+come), per model and round, in one process:
+
+* decode: a DALI `file_pipeline` epoch, nothing done with the batches;
+* scoring from the files: `score` over that pipeline (decode + resize + forward);
+* scoring from the decoded images: `score` over a `file_pipeline` of the images
+  decoded once (`gpupipe.dali.decoded`, what `rank` reads since §34);
+* scoring from memory: `score` over the same batches held as tensors;
+* bare forward: the model over the held batches (inference mode), all of
+  them.  (An earlier version timed 8 batches of random tensors after a
+  short warm-up, and read the forward 2-3x slower than this: RESULTS.md §34.)
+Prints images/s of each and scoring over the bare forward.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,6 +27,7 @@ import numpy as np
 import torch
 
 from gpupipe.dali.augment import file_pipeline
+from gpupipe.dali.decoded import decode_once
 from gpupipe.device import cpu_device
 from gpupipe.models import nets
 from gpupipe.models.score import score
@@ -30,29 +37,55 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("src")
     ap.add_argument("--models", nargs="+", default=["small-cnn", "photo-cnn"])
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    refs = sorted(str(p) for p in Path(args.src).rglob("*.jpg"))
-    y = np.zeros(len(refs), np.int64)
-    held = [nets.as_input(torch.rand(1024, 3, 32, 32)) for _ in range(8)]
-    print(f"{len(refs)} images, {torch.get_num_threads()} torch threads")
-    for name in args.models:
-        model = nets.build(nets.resolve_model(name), 10, 3, seed=0)
-        for r in range(args.rounds):
-            epochs = file_pipeline(cpu_device(), refs, np.arange(len(refs)), size=32, channels=3, batch_size=1024)
+    refs = np.array(sorted(str(p) for p in Path(args.src).rglob("*.jpg")), dtype=object)
+    n, dev = len(refs), cpu_device()
+    rows = np.arange(n)
+    y = np.zeros(n, np.int64)
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        images = decode_once(dev, refs, np.ones(n, bool), size=32, channels=3, directory=tmp)
+        print(f"{n} images, {torch.get_num_threads()} torch threads; decoded once in "
+              f"{time.perf_counter() - t:.2f} s", flush=True)
+
+        def files():
+            return file_pipeline(dev, list(refs), rows, size=32, channels=3, batch_size=1024)
+
+        def decoded():
+            return file_pipeline(dev, images.take(rows), rows, size=32, channels=3, batch_size=1024)
+
+        held = [(nets.as_input(x).clone(), r) for x, r in decoded()]
+
+        def rate(f) -> float:
             t = time.perf_counter()
-            s = score(model, epochs, y, torch_device="cpu")
-            scoring = len(s.rows) / (time.perf_counter() - t)
-            del epochs
-            with torch.inference_mode():
-                model.eval()
-                model(held[0])
-                t = time.perf_counter()
-                for x in held:
-                    model(x)
-                bare = len(held) * 1024 / (time.perf_counter() - t)
-            print(f"{name} round {r + 1}: scoring {scoring:,.0f} images/s ({len(np.unique(s.rows))} rows), "
-                  f"bare forward {bare:,.0f} images/s, ratio {scoring / bare:.2f}")
+            f()
+            return n / (time.perf_counter() - t)
+
+        for name in args.models:
+            model = nets.build(nets.resolve_model(name), 10, 3, seed=0)
+
+            def bare() -> None:
+                with torch.inference_mode():
+                    model.eval()
+                    for x, _ in held:
+                        model(x)
+
+            bare()                                                     # warm-up
+            for r in range(args.rounds):
+                ep = files()
+                dec = rate(lambda: [None for _ in ep])
+                ep = files()
+                s_files = rate(lambda: score(model, ep, y, torch_device="cpu"))
+                ep = decoded()
+                s_dec = rate(lambda: score(model, ep, y, torch_device="cpu"))
+                del ep
+                s_mem = rate(lambda: score(model, held, y, torch_device="cpu"))
+                fwd = rate(bare)
+                print(f"{name} round {r + 1}: decode {dec:,.0f}, scoring from the files {s_files:,.0f} "
+                      f"({s_files / fwd:.2f}), from the decoded images {s_dec:,.0f} ({s_dec / fwd:.2f}), "
+                      f"from memory {s_mem:,.0f} ({s_mem / fwd:.2f}), bare forward {fwd:,.0f} images/s",
+                      flush=True)
 
 
 if __name__ == "__main__":
