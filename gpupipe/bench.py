@@ -14,9 +14,12 @@ order the pipeline runs them:
   its steps as that run timed them: the hash stage (read, sniff, decode,
   hashes, thumbnails), the recall probe, the candidate search and the
   same-picture check (pairs/s);
-* **scoring**: `rank`'s scoring path (DALI decode + resize, the forward pass,
-  per-sample scores) against the bare forward pass of the same model over the
-  same inputs already in memory, and training images/s for one augmented epoch.
+* **scoring**: `rank`'s scoring path as rank runs it (each image decoded and
+  resized once, `gpupipe.dali.decoded`, timed as its own row; then the forward
+  pass and per-sample scores over those pixels) and from the files (decode +
+  resize every pass, ``--decode-cache off``), against the bare forward pass of
+  the same model over the same inputs already in memory, and training images/s
+  for one augmented epoch.
 
 Every step's rate is also given as a share of the decode ceiling: the rate at
 which the sample's images pass that step, over the ceiling's.  Peak memory is
