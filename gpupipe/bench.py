@@ -335,9 +335,7 @@ def _rank_rows(rows: _Rows, device: Device, refs: list, labels: list, options: B
     cuda = device.is_gpu
     note = f"{name}, batch {batch}, {size} px, {channels} channel(s)"
     t0 = time.perf_counter()
-    refs_all = np.empty(len(refs), object)
-    refs_all[:] = refs
-    images = decode_once(device, refs_all, np.ones(len(refs), bool), size=size, channels=channels,
+    images = decode_once(device, refs, np.ones(len(refs), bool), size=size, channels=channels,
                          directory=os.path.join(scratch, "decoded"))
     t1 = time.perf_counter()
     if images is not None:

@@ -196,11 +196,12 @@ def file_pipeline(
         raise ValueError(f"decoded images are {decoded.images.size} px, {decoded.images.channels} channel(s); "
                          f"the pipeline wants {size} px, {channels}")
     rows = [int(r) for r in rows]
-    files = decoded if decoded is not None else list(files)
     locs: list[str | None] = [None] * len(files)
-    for i, f in enumerate([] if decoded is not None else files):
-        if isinstance(f, tuple):
-            files[i], locs[i] = f
+    if decoded is None:
+        files = list(files)
+        for i, f in enumerate(files):
+            if isinstance(f, tuple):
+                files[i], locs[i] = f
     if shuffle:  # exact epochs: a seeded permutation first, DALI reshuffles the whole list after each
         order = np.random.default_rng(seed).permutation(len(files))
         rows, locs = [rows[i] for i in order], [locs[i] for i in order]

@@ -2,17 +2,17 @@
 
 A rank round reads every image many times: each out-of-fold model trains on
 it for every epoch, and a model scores it (and its test-time views).  Decoded
-from its file each time, on 2 cores a 32 px CIFAR-10 JPEG decodes and resizes
-at ~30,000 images/s, the bare forward of small-cnn runs at ~26,000: decoding
-held scoring to ~0.45 of the forward (both share the cores), and the decode
-repeated every training epoch.  `decode_once` decodes each valid row once per
+from its file each time (on 2 cores a 32 px CIFAR-10 JPEG decodes and resizes
+at ~28,000-36,000 images/s, on the cores the forward pass needs), scoring
+photo-cnn reached 0.69-0.79 of the bare forward, from the decoded pixels
+0.88-0.90 (RESULTS.md §34).  `decode_once` decodes each valid row once per
 run (`file_pipeline`'s decode and resize, to uint8), into
 ``DIR/decoded-<size>px-<channels>c-<key>.npy`` (uint8 (N, size, size, C), row
 i = the table's position i, written atomically); `file_pipeline` takes a
 `DecodedRefs` in place of file refs and feeds those pixels to the same
 augmentation graph through an ``external_source``.  The pixels are the ones
-the file path gives, bit for bit, so only the random streams move.
-Measured: benchmarks/studies/bench_score_forward.py, RESULTS.md §34.
+the file path gives, bit for bit, so only the random streams move
+(benchmarks/studies/bench_score_forward.py, bench_decoded_seeds.py).
 
 The key hashes the rows' refs (path and locator) with the size and channels:
 a new ingest, size or channel count decodes again; reviews (relabels,
@@ -78,18 +78,19 @@ def take(refs, idx):
 def cache_key(refs, use: np.ndarray, size: int, channels: int) -> str:
     import xxhash
 
+    pos = np.flatnonzero(use)
     h = xxhash.xxh3_128()
     h.update(f"{size}:{channels}:{len(refs)}\n".encode())
-    h.update(np.flatnonzero(use).astype(np.int64).tobytes())
-    for i in np.flatnonzero(use):
-        h.update(repr(refs[i]).encode() + b"\n")
+    h.update(pos.astype(np.int64).tobytes())
+    h.update("\n".join(repr(refs[i]) for i in pos).encode())
     return h.hexdigest()[:16]
 
 
 def decode_once(device: Device, refs, use: np.ndarray, *, size: int, channels: int, directory: str | os.PathLike,
                 batch_size: int = 1024) -> DecodedImages | None:
-    """The rows ``use`` (bool (N,)) of ``refs`` (object (N,): a path or (path,
-    locator) each) decoded and resized to ``size`` (uint8), in ``directory``;
+    """The rows ``use`` (bool (N,)) of ``refs`` (N: a path or a (path, locator)
+    pair each, as `file_pipeline` takes) decoded and resized to ``size``
+    (uint8), in ``directory``;
     an existing file with the same key is reused, other ``decoded-*`` files
     there are removed.  None when the array would pass `CACHE_BUDGET` or the
     disk has less than twice its size free: the caller decodes from the files."""

@@ -36,6 +36,11 @@ class StrokeSpec:
     dash_length: tuple[float, float] = (0.06, 0.18)  # dash and gap lengths
     line_width: float = 0.03
 
+    @property
+    def any(self) -> bool:
+        """Whether any mark is drawn at all."""
+        return max(self.black_spots, self.white_spots, self.dashed_lines) > 0
+
 
 class StrokeMasks:
     """Callable for DALI's batched ``external_source``: each call returns a list

@@ -357,9 +357,7 @@ def rank(frame, ledger: Ledger, device: Device, cfg: RankConfig, *, round_no: in
                                      channels=channels, directory=cfg.decode_cache)
         t_decode = time.perf_counter() - t
 
-    strokes = isinstance(tcfg.augment, AugmentConfig) and max(tcfg.augment.strokes.black_spots,
-                                                               tcfg.augment.strokes.white_spots,
-                                                               tcfg.augment.strokes.dashed_lines) > 0
+    strokes = isinstance(tcfg.augment, AugmentConfig) and tcfg.augment.strokes.any
 
     def refs(pos: np.ndarray, *, training: bool = False):
         """What the jobs' pipelines read for rows ``pos``: the decoded images, else the files.
