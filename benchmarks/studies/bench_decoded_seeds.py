@@ -4,11 +4,20 @@ images of no class), one out-of-fold round (3 folds, 10 epochs) per seed,
 with ``decode_cache`` on and off.
 
     python benchmarks/studies/bench_decoded_seeds.py [--seeds 0 1 2 3] [--out F.json]
+        [--colour | --no-strokes] [--train-decoded] [--order numpy|dali] [--mask-seed-offset N]
 
 The decoded pixels are the files' bit for bit (tests/test_decoded.py); what
 moves is the random stream (the epochs' order, the augmentations' draws).
 Prints per seed and mode: flag F1 against the flips, images of no class
 flagged, the outlier score's AP, seconds of the round.
+
+Since §34 a round trains from the files whenever its augmentations draw pen
+strokes; ``--train-decoded`` lifts that rule (the experiment that found the
+gap).  Two experiments on the decoded path, by patching it in this process:
+``--order dali`` takes each training epoch's order from a DALI file reader
+(over one dummy file, ``shuffle_after_epoch`` as the file path's) instead of
+numpy's permutation; ``--mask-seed-offset N`` seeds the pen-stroke masks'
+generator N further along.
 """
 
 from __future__ import annotations
@@ -71,13 +80,62 @@ def _ap(score: np.ndarray, positive: np.ndarray) -> float:
     return float((np.cumsum(hits) / np.arange(1, len(hits) + 1) * hits).sum() / max(1, hits.sum()))
 
 
+def patch(args) -> None:
+    """The experiments' patches of the decoded path (see the module's doc)."""
+    from gpupipe.dali import augment, decoded, strokes
+
+    if args.train_decoded:
+        strokes.StrokeSpec.any = property(lambda self: False)          # rank's rule sees no strokes
+    if args.mask_seed_offset:
+        masks, offset = augment.StrokeMasks, args.mask_seed_offset
+        augment.StrokeMasks = lambda spec, *, size, batch_size, seed: masks(spec, size=size, batch_size=batch_size,
+                                                                            seed=seed + offset)
+    if args.order == "dali":
+        orders: dict = {}
+        dummy = Path(tempfile.mkdtemp(prefix="dali-order-")) / "x.bin"
+        dummy.write_bytes(b"x")
+
+        def reader_order(n: int, seed: int, epoch: int) -> np.ndarray:
+            from nvidia.dali import fn, pipeline_def
+            from nvidia.dali.plugin.base_iterator import LastBatchPolicy
+            from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+            if (n, seed) not in orders:
+                @pipeline_def(batch_size=256, num_threads=1, device_id=None, seed=seed)
+                def pipe():
+                    _, row = fn.readers.file(files=[str(dummy)] * n, labels=list(range(n)), shuffle_after_epoch=True,
+                                             seed=seed, name="reader", pad_last_batch=True)
+                    return row
+
+                p = pipe()
+                p.build()
+                it = DALIGenericIterator(p, ["row"], reader_name="reader", last_batch_policy=LastBatchPolicy.PARTIAL,
+                                         auto_reset=True)
+                orders[(n, seed)] = [np.concatenate([b[0]["row"].reshape(-1).numpy() for b in it]) for _ in range(40)]
+            return orders[(n, seed)][epoch % 40]
+
+        def dali_iter(self):
+            self._epoch += 1
+            n = len(self.rows)
+            # the first epoch served (DALI restarts the source once before serving) is the reader's first
+            self._order = reader_order(n, self.seed, max(self._epoch - 1, 0)) if self.shuffle else np.arange(n)
+            self._pos = 0
+            return self
+
+        decoded.ArrayBatches.__iter__ = dali_iter
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     ap.add_argument("--out", default=None)
     ap.add_argument("--colour", action="store_true", help="tinted digits: the photo defaults (photo-cnn, one cycle)")
     ap.add_argument("--no-strokes", action="store_true", help="the light set without its spots")
+    ap.add_argument("--train-decoded", action="store_true", help="train from the decoded images even with strokes")
+    ap.add_argument("--order", choices=("numpy", "dali"), default="numpy", help="decoded path: each epoch's order")
+    ap.add_argument("--mask-seed-offset", type=int, default=0, help="decoded path: the stroke masks' seed + N")
     args = ap.parse_args()
+    patch(args)
     base = Path(tempfile.mkdtemp(prefix="decoded-seeds-"))
     try:
         run, outliers, flips = planted(base, colour=args.colour)
