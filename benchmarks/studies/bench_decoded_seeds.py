@@ -16,7 +16,8 @@ strokes; ``--train-decoded`` lifts that rule (the experiment that found the
 gap).  Two experiments on the decoded path, by patching it in this process:
 ``--order dali`` takes each training epoch's order from a DALI file reader
 (over one dummy file, ``shuffle_after_epoch`` as the file path's) instead of
-numpy's permutation; ``--mask-seed-offset N`` seeds the pen-stroke masks'
+numpy's permutation; ``--order numpy-all`` reshuffles the first epoch too
+(shipped: the first epoch is the initial permutation as it is); ``--mask-seed-offset N`` seeds the pen-stroke masks'
 generator N further along.
 """
 
@@ -90,6 +91,16 @@ def patch(args) -> None:
         masks, offset = augment.StrokeMasks, args.mask_seed_offset
         augment.StrokeMasks = lambda spec, *, size, batch_size, seed: masks(spec, size=size, batch_size=batch_size,
                                                                             seed=seed + offset)
+    if args.order == "numpy-all":
+        def reshuffled_iter(self):
+            self._epoch += 1
+            n = len(self.rows)
+            self._order = (np.random.default_rng([self.seed, self._epoch, 1]).permutation(n) if self.shuffle
+                           else np.arange(n))
+            self._pos = 0
+            return self
+
+        decoded.ArrayBatches.__iter__ = reshuffled_iter
     if args.order == "dali":
         orders: dict = {}
         dummy = Path(tempfile.mkdtemp(prefix="dali-order-")) / "x.bin"
@@ -132,7 +143,8 @@ def main() -> None:
     ap.add_argument("--colour", action="store_true", help="tinted digits: the photo defaults (photo-cnn, one cycle)")
     ap.add_argument("--no-strokes", action="store_true", help="the light set without its spots")
     ap.add_argument("--train-decoded", action="store_true", help="train from the decoded images even with strokes")
-    ap.add_argument("--order", choices=("numpy", "dali"), default="numpy", help="decoded path: each epoch's order")
+    ap.add_argument("--order", choices=("numpy", "numpy-all", "dali"), default="numpy",
+                    help="decoded path: each epoch's order (numpy-all: the first epoch reshuffled too)")
     ap.add_argument("--mask-seed-offset", type=int, default=0, help="decoded path: the stroke masks' seed + N")
     args = ap.parse_args()
     patch(args)
