@@ -84,6 +84,17 @@ def test_the_array_is_reused_while_the_key_holds_and_made_anew_when_it_changes(p
         file_pipeline(dev, c.take([0]), [0], size=24, channels=3, batch_size=4)
     monkeypatch.setattr(decoded, "CACHE_BUDGET", 1000)
     assert decoded.decode_once(dev, refs, use, size=24, channels=3, directory=tmp_path / "small") is None
+    monkeypatch.undo()
+    # the disk fills between the free-space check and the array's blocks: decoded from the files, nothing left
+    import errno
+    import os
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    assert decoded.decode_once(dev, refs, use, size=20, channels=3, directory=tmp_path / "full") is None
+    assert list((tmp_path / "full").iterdir()) == []
 
 
 def test_training_epochs_over_decoded_images_show_every_row_once_reshuffled(photos, tmp_path):

@@ -92,8 +92,9 @@ def decode_once(device: Device, refs, use: np.ndarray, *, size: int, channels: i
     pair each, as `file_pipeline` takes) decoded and resized to ``size``
     (uint8), in ``directory``;
     an existing file with the same key is reused, other ``decoded-*`` files
-    there are removed.  None when the array would pass `CACHE_BUDGET` or the
-    disk has less than twice its size free: the caller decodes from the files."""
+    there are removed.  None when the array would pass `CACHE_BUDGET`, the
+    disk has less than twice its size free, or its blocks cannot be reserved
+    (`_reserve`): the caller decodes from the files."""
     from gpupipe.dali.augment import file_pipeline
     from gpupipe.table import crash_point, fsync_dir
 
@@ -115,6 +116,10 @@ def decode_once(device: Device, refs, use: np.ndarray, *, size: int, channels: i
     os.close(fd)
     try:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size, channels))
+        if not _reserve(tmp):          # the disk filled up since the check: decode from the files
+            del out
+            Path(tmp).unlink(missing_ok=True)
+            return None
         pos = np.flatnonzero(use)
         if len(pos):
             for x, rows in file_pipeline(device, [refs[i] for i in pos], pos, size=size, channels=channels,
@@ -131,6 +136,24 @@ def decode_once(device: Device, refs, use: np.ndarray, *, size: int, channels: i
         Path(tmp).unlink(missing_ok=True)
         raise
     return images
+
+
+def _reserve(path: str) -> bool:
+    """Allocate every block of the (sparse) file now, so that a full disk is an
+    error here rather than a SIGBUS while the memory map is written.  False
+    when the disk is full; True when reserved, or where the file system cannot
+    reserve (then writes go as they would without it)."""
+    import errno
+
+    try:
+        with open(path, "rb+") as fh:
+            os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return False
+    except AttributeError:            # no posix_fallocate on this platform
+        pass
+    return True
 
 
 class ArrayBatches:
