@@ -4,7 +4,8 @@ images of no class), one out-of-fold round (3 folds, 10 epochs) per seed,
 with ``decode_cache`` on and off.
 
     python benchmarks/studies/bench_decoded_seeds.py [--seeds 0 1 2 3] [--out F.json]
-        [--colour | --no-strokes] [--train-decoded] [--order numpy|dali] [--mask-seed-offset N]
+        [--colour | --no-strokes] [--train-decoded] [--order numpy|numpy-all|dali] [--mask-seed-offset N]
+        [--shards]
 
 The decoded pixels are the files' bit for bit (tests/test_decoded.py); what
 moves is the random stream (the epochs' order, the augmentations' draws).
@@ -18,7 +19,11 @@ gap).  Two experiments on the decoded path, by patching it in this process:
 (over one dummy file, ``shuffle_after_epoch`` as the file path's) instead of
 numpy's permutation; ``--order numpy-all`` reshuffles the first epoch too
 (shipped: the first epoch is the initial permutation as it is); ``--mask-seed-offset N`` seeds the pen-stroke masks'
-generator N further along.
+generator N further along.  ``--shards``: the second arm is the same tree
+written as WebDataset shards (500 samples a shard), ranked with the defaults
+(training reads the shard members' bytes through an ``external_source``, as
+rank does with pen strokes), against the ImageFolder read by DALI's file
+reader; rows are matched by file name.
 """
 
 from __future__ import annotations
@@ -146,11 +151,22 @@ def main() -> None:
     ap.add_argument("--order", choices=("numpy", "numpy-all", "dali"), default="numpy",
                     help="decoded path: each epoch's order (numpy-all: the first epoch reshuffled too)")
     ap.add_argument("--mask-seed-offset", type=int, default=0, help="decoded path: the stroke masks' seed + N")
+    ap.add_argument("--shards", action="store_true", help="second arm: the tree as WebDataset shards (file path)")
     args = ap.parse_args()
     patch(args)
     base = Path(tempfile.mkdtemp(prefix="decoded-seeds-"))
     try:
         run, outliers, flips = planted(base, colour=args.colour)
+        second = run
+        if args.shards:
+            from gpupipe.datasets import imagefolder_samples, write_webdataset
+
+            write_webdataset(imagefolder_samples(base / "tree"), base / "wds", shard_size=500)
+            second = base / "run-shards"
+            run_dedup(base / "wds", second, DedupOptions(device="cpu", recall_sample=0))
+        arms = {False: "files", True: "shards" if args.shards else "decoded"}
+        outliers = {Path(k).name for k in outliers}
+        flips = {Path(k).name for k in flips}
         out = []
         train = TrainConfig(max_epochs=10)
         if args.no_strokes:
@@ -163,19 +179,20 @@ def main() -> None:
         for seed in args.seeds:
             for cache in (False, True):
                 r = base / f"r{seed}{int(cache)}"
-                shutil.copytree(run, r)
+                shutil.copytree(second if cache else run, r)
                 t = time.perf_counter()
                 run_rank(r, RankOptions(device="cpu", review="person", worst=10, best=10, mode="oof", folds=3,
                                         max_rounds=1, train=train, seed=seed,
-                                        decode_cache=cache))
+                                        decode_cache=cache or args.shards))
                 sec = time.perf_counter() - t
                 d = pq.read_table(r / "ledger.parquet").to_pandas()
                 d = d[d[schema.RANK_LOSS].notna()]
-                is_out = d[schema.REL_PATH].isin(outliers).to_numpy()
-                is_flip = d[schema.REL_PATH].isin(flips).to_numpy()
+                names = d[schema.REL_PATH].map(lambda r: r.rsplit("/", 1)[-1])
+                is_out = names.isin(outliers).to_numpy()
+                is_flip = names.isin(flips).to_numpy()
                 flag = d[schema.RANK_FLAG].to_numpy(bool)
                 f1 = 2 * (flag & is_flip).sum() / (flag.sum() + is_flip.sum())
-                row = {"seed": seed, "decoded": cache, "flag_f1": round(float(f1), 3),
+                row = {"seed": seed, "decoded": cache, "arm": arms[cache], "flag_f1": round(float(f1), 3),
                        "no_class_flagged": int((flag & is_out).sum()),
                        "outlier_ap": round(_ap(d[schema.RANK_OUTLIER].to_numpy(float), is_out), 3),
                        "seconds": round(sec, 1)}
@@ -184,7 +201,7 @@ def main() -> None:
                 shutil.rmtree(r)
         for cache in (False, True):
             rs = [r for r in out if r["decoded"] == cache]
-            print(f"decoded={cache}: F1 mean {np.mean([r['flag_f1'] for r in rs]):.3f}, no class flagged "
+            print(f"{arms[cache]}: F1 mean {np.mean([r['flag_f1'] for r in rs]):.3f}, no class flagged "
                   f"{[r['no_class_flagged'] for r in rs]}, outlier AP mean {np.mean([r['outlier_ap'] for r in rs]):.3f}, "
                   f"seconds mean {np.mean([r['seconds'] for r in rs]):.1f}")
         if args.out:
