@@ -446,6 +446,38 @@ def plant_dataset(
 
 
 # --- the same samples as WebDataset shards or Parquet files ------------------------------
+def plant_no_class_images(root: str | Path, digits: np.ndarray, *, count: int = 60, seed: int = 7
+                          ) -> dict[str, str]:
+    """Write ``count`` images of no class among an ImageFolder of 32x32 digits
+    (folders 0-9), what a person removes as "not a valid image of any class":
+    in turn a Fashion-MNIST test image, a blank scan (a flat grey level with
+    scanner noise), random noise, and a heavy crop (a 3x3 corner of one of
+    ``digits``, uint8 (N, 8, 8) or (N, 8, 8, 3), blown up), each gray, under a
+    random digit folder.  -> {rel_path: kind} (kinds "fashion", "blank",
+    "noise", "crop").  Seeded; tests/test_outlier.py's planted set."""
+    Image = _pil()
+    rng = np.random.default_rng(seed)
+    fashion, _ = load_fashion_mnist(split="test")
+    out = {}
+    for i in range(count):
+        kind = ("fashion", "blank", "noise", "crop")[i % 4]
+        if kind == "fashion":
+            img = np.asarray(Image.fromarray(fashion[rng.integers(len(fashion))]).resize((32, 32), Image.BICUBIC))
+        elif kind == "blank":
+            img = np.clip(rng.integers(20, 235) + rng.normal(0, 3, (32, 32)), 0, 255)
+        elif kind == "noise":
+            img = rng.integers(0, 256, (32, 32))
+        else:
+            d = digits[rng.integers(len(digits))]
+            d = d.mean(axis=-1).astype(np.uint8) if d.ndim == 3 else d
+            y, x = rng.integers(0, 5, 2)
+            img = np.asarray(Image.fromarray(d[y:y + 3, x:x + 3]).resize((32, 32), Image.BICUBIC))
+        rel = f"{rng.integers(10)}/outlier_{kind}_{i:03d}.png"
+        Image.fromarray(np.asarray(img, np.uint8)).save(Path(root) / rel)
+        out[rel] = kind
+    return out
+
+
 def imagefolder_samples(root: str | Path) -> list[tuple[str, str | None, str, bytes]]:
     """Every image of an ImageFolder tree (``root/[split/]label/file``) in sorted
     order as (split or None, label, file name, bytes), for rewriting it as shards."""

@@ -37,10 +37,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-from PIL import Image
 
 from gpupipe import schema
-from gpupipe.datasets import flip_labels, load_digits_images, load_fashion_mnist, plant_dataset
+from gpupipe.datasets import flip_labels, load_digits_images, plant_dataset, plant_no_class_images
 from gpupipe.loop import RankOptions, run_rank
 from gpupipe.models.train import TrainConfig
 from gpupipe.runner import DedupOptions, run_dedup
@@ -57,25 +56,7 @@ def planted(base: Path, colour: bool = False):
     root = base / "tree"
     truth = plant_dataset(images, noisy, root, upscale=4)
     flips = {p for p in truth.originals if flipped[int(p.rsplit("_", 1)[1].split(".")[0])]}
-    rng = np.random.default_rng(7)
-    fashion, _ = load_fashion_mnist(split="test")
-    outliers = {}
-    for i in range(60):
-        kind = ("fashion", "blank", "noise", "crop")[i % 4]
-        if kind == "fashion":
-            img = np.asarray(Image.fromarray(fashion[rng.integers(len(fashion))]).resize((32, 32), Image.BICUBIC))
-        elif kind == "blank":
-            img = np.clip(rng.integers(20, 235) + rng.normal(0, 3, (32, 32)), 0, 255)
-        elif kind == "noise":
-            img = rng.integers(0, 256, (32, 32))
-        else:
-            d = images[rng.integers(len(images))]
-            d = d.mean(axis=-1).astype(np.uint8) if d.ndim == 3 else d
-            y, x = rng.integers(0, 5, 2)
-            img = np.asarray(Image.fromarray(d[y:y + 3, x:x + 3]).resize((32, 32), Image.BICUBIC))
-        rel = f"{rng.integers(10)}/outlier_{kind}_{i:03d}.png"
-        Image.fromarray(np.asarray(img, np.uint8)).save(root / rel)
-        outliers[rel] = kind
+    outliers = plant_no_class_images(root, images)
     run = base / "run"
     run_dedup(root, run, DedupOptions(device="cpu", recall_sample=0))
     return run, outliers, flips

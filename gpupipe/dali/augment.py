@@ -239,39 +239,52 @@ def file_pipeline(
     return Epochs(pipe, reader=not inside and decoded is None)
 
 
-class _ByteBatches:
-    """``external_source`` for samples inside shards or Parquet files: full
-    batches of (encoded bytes, row), the last one padded with row -1 (as the
-    file reader's ``pad_last_batch``; `Epochs` drops them), StopIteration at
-    each epoch's end, a seeded reshuffle after each epoch when ``shuffle``."""
+class SeededBatches:
+    """Base of the ``external_source`` feeds: full batches over ``n`` samples,
+    the last one padded (with row -1, as the file reader's ``pad_last_batch``;
+    `Epochs` drops them), StopIteration at each epoch's end, a seeded
+    reshuffle after each epoch when ``shuffle``.  A subclass's ``batch(idx,
+    pad)`` returns the outputs for the samples ``idx`` and ``pad`` padding."""
 
-    def __init__(self, files, locators, rows, batch_size: int, shuffle: bool, seed: int):
-        self.files, self.locators, self.rows = files, locators, rows
-        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self._epoch, self._order, self._pos = -1, np.arange(len(files)), 0
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int):
+        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self._epoch, self._order, self._pos = -1, np.arange(n), 0
 
     def __iter__(self):
         self._epoch += 1
-        n = len(self.files)
-        self._order = (np.random.default_rng([self.seed, self._epoch]).permutation(n)
-                       if self.shuffle and self._epoch > 0 else np.arange(n))
+        self._order = (np.random.default_rng([self.seed, self._epoch]).permutation(self.n)
+                       if self.shuffle and self._epoch > 0 else np.arange(self.n))
         self._pos = 0
         return self
 
     def __next__(self):
-        from gpupipe.io.sources import read_many
-
         if self._pos >= len(self._order):
             raise StopIteration
-        idx = self._order[self._pos:self._pos + self.batch_size].tolist()
+        idx = self._order[self._pos:self._pos + self.batch_size]
         self._pos += self.batch_size
+        return self.batch(idx, self.batch_size - len(idx))
+
+    def batch(self, idx: np.ndarray, pad: int):
+        raise NotImplementedError
+
+
+class _ByteBatches(SeededBatches):
+    """Samples inside shards or Parquet files: batches of (encoded bytes, row)."""
+
+    def __init__(self, files, locators, rows, batch_size: int, shuffle: bool, seed: int):
+        super().__init__(len(files), batch_size, shuffle, seed)
+        self.files, self.locators, self.rows = files, locators, rows
+
+    def batch(self, idx: np.ndarray, pad: int):
+        from gpupipe.io.sources import read_many
+
+        idx = idx.tolist()
         data = read_many([self.files[i] for i in idx], [self.locators[i] for i in idx])
         for i, d in zip(idx, data):
             if isinstance(d, OSError):    # rows reach models only once the hash stage read them
                 raise RuntimeError(f"cannot read {self.files[i]} ({self.locators[i]}): {d}")
         enc = [np.frombuffer(d, np.uint8) for d in data]
         rows = [np.array([self.rows[i]], np.int64) for i in idx]
-        pad = self.batch_size - len(idx)
         return enc + [enc[-1]] * pad, rows + [np.array([-1], np.int64)] * pad
 
 

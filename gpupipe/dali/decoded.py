@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gpupipe.dali.augment import SeededBatches
 from gpupipe.device import Device
 
 #: Largest decoded array kept (bytes): 1M images at 32 px RGB are 3.1 GB.
@@ -156,37 +157,22 @@ def _reserve(path: str) -> bool:
     return True
 
 
-class ArrayBatches:
-    """``external_source`` over a `DecodedRefs`: full batches of (pixels uint8
-    (B, S, S, C), rows (B, 1)), the last one padded with row -1 (`Epochs`
-    drops them), StopIteration at each epoch's end, a seeded reshuffle after
-    each epoch when ``shuffle`` (as `gpupipe.dali.augment`'s byte batches)."""
+class ArrayBatches(SeededBatches):
+    """``external_source`` over a `DecodedRefs`: batches of (pixels uint8
+    (B, S, S, C), rows (B, 1)), read from the memory map where the pipeline runs."""
 
     def __init__(self, refs: DecodedRefs, rows, batch_size: int, shuffle: bool, seed: int):
+        super().__init__(len(refs), batch_size, shuffle, seed)
         self.images, self.positions = refs.images, refs.positions
         self.rows = np.asarray(rows, np.int64)
-        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self._epoch, self._order, self._pos, self._array = -1, np.arange(len(self.rows)), 0, None
+        self._array = None
 
     def __getstate__(self):            # the memory map is opened again where the pipeline runs
         return {**self.__dict__, "_array": None}
 
-    def __iter__(self):
-        self._epoch += 1
-        n = len(self.rows)
-        self._order = (np.random.default_rng([self.seed, self._epoch]).permutation(n)
-                       if self.shuffle and self._epoch > 0 else np.arange(n))
-        self._pos = 0
-        return self
-
-    def __next__(self):
-        if self._pos >= len(self._order):
-            raise StopIteration
+    def batch(self, idx: np.ndarray, pad: int):
         if self._array is None:
             self._array = self.images.array()
-        idx = self._order[self._pos:self._pos + self.batch_size]
-        self._pos += self.batch_size
-        pad = self.batch_size - len(idx)
         at = np.concatenate([self.positions[idx], np.repeat(self.positions[idx[-1:]], pad)])
         rows = np.concatenate([self.rows[idx], np.full(pad, -1, np.int64)])
         return np.ascontiguousarray(self._array[at]), rows[:, None]
