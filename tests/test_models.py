@@ -148,3 +148,15 @@ def test_registry_and_plugged_in_factories():
         resolve_model("vgg")
     with pytest.raises(ValueError, match="cannot import"):
         resolve_model("no_such_module:f")
+
+
+def test_making_a_model_keeps_large_host_blocks_in_glibcs_heap():
+    """`nets.keep_host_blocks`: once a model is made, glibc keeps freed blocks
+    of up to 1 GiB in the heap (a 100 MB activation is reused, not mapped and
+    faulted in afresh each batch: RESULTS.md §34.3); elsewhere a no-op."""
+    import platform
+
+    from gpupipe.models import nets
+
+    build(resolve_model("small-cnn"), 3, 1, seed=0)
+    assert nets.keep_host_blocks() is (platform.libc_ver()[0] == "glibc")

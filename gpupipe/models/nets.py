@@ -28,7 +28,34 @@ MEMORY_FORMAT = torch.channels_last
 
 def to_layout(model: nn.Module) -> nn.Module:
     """``model`` with its 4-D parameters in `MEMORY_FORMAT` (in place; returned)."""
+    keep_host_blocks()
     return model.to(memory_format=MEMORY_FORMAT)
+
+
+_HOST_BLOCKS_KEPT: bool | None = None
+
+
+def keep_host_blocks() -> bool:
+    """Keep large freed host blocks in glibc's heap in this process, once
+    (``mallopt``: M_MMAP_THRESHOLD 1 GiB, M_TRIM_THRESHOLD 2 GiB).  A batch's
+    activations above glibc's mmap ceiling (32 MiB at most; photo-cnn's first
+    block at batch 1024 is 100 MB) were fresh mappings every batch, faulted in
+    4 KiB pages where transparent huge pages are ``madvise`` only, and freed
+    heap tops went back to the system: which model and batch size ran slow
+    moved between runs (photo-cnn's forward 8,045-9,155 vs 14,724-15,481
+    images/s, peak RSS the same; RESULTS.md §34.3).  Called where models are
+    made (`to_layout`); dedup makes none.  -> whether it was set (False off
+    glibc)."""
+    global _HOST_BLOCKS_KEPT
+    if _HOST_BLOCKS_KEPT is None:
+        import ctypes
+
+        try:
+            mallopt = ctypes.CDLL(None).mallopt
+            _HOST_BLOCKS_KEPT = bool(mallopt(-3, 1 << 30)) and bool(mallopt(-1, (1 << 31) - 1))  # MMAP, TRIM
+        except (AttributeError, OSError):
+            _HOST_BLOCKS_KEPT = False
+    return _HOST_BLOCKS_KEPT
 
 
 def as_input(x: torch.Tensor) -> torch.Tensor:
