@@ -91,9 +91,8 @@ def decode_once(device: Device, refs, use: np.ndarray, *, size: int, channels: i
                 batch_size: int = 1024) -> DecodedImages | None:
     """The rows ``use`` (bool (N,)) of ``refs`` (N: a path or a (path, locator)
     pair each, as `file_pipeline` takes) decoded and resized to ``size``
-    (uint8), in ``directory``;
-    an existing file with the same key is reused, other ``decoded-*`` files
-    there are removed.  None when the array would pass `CACHE_BUDGET`, the
+    (uint8), in ``directory``; an existing file with the same key is reused,
+    other ``decoded-*`` files there are removed.  None when the array would pass `CACHE_BUDGET`, the
     disk has less than twice its size free, or its blocks cannot be reserved
     (`_reserve`): the caller decodes from the files."""
     from gpupipe.dali.augment import file_pipeline
