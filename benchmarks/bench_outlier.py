@@ -225,6 +225,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_data_args(ap)
     ap.add_argument("--tta", type=int, default=0, help="test-time augmentations averaged into the scores")
+    ap.add_argument("--models", type=int, default=1, help="rank's --models: models per fold, averaged")
     ap.add_argument("--cost-only", action="store_true", help="only the CPU cost, on an existing run of this dataset")
     ap.add_argument("--reuse", action="store_true",
                     help="recompute the tables from the existing run's scores (after a change of threshold)")
@@ -235,7 +236,8 @@ def main() -> int:
         (Path(args.data) / f"outlier-cost-{args.dataset}.json").write_text(json.dumps(c, indent=2))
         return 0
     name = (f"outlier-{args.dataset}-{args.noise}" + (f"-tta{args.tta}" if args.tta else "")
-            + (f"-{args.schedule}" if args.schedule != "auto" else ""))
+            + (f"-{args.schedule}" if args.schedule != "auto" else "")
+            + (f"-models{args.models}" if args.models != 1 else ""))
     base = Path(args.data) / name
     if args.reuse:
         planted = planted_of(args, base)
@@ -256,6 +258,7 @@ def main() -> int:
         t0 = time.perf_counter()
         run_rank(base / "run", RankOptions(device="cpu", review="person", worst=10, best=10, mode="oof",
                                            folds=args.folds, max_rounds=1, tta=args.tta, seed=args.seed,
+                                           models=args.models,
                                            train=TrainConfig(max_epochs=args.epochs, lr_decay=args.lr_decay,
                                                              schedule=args.schedule)))
         t_rank = time.perf_counter() - t0

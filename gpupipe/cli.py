@@ -112,6 +112,11 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="average each score over N seeded test-time augmentations too (models trained with "
                         "flips, as the photo set: the exact mirror first, then flips and crops of 90-100%%; "
                         "others: small rotations, shifts, contrast; each costs one more scoring pass) (default: 0)")
+    g.add_argument("--models", type=_auto_or_count, default="auto", metavar="M|auto",
+                   help="train M models per fold (per seed set), each from its own seed, and average their "
+                        "probabilities; the automatic policy then makes a change only where each model's own "
+                        "estimate reaches --min-precision too.  Costs M times the training.  auto: 2 for colour "
+                        "images out-of-fold, else 1 (default: auto)")
     g.add_argument("--decode-cache", choices=("auto", "off"), default="auto",
                    help="auto: decode each image once per run at --image-size into RUN_DIR/decoded (uint8, "
                         "memory-mapped; skipped past 8 GiB or without twice that free on the disk) and train "
@@ -207,7 +212,7 @@ def _rank_options(args):
                           remove_outlier=args.remove_outlier, min_precision=args.min_precision),
         train=train, channels=args.channels, score_batch=args.score_batch, seed=args.seed,
         workers=args.workers, scheduler=args.scheduler, torch_threads=args.torch_threads, tta=args.tta,
-        backbone=_backbone(args), decode_cache=args.decode_cache == "auto")
+        backbone=_backbone(args), decode_cache=args.decode_cache == "auto", models=args.models)
 
 
 def _backbone(args):
@@ -316,6 +321,18 @@ def _add_rank_options(p: argparse.ArgumentParser, *, folds_flag: str, review_def
                         "from them); the rest stay open for a person (default: 0.9; off: the thresholds alone)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
     _add_train_options(p)
+
+
+def _auto_or_count(v: str) -> int | str:
+    if v.strip().lower() == "auto":
+        return "auto"
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or 'auto', got {v!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {n}")
+    return n
 
 
 def _off_or_float(v: str) -> float | None:

@@ -79,6 +79,7 @@ class RankOptions:
     tta: int = 0                     # test-time augmentations averaged into each score (stages.rank.tta_set)
     backbone: BackboneSpec | None = None  # a user's feature extractor (models.backbone): linear heads, no CNN
     decode_cache: bool = True        # decode each image once per run, into RUN_DIR/decoded (gpupipe.dali.decoded)
+    models: int | str = "auto"       # models per fold / seed set, probabilities averaged (stages.rank.resolve_models)
 
 
 @dataclass
@@ -193,7 +194,8 @@ def _run_rank(run_dir, options: RankOptions, log: Callable[[str], None], progres
     cfg = rank_stage.RankConfig(mode=options.mode, folds=options.folds, train=options.train,
                                 channels=options.channels, score_batch=options.score_batch,
                                 torch_threads=options.torch_threads, tta=options.tta, backbone=options.backbone,
-                                decode_cache=str(run_dir / DECODED) if options.decode_cache else None)
+                                decode_cache=str(run_dir / DECODED) if options.decode_cache else None,
+                                models=options.models)
     with make_executor(workers=options.workers, scheduler=options.scheduler, gpu=device.is_gpu) as executor:
         return _rounds(run_dir, options, cfg, device, ledger, frame, state, truth, executor, log, progress)
 
@@ -256,7 +258,7 @@ def _rounds(run_dir: Path, options: RankOptions, cfg, device, ledger: Ledger, fr
             _save_model(run_dir / MODELS_DIR / f"round-{r:03d}.pt", model)
         entry = {"round": r, "mode": stats.mode, "classes": stats.classes, "channels": stats.channels,
                  "scored": stats.scored, "trained_on": stats.trained_on, "validated_on": stats.validated_on,
-                 "model": stats.model, "schedule": stats.schedule,
+                 "model": stats.model, "schedule": stats.schedule, "models": stats.models,
                  "val_accuracy": stats.val_accuracy, "epochs": stats.epochs,
                  "seconds_decode": round(stats.seconds_decode, 3),
                  "seconds_train": round(stats.seconds_train, 3), "seconds_score": round(stats.seconds_score, 3),

@@ -110,6 +110,7 @@ RANK_OUTLIER = "rank_outlier_score"
 RANK_VOTES = "rank_neighbour_votes"
 RANK_VOTE_GIVEN = "rank_vote_given"
 RANK_FLAG = "is_mislabeled_issue"
+RANK_MODEL_PROBS = "rank_model_probs"
 
 RANK = _cols(
     Column(RANK_ROUND, pa.int32(), "round whose model produced this row's scores; null if never scored"),
@@ -125,6 +126,9 @@ RANK = _cols(
            "the model's features (models.outlier.knn_vote), classes as in rank_probs"),
     Column(RANK_VOTE_GIVEN, pa.float32(), "the neighbours' vote for the current label, 0..1 (its share in "
            "rank_neighbour_votes)"),
+    Column(RANK_MODEL_PROBS, pa.list_(pa.float32()), "with rank --models M >= 2: each model's own softmax, "
+           "M vectors of the classes in rank_probs, one after the other (rank_probs is their mean); null with "
+           "one model.  The automatic policy's gate asks each model to agree (stages.review.AutoPolicy)"),
     Column(RANK_FLAG, pa.bool_(), "likely mislabeled: the rows whose label is most likely wrong given the model, "
            "the neighbours' votes and the estimated noise, as many as maximise the flags' expected F1 "
            "(models.score.flag_label_issues); never a row whose outlier score is >= models.outlier.FAR", False),

@@ -29,6 +29,8 @@ def test_bad_input_is_a_message_not_a_traceback(tmp_path):
         (["dedup", str(tmp_path), "--out", str(tmp_path / "r"), "--max-distance", "99"], "between 0 and 64"),
         # the ratio is the cut's: alone it would be ignored (the default keeps every usable row)
         (["curate", str(tmp_path), "--out", str(tmp_path / "r"), "--balance-ratio", "1"], "--balance min only"),
+        (["rank", str(tmp_path), "--models", "0"], "expected at least 1"),
+        (["rank", str(tmp_path), "--models", "two"], "a whole number or 'auto'"),
     ]
     for args, message in cases:
         p = subprocess.run([sys.executable, "-m", "gpupipe.cli", *args], capture_output=True, text=True)

@@ -176,9 +176,10 @@ def test_colour_images_of_mixed_sizes_and_three_classes(tmp_path):
     res = run_rank(tmp_path / "run", RankOptions(device="cpu", mode="oof", folds=2, review="auto", max_rounds=1,
                                                  train=quick))
     assert res.rounds[0]["channels"] == 3 and res.rounds[0]["classes"] == ["class_0", "class_1", "class_2"]
-    # --model / --schedule auto, decided by the images: colour, out-of-fold
-    assert (res.rounds[0]["model"], res.rounds[0]["schedule"]) == ("photo-cnn", "onecycle")
-    assert res.rounds[0]["epochs"] == [3, 3]
+    # --model / --schedule / --models auto, decided by the images: colour, out-of-fold
+    r = res.rounds[0]
+    assert (r["model"], r["schedule"], r["models"]) == ("photo-cnn", "onecycle", 2)
+    assert r["epochs"] == [3, 3, 3, 3]
     # every image decoded once, at the model's size, into the run directory (gpupipe.dali.decoded)
     (cache,) = (tmp_path / "run" / "decoded").iterdir()
     assert np.load(cache, mmap_mode="r").shape == (240, 24, 24, 3) and res.rounds[0]["seconds_decode"] > 0
@@ -371,3 +372,44 @@ def test_one_cycle_trains_every_epoch_and_keeps_the_last_model(digits_noisy):
     acc = float((s.pred == true[te][s.rows]).mean())
     print(f"held-out accuracy vs the true digits {acc:.3f}")
     assert acc >= 0.85
+
+
+def test_two_models_per_fold_average_and_the_gate_asks_each(noisy_run, digits_noisy):
+    """``--models 2``: every fold trains two models from their own seeds; a
+    row's probabilities are their mean and each model's own are kept in
+    rank_model_probs; the automatic policy makes a change only where each
+    model's estimate reaches the bar too, and says how many it declined for
+    a model's sake."""
+    quick = TrainConfig(max_epochs=4, epoch_samples=1024, patience=2)
+    res = run_rank(noisy_run, RankOptions(device="cpu", mode="oof", folds=3, review="auto", max_rounds=1,
+                                          train=quick, models=2))
+    r = res.rounds[0]
+    assert r["models"] == 2 and len(r["epochs"]) == 6
+    ledger = pq.read_table(noisy_run / "ledger.parquet")
+    d = ledger.to_pandas()
+    s = d[d[schema.DEDUP_KEEP]]
+    each = np.stack(s[schema.RANK_MODEL_PROBS].to_numpy()).reshape(len(s), 2, 10)
+    probs = np.stack(s[schema.RANK_PROBS].to_numpy())
+    np.testing.assert_allclose(probs, each.mean(axis=1), atol=1e-5)
+    assert np.abs(each[:, 0] - each[:, 1]).max() > 0.1          # two models, not one twice
+    n_flipped = sum(x in digits_noisy["flipped"] for x in s[schema.REL_PATH])
+    assert _top(ledger, digits_noisy["flipped"], n_flipped)[0] >= 0.6
+    pol = r["policy"]
+    assert pol["models"] == 2 and set(pol["declined_by_a_model"]) == {"confirm", "relabel", "remove"}
+    changed, right = _auto_changes(ledger, digits_noisy)
+    print(f"two models: changed {changed}, right {right}, {pol}")
+    assert right >= 0.9 * changed
+    for a in ("confirm", "relabel", "remove"):
+        assert pol["made"][a] + pol["declined"][a] == pol["proposed"][a]
+        assert 0 <= pol["declined_by_a_model"][a] <= pol["declined"][a]
+
+
+
+def test_models_auto_trains_two_for_colour_images_out_of_fold():
+    from gpupipe.stages.rank import resolve_models
+
+    assert resolve_models("auto", channels=3, mode="oof") == 2
+    assert resolve_models("auto", channels=1, mode="oof") == resolve_models("auto", channels=3, mode="certified") == 1
+    assert resolve_models(3, channels=1, mode="certified") == 3
+    with pytest.raises(ValueError, match="whole number"):
+        resolve_models(0, channels=3, mode="oof")

@@ -89,16 +89,16 @@ def _rank_columns(run):
 
 
 def test_rank_gives_the_same_scores_in_process_and_on_2_workers(digits_noisy, tmp_path):
-    """Out-of-fold (one fold per worker) and certified scoring (partitions
-    spread over workers): identical scores, flags and decisions with fixed
-    torch threads."""
+    """Out-of-fold (one model of a fold per worker, two models per fold) and
+    certified scoring (partitions spread over workers): identical scores,
+    flags and decisions with fixed torch threads."""
     import shutil
 
     from gpupipe.loop import RankOptions, run_rank
     from gpupipe.models.train import TrainConfig
 
     quick = TrainConfig(max_epochs=2, epoch_samples=512, patience=1)
-    for mode, extra in (("oof", {"folds": 2}), ("certified", {"trust_seed": True})):
+    for mode, extra in (("oof", {"folds": 2, "models": 2}), ("certified", {"trust_seed": True})):
         runs = []
         for workers in (None, 2):
             run = tmp_path / f"{mode}-{workers}"

@@ -51,6 +51,12 @@ class RankConfig:
     tta: int = 0                     # test-time augmentations averaged with the plain pass (seeded; 0: off)
     backbone: BackboneSpec | None = None  # a user's feature extractor: linear heads on its features, no CNN trained
     decode_cache: str | None = None  # a directory: every image decoded once per run there (`gpupipe.dali.decoded`)
+    models: int | str = "auto"       # models per fold (per seed set), each from its own seed (`resolve_models`)
+
+
+#: Seed offset between the models of one fold (`RankConfig.models`): apart from
+#: the folds' (+1 each) and the loop's rounds' (+1000 each).
+MODEL_SEED_STEP = 100_003
 
 
 @dataclass
@@ -69,6 +75,7 @@ class RankStats:
     model: str = ""                  # what trained: the model's name and schedule ("auto" resolved), or the backbone
     schedule: str = ""
     seconds_decode: float = 0.0      # decoding the images once (`RankConfig.decode_cache`; 0 when reused or off)
+    models: int = 1                  # models whose probabilities each row's scores average (`RankConfig.models`)
 
     @property
     def score_images_per_second(self) -> float:
@@ -270,15 +277,69 @@ def _with_tta(model, job: Job, device, batch: int, plain: Scores) -> Scores:
         s = score(model, views, job.y, torch_device=device.torch_device)
         at = order[np.searchsorted(plain.rows[order], s.rows)]
         total[at] += s.probs
+    return _from_probs(plain.rows, total / (job.tta + 1), job.y, plain.embedding, plain.outlier, plain.votes)
+
+
+def _from_probs(rows: np.ndarray, probs: np.ndarray, y: np.ndarray, embedding=None, outlier=None, votes=None,
+                model_probs=None) -> Scores:
+    """`Scores` of ``rows`` from averaged probabilities ``probs (N, K)``: as
+    logits (log p), through the one definition of loss, prediction,
+    probability of the label and margin (`per_sample`)."""
     import torch
 
-    # The averaged probabilities as logits (log p), through the one definition
-    # of loss, prediction, probability of the label and margin (`per_sample`).
-    logp = torch.from_numpy(np.log(np.clip(total / (job.tta + 1), 1e-12, None)))
-    out = {k: v.numpy() for k, v in per_sample(logp, torch.from_numpy(job.y[plain.rows])).items()}
-    return Scores(plain.rows, out["loss"].astype(np.float32), out["pred"].astype(np.int64),
+    logp = torch.from_numpy(np.log(np.clip(np.asarray(probs, np.float64), 1e-12, None)))
+    out = {k: v.numpy() for k, v in per_sample(logp, torch.from_numpy(y[rows])).items()}
+    return Scores(rows, out["loss"].astype(np.float32), out["pred"].astype(np.int64),
                   out["prob_given"].astype(np.float32), out["margin"].astype(np.float32),
-                  out["probs"].astype(np.float32), plain.embedding, plain.outlier, plain.votes)
+                  out["probs"].astype(np.float32), embedding, outlier, votes, model_probs)
+
+
+def _ensemble(parts: list[Scores], y: np.ndarray) -> Scores:
+    """One `Scores` from M models' scores of the same rows (`RankConfig.models`):
+    the mean of their probabilities (and of their neighbours' votes), each
+    model's own kept in ``model_probs``; the outlier score is the first
+    model's (its threshold was measured on one model's distances)."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    order = np.argsort(first.rows, kind="stable")
+    aligned = []
+    for p in parts:
+        o = np.argsort(p.rows, kind="stable")
+        if not np.array_equal(p.rows[o], first.rows[order]):
+            raise RuntimeError("the models of one fold scored different rows")
+        at = np.empty_like(o)
+        at[order] = o                      # p's position of each of first's rows
+        aligned.append(at)
+    stack = np.stack([p.probs[at].astype(np.float64) for p, at in zip(parts, aligned)], axis=1)   # (N, M, K)
+    votes = None
+    if all(p.votes is not None for p in parts):
+        votes = np.mean([p.votes[at] for p, at in zip(parts, aligned)], axis=0).astype(np.float32)
+    return _from_probs(first.rows, stack.mean(axis=1), y, first.embedding, first.outlier, votes,
+                       stack.astype(np.float32))
+
+
+def resolve_models(models: int | str, *, channels: int, mode: str) -> int:
+    """``--models auto``: 2 for colour images out-of-fold, else 1: models per
+    fold, each from its own seed, their probabilities averaged
+    (`_ensemble`); the flags count as `score.wrong_label_count` says for
+    them, and the automatic policy's gate asks each model too
+    (`gpupipe.stages.review.AutoPolicy.min_precision`).  On CIFAR-10N two
+    photo-cnns per fold were 1.5 points more accurate out-of-fold and
+    flagged with F1 0.515 / 0.502 (choose / judge part) against one's
+    0.489-0.505 / 0.447-0.461, for twice the training (15.7-17.5 min a
+    10,000-image round on 2 cores instead of 7.3); their gated changes were
+    0 of 19 and 4 of 13 clean rows, one model's 1-7 of 23-42
+    (RESULTS.md §35).  Gray images keep one: two flagged as well on digits
+    (F1 0.976 / 0.989 both ways) and better on Fashion-MNIST (0.745 ->
+    0.766, 0.750 -> 0.786), but the gate asking each model let the
+    automatic policy fix fewer flips there (Fashion-MNIST 240 -> 143,
+    digits with class-pair flips 98 -> 73, none wrong either way)."""
+    if models == "auto":
+        return 2 if channels == 3 and mode == "oof" else 1
+    if isinstance(models, bool) or not isinstance(models, (int, np.integer)) or models < 1:
+        raise ValueError(f"models must be a whole number >= 1 or 'auto', not {models!r}")
+    return int(models)
 
 
 def resolve_schedule(*, channels: int, mode: str) -> str:
@@ -348,6 +409,9 @@ def rank(frame, ledger: Ledger, device: Device, cfg: RankConfig, *, round_no: in
         tcfg = replace(tcfg, schedule=resolve_schedule(channels=channels, mode=cfg.mode))
     if tcfg.model == nets.AUTO:
         tcfg = replace(tcfg, model=nets.auto_model(channels, init=tcfg.init))
+    if cfg.backbone is not None and cfg.models not in ("auto", 1):
+        raise ValueError("--models applies to the models rank trains, not to --backbone's linear heads")
+    models = 1 if cfg.backbone is not None else resolve_models(cfg.models, channels=channels, mode=cfg.mode)
     t_train = t_score = t_decode = 0.0
     images = None
     if cfg.decode_cache is not None and cfg.backbone is None:
@@ -381,23 +445,28 @@ def rank(frame, ledger: Ledger, device: Device, cfg: RankConfig, *, round_no: in
         va = np.flatnonzero(rows.holdout)
         if len(tr) == 0:
             raise NothingCertified("no certified rows to train on: certify a seed set first")
-        t = time.perf_counter()
-        res = train(device, refs(tr, training=True), rows.y[tr], refs(va), rows.y[va],
-                    num_classes=k, channels=channels, config=tcfg, seed=seed)
-        t_train += time.perf_counter() - t
-        model, trained, validated = res.model, len(tr), len(va)
-        epochs.append(res.epochs)
-        val_acc += res.val_accuracy[res.best_epoch - 1:res.best_epoch]
         todo = np.flatnonzero(rows.eligible & ~rows.certified)
-        t = time.perf_counter()
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         ref = outlier.reference_rows(tr, seed)
-        jobs = [Job(device.kind, tcfg, k, channels, seed, rows.y, todo[i:i + cfg.score_partition],
-                    refs(todo[i:i + cfg.score_partition]), cfg.score_batch, state=state,
-                    torch_threads=threads, ref_rows=ref, ref_refs=refs(ref), tta=cfg.tta)
-                for i in range(0, len(todo), cfg.score_partition)]
-        parts += [r.scores for r in mapped(jobs, f"round {round_no}: score jobs")]
-        t_score += time.perf_counter() - t
+        per_model: list[list[Scores]] = []
+        for m in range(models):
+            t = time.perf_counter()
+            res = train(device, refs(tr, training=True), rows.y[tr], refs(va), rows.y[va],
+                        num_classes=k, channels=channels, config=tcfg, seed=seed + MODEL_SEED_STEP * m)
+            t_train += time.perf_counter() - t
+            if model is None:                            # the round's saved model: the first
+                model = res.model
+            epochs.append(res.epochs)
+            val_acc += res.val_accuracy[res.best_epoch - 1:res.best_epoch]
+            t = time.perf_counter()
+            state = {k: v.detach().cpu() for k, v in res.model.state_dict().items()}
+            jobs = [Job(device.kind, tcfg, k, channels, seed, rows.y, todo[i:i + cfg.score_partition],
+                        refs(todo[i:i + cfg.score_partition]), cfg.score_batch, state=state,
+                        torch_threads=threads, ref_rows=ref, ref_refs=refs(ref), tta=cfg.tta)
+                    for i in range(0, len(todo), cfg.score_partition)]
+            per_model.append([r.scores for r in mapped(jobs, f"round {round_no}: score jobs")])
+            t_score += time.perf_counter() - t
+        trained, validated = len(tr), len(va)
+        parts += [_ensemble(list(ps), rows.y) for ps in zip(*per_model)]
         oof = False
     elif cfg.mode == "oof":
         if cfg.folds < 2:
@@ -415,17 +484,19 @@ def rank(frame, ledger: Ledger, device: Device, cfg: RankConfig, *, round_no: in
                 tr, va = rest[~is_val], rest[is_val]
             sc = elig[fold == f]
             ref = outlier.reference_rows(tr, seed + f)
-            jobs.append(Job(device.kind, tcfg, k, channels, seed + f, rows.y, sc, refs(sc),
-                            cfg.score_batch, train_rows=tr, train_refs=refs(tr, training=True), val_rows=va,
-                            val_refs=refs(va), torch_threads=threads, ref_rows=ref,
-                            ref_refs=refs(ref), tta=cfg.tta))
+            jobs += [Job(device.kind, tcfg, k, channels, seed + f + MODEL_SEED_STEP * m, rows.y, sc, refs(sc),
+                         cfg.score_batch, train_rows=tr, train_refs=refs(tr, training=True), val_rows=va,
+                         val_refs=refs(va), torch_threads=threads, ref_rows=ref,
+                         ref_refs=refs(ref), tta=cfg.tta) for m in range(models)]
             trained, validated = trained + len(tr), validated + (len(va) or len(sc))
-        for res in mapped(jobs, f"round {round_no}: folds"):           # one fold per worker
+        results = mapped(jobs, f"round {round_no}: folds")             # one model of one fold per worker
+        for res in results:
             t_train += res.seconds_train
             t_score += res.seconds_score
             epochs.append(res.epochs)
             val_acc += res.val_accuracy
-            parts.append(res.scores)
+        parts += [_ensemble([r.scores for r in results[i:i + models]], rows.y)
+                  for i in range(0, len(results), models)]
         if not val_acc:                   # one cycle: the held-out folds against their given labels
             val_acc = [float(np.mean([(p.pred == rows.y[p.rows]).mean() for p in parts]))]
         oof = True
@@ -444,7 +515,7 @@ def rank(frame, ledger: Ledger, device: Device, cfg: RankConfig, *, round_no: in
                       float(np.mean(val_acc)) if val_acc else None, epochs, t_train, t_score,
                       model=cfg.backbone.factory if cfg.backbone is not None else tcfg.model,
                       schedule="linear heads" if cfg.backbone is not None else tcfg.schedule,
-                      seconds_decode=t_decode)
+                      seconds_decode=t_decode, models=models)
     return frame, stats, model
 
 
@@ -498,6 +569,7 @@ def _backbone_scores(device, cfg: RankConfig, rows: Rows, channels: int, seed: i
 def _merge(frame, ledger: Ledger, rows: Rows, parts: list[Scores], k: int, *, round_no: int, oof: bool):
     """Write this round's scores into the RANK columns (other rows keep theirs)."""
     n = len(rows.y)
+    m = max((p.model_probs.shape[1] for p in parts if p.model_probs is not None), default=1)
     fresh = {
         schema.RANK_ROUND: lambda: np.zeros(n, np.int32),
         schema.RANK_LOSS: lambda: np.zeros(n, np.float32),
@@ -510,6 +582,7 @@ def _merge(frame, ledger: Ledger, rows: Rows, parts: list[Scores], k: int, *, ro
         schema.RANK_VOTES: lambda: np.full((n, k), np.nan, np.float32),
         schema.RANK_VOTE_GIVEN: lambda: np.zeros(n, np.float32),
         schema.RANK_FLAG: lambda: np.zeros(n, bool),
+        schema.RANK_MODEL_PROBS: lambda: np.full((n, m * k), np.nan, np.float32),
     }
     # Earlier rounds' scores are kept, but all of them go when the classes
     # changed (the probability vectors' length); a column an older ledger
@@ -537,6 +610,10 @@ def _merge(frame, ledger: Ledger, rows: Rows, parts: list[Scores], k: int, *, ro
         cols[schema.RANK_VOTES][1][r] = has_votes
         cols[schema.RANK_VOTE_GIVEN][0][r] = s.votes[np.arange(len(r)), rows.y[r]] if has_votes else 0.0
         cols[schema.RANK_VOTE_GIVEN][1][r] = has_votes
+        width = cols[schema.RANK_MODEL_PROBS][0].shape[1]
+        has_models = s.model_probs is not None and s.model_probs.shape[1] * k == width
+        cols[schema.RANK_MODEL_PROBS][0][r] = s.model_probs.reshape(len(r), -1) if has_models else np.nan
+        cols[schema.RANK_MODEL_PROBS][1][r] = has_models
     # Flags over every row holding probabilities, against its current label, but
     # for the images of no class (outlier score >= FAR): they are not mislabeled,
     # and their losses are high under any label, so among the rows they crowded
@@ -548,6 +625,7 @@ def _merge(frame, ledger: Ledger, rows: Rows, parts: list[Scores], k: int, *, ro
     use = has & rows.eligible & ~outlier.is_far(*cols[schema.RANK_OUTLIER])
     flags = np.zeros(n, bool)
     flags[use] = flag_label_issues(rows.y[use], probs[use].astype(np.float64),
-                                   np.where(has_votes[use, None], votes[use], np.nan).astype(np.float64))
+                                   np.where(has_votes[use, None], votes[use], np.nan).astype(np.float64),
+                                   models=m if bool(cols[schema.RANK_MODEL_PROBS][1][use].all()) else 1)
     cols[schema.RANK_FLAG] = (flags, np.ones(n, bool))
     return ledger.assign(frame, {name: (v, valid) for name, (v, valid) in cols.items()})
