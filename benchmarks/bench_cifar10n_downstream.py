@@ -120,7 +120,11 @@ def training_sets(run: Path, truth: dict, review: int) -> tuple[dict, list[str],
     far = is_far(*ledger.host(frame, schema.RANK_OUTLIER))[s]
     mix = with_votes(p, np.where(has_votes[:, None], ledger.host(frame, schema.RANK_VOTES)[0][s], np.nan))
     now, before = np.zeros(len(s), bool), np.zeros(len(s), bool)
-    now[~far] = flag_label_issues(lab[~far], mix[~far])
+    models = 1                                            # rank --models M: the count reads M
+    if schema.RANK_MODEL_PROBS in frame.columns:
+        mp, has_mp = ledger.host(frame, schema.RANK_MODEL_PROBS)
+        models = mp.shape[1] // p.shape[1] if has_mp[s].all() else 1
+    now[~far] = flag_label_issues(lab[~far], mix[~far], models=models)
     before[~far] = flags_cleanlab_count(lab[~far], mix[~far])
     ours = np.argsort(-label_suspicion(loss[s], p[np.arange(len(s)), lab], votes[s]), kind="stable")
     flagged = find_label_issues(lab, p, return_indices_ranked_by="self_confidence", n_jobs=1)
