@@ -189,6 +189,7 @@ def main() -> int:
     ap.add_argument("--model", default=None, help="rank's --model (default: the CLI's), e.g. backbones:wide_cnn")
     ap.add_argument("--decode-cache", default=None, help="rank's --decode-cache (default: the CLI's)")
     ap.add_argument("--epochs", default=None, help="rank's --epochs (default: the CLI's)")
+    ap.add_argument("--with-cnn", action="store_true", help="rank's --with-cnn (with --backbone)")
     ap.add_argument("--models", default=None, help="rank's --models (default: the CLI's)")
     ap.add_argument("--seed", default=None, help="rank's --seed (default: the CLI's): folds and streams")
     ap.add_argument("--tag", default=None, help="name of the run and results (default: the augment set, or "
@@ -216,7 +217,8 @@ def main() -> int:
                                         + (["--decode-cache", args.decode_cache] if args.decode_cache else [])
                                         + (["--epochs", args.epochs] if args.epochs else [])
                                         + (["--seed", args.seed] if args.seed else [])
-                                        + (["--models", args.models] if args.models else []))
+                                        + (["--models", args.models] if args.models else [])
+                                        + (["--with-cnn"] if args.with_cnn else []))
         if run.exists():
             shutil.rmtree(run)
         shutil.copytree(data / "dedup", run)

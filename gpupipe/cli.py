@@ -81,6 +81,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                         "the certified rows) trained on them")
     g.add_argument("--backbone-weights", default=None, metavar="FILE",
                    help="a state_dict (torch.save) loaded into --backbone strictly; nothing is downloaded")
+    g.add_argument("--with-cnn", action="store_true",
+                   help="with --backbone and --mode oof: train the CNN(s) too (--model, --models) and average "
+                        "them with the backbone's heads per fold; the automatic policy's gate asks both")
     g.add_argument("--init-weights", default=None, metavar="FILE",
                    help="start each auxiliary model from these weights and fine-tune it (a state_dict with the "
                         "model's layer names, e.g. what `gpupipe pretrain` writes for small-cnn); default: a "
@@ -212,7 +215,14 @@ def _rank_options(args):
                           remove_outlier=args.remove_outlier, min_precision=args.min_precision),
         train=train, channels=args.channels, score_batch=args.score_batch, seed=args.seed,
         workers=args.workers, scheduler=args.scheduler, torch_threads=args.torch_threads, tta=args.tta,
-        backbone=_backbone(args), decode_cache=args.decode_cache == "auto", models=args.models)
+        backbone=_backbone(args), decode_cache=args.decode_cache == "auto", models=args.models,
+        with_cnn=_with_cnn(args))
+
+
+def _with_cnn(args) -> bool:
+    if args.with_cnn and (args.backbone is None or args.mode != "oof"):
+        raise ValueError("--with-cnn needs --backbone and --mode oof")
+    return args.with_cnn
 
 
 def _backbone(args):

@@ -80,6 +80,7 @@ class RankOptions:
     backbone: BackboneSpec | None = None  # a user's feature extractor (models.backbone): linear heads, no CNN
     decode_cache: bool = True        # decode each image once per run, into RUN_DIR/decoded (gpupipe.dali.decoded)
     models: int | str = "auto"       # models per fold / seed set, probabilities averaged (stages.rank.resolve_models)
+    with_cnn: bool = False           # with a backbone: the CNN(s) too, averaged with its heads (stages.rank.RankConfig)
 
 
 @dataclass
@@ -195,7 +196,7 @@ def _run_rank(run_dir, options: RankOptions, log: Callable[[str], None], progres
                                 channels=options.channels, score_batch=options.score_batch,
                                 torch_threads=options.torch_threads, tta=options.tta, backbone=options.backbone,
                                 decode_cache=str(run_dir / DECODED) if options.decode_cache else None,
-                                models=options.models)
+                                models=options.models, with_cnn=options.with_cnn)
     with make_executor(workers=options.workers, scheduler=options.scheduler, gpu=device.is_gpu) as executor:
         return _rounds(run_dir, options, cfg, device, ledger, frame, state, truth, executor, log, progress)
 

@@ -89,3 +89,38 @@ def test_a_backbone_that_cannot_be_had_is_a_clear_error(backbone, tmp_path, caps
     assert "not a torch state_dict" in capsys.readouterr().err
     assert main(["rank", str(run), "--backbone-weights", backbone.weights]) == 2
     assert "--backbone-weights needs --backbone" in capsys.readouterr().err
+
+
+def test_with_cnn_averages_the_trained_cnn_and_the_backbones_heads_fold_by_fold(backbone, digits_noisy, tmp_path):
+    """``--with-cnn``: the CNN a plain round trains and the heads a plain
+    ``--backbone`` round fits, on the same folds, each kept as one opinion in
+    rank_model_probs and averaged into rank_probs; the gate asks both."""
+    from gpupipe.models.train import TrainConfig
+
+    quick = TrainConfig(max_epochs=3, epoch_samples=512, patience=2)
+    probs = {}
+    for name, extra in (("cnn", {}), ("heads", {"backbone": backbone}),
+                        ("both", {"backbone": backbone, "with_cnn": True})):
+        run = tmp_path / name
+        shutil.copytree(digits_noisy["run"], run)
+        res = run_rank(run, RankOptions(device="cpu", mode="oof", folds=3, review="auto", max_rounds=1, train=quick,
+                                        **extra))
+        d = pq.read_table(run / "ledger.parquet").to_pandas().sort_values(schema.REL_PATH)
+        kept = d[d[schema.DEDUP_KEEP]]
+        probs[name] = np.stack(kept[schema.RANK_PROBS].to_numpy())
+        if name == "both":
+            each = np.stack(kept[schema.RANK_MODEL_PROBS].to_numpy()).reshape(len(kept), 2, -1)
+            r = res.rounds[0]
+            assert r["model"] == "small-cnn + heads on mybackbone:features" and r["policy"]["models"] == 2
+    np.testing.assert_allclose(each[:, 0], probs["cnn"], atol=1e-6)
+    np.testing.assert_allclose(each[:, 1], probs["heads"], atol=1e-6)
+    np.testing.assert_allclose(probs["both"], each.mean(axis=1), atol=1e-5)
+
+
+def test_with_cnn_needs_a_backbone_and_folds(tmp_path):
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "gpupipe.cli", "rank", str(tmp_path), "--with-cnn"],
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and "--with-cnn needs --backbone and --mode oof" in p.stderr, p.stderr

@@ -52,6 +52,7 @@ class RankConfig:
     backbone: BackboneSpec | None = None  # a user's feature extractor: linear heads on its features, no CNN trained
     decode_cache: str | None = None  # a directory: every image decoded once per run there (`gpupipe.dali.decoded`)
     models: int | str = "auto"       # models per fold (per seed set), each from its own seed (`resolve_models`)
+    with_cnn: bool = False           # with ``backbone``, out-of-fold: the CNN(s) too, averaged with its heads per fold
 
 
 #: Seed offset between the models of one fold (`RankConfig.models`): apart from
@@ -409,12 +410,15 @@ def rank(frame, ledger: Ledger, device: Device, cfg: RankConfig, *, round_no: in
         tcfg = replace(tcfg, schedule=resolve_schedule(channels=channels, mode=cfg.mode))
     if tcfg.model == nets.AUTO:
         tcfg = replace(tcfg, model=nets.auto_model(channels, init=tcfg.init))
-    if cfg.backbone is not None and cfg.models not in ("auto", 1):
+    heads_only = cfg.backbone is not None and not cfg.with_cnn
+    if cfg.with_cnn and (cfg.backbone is None or cfg.mode != "oof"):
+        raise ValueError("with_cnn needs a backbone and oof mode")
+    if heads_only and cfg.models not in ("auto", 1):
         raise ValueError("--models applies to the models rank trains, not to --backbone's linear heads")
-    models = 1 if cfg.backbone is not None else resolve_models(cfg.models, channels=channels, mode=cfg.mode)
+    models = 1 if heads_only else resolve_models(cfg.models, channels=channels, mode=cfg.mode)
     t_train = t_score = t_decode = 0.0
     images = None
-    if cfg.decode_cache is not None and cfg.backbone is None:
+    if cfg.decode_cache is not None and not heads_only:
         t = time.perf_counter()
         invalid, _ = ledger.host(frame, schema.IS_INVALID)
         images = decoded.decode_once(device, rows.paths, ~invalid.astype(bool), size=tcfg.image_size,
@@ -438,8 +442,11 @@ def rank(frame, ledger: Ledger, device: Device, cfg: RankConfig, *, round_no: in
     val_acc: list[float] = []
     trained = validated = 0
     model = None
+    heads: list[Scores] = []
     if cfg.backbone is not None:
-        parts, trained, t_train, t_score, oof = _backbone_scores(device, cfg, rows, channels, seed)
+        heads, trained, t_train, t_score, oof = _backbone_scores(device, cfg, rows, channels, seed)
+    if heads_only:
+        parts = heads
     elif cfg.mode == "certified":
         tr = np.flatnonzero(rows.certified & ~rows.holdout)
         va = np.flatnonzero(rows.holdout)
@@ -500,6 +507,8 @@ def rank(frame, ledger: Ledger, device: Device, cfg: RankConfig, *, round_no: in
         if not val_acc:                   # one cycle: the held-out folds against their given labels
             val_acc = [float(np.mean([(p.pred == rows.y[p.rows]).mean() for p in parts]))]
         oof = True
+        if heads:                         # --with-cnn: the same folds (the same draw), two opinions per fold
+            parts = [_ensemble([c, h], rows.y) for c, h in zip(parts, heads)]
     else:
         raise ValueError(f"mode must be 'certified' or 'oof', not {cfg.mode!r}")
 
@@ -513,8 +522,9 @@ def rank(frame, ledger: Ledger, device: Device, cfg: RankConfig, *, round_no: in
     frame = _merge(frame, ledger, rows, parts, k, round_no=round_no, oof=oof)
     stats = RankStats(cfg.mode, rows.classes, channels, sum(len(p.rows) for p in parts), trained, validated,
                       float(np.mean(val_acc)) if val_acc else None, epochs, t_train, t_score,
-                      model=cfg.backbone.factory if cfg.backbone is not None else tcfg.model,
-                      schedule="linear heads" if cfg.backbone is not None else tcfg.schedule,
+                      model=(cfg.backbone.factory if heads_only else
+                             f"{tcfg.model} + heads on {cfg.backbone.factory}" if heads else tcfg.model),
+                      schedule="linear heads" if heads_only else tcfg.schedule,
                       seconds_decode=t_decode, models=models)
     return frame, stats, model
 
