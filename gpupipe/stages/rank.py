@@ -296,10 +296,11 @@ def _from_probs(rows: np.ndarray, probs: np.ndarray, y: np.ndarray, embedding=No
 
 
 def _ensemble(parts: list[Scores], y: np.ndarray) -> Scores:
-    """One `Scores` from M models' scores of the same rows (`RankConfig.models`):
-    the mean of their probabilities (and of their neighbours' votes), each
-    model's own kept in ``model_probs``; the outlier score is the first
-    model's (its threshold was measured on one model's distances)."""
+    """One `Scores` from M models' scores of the same rows (`RankConfig.models`;
+    or, with ``with_cnn``, the CNNs' mean and the backbone's heads): the mean
+    of their probabilities (and of their neighbours' votes), each one's own
+    kept in ``model_probs``; the outlier score is the first's (its threshold
+    was measured on one CNN's distances)."""
     if len(parts) == 1:
         return parts[0]
     first = parts[0]
