@@ -76,7 +76,7 @@ def training_sets(run: Path, truth: dict, review: int) -> tuple[dict, list[str],
     from gpupipe.models.outlier import is_far
     from gpupipe.models.score import flag_label_issues, with_votes
     from gpupipe.stages.rank import rows_of
-    from gpupipe.stages.review import AutoPolicy, auto_decisions, ensure_columns, label_suspicion
+    from gpupipe.stages.review import AutoPolicy, auto_decisions, each_model, ensure_columns, label_suspicion
     from gpupipe.table import Ledger
 
     ledger = Ledger(resolve_device("cpu"))
@@ -120,10 +120,8 @@ def training_sets(run: Path, truth: dict, review: int) -> tuple[dict, list[str],
     far = is_far(*ledger.host(frame, schema.RANK_OUTLIER))[s]
     mix = with_votes(p, np.where(has_votes[:, None], ledger.host(frame, schema.RANK_VOTES)[0][s], np.nan))
     now, before = np.zeros(len(s), bool), np.zeros(len(s), bool)
-    models = 1                                            # rank --models M: the count reads M
-    if schema.RANK_MODEL_PROBS in frame.columns:
-        mp, has_mp = ledger.host(frame, schema.RANK_MODEL_PROBS)
-        models = mp.shape[1] // p.shape[1] if has_mp[s].all() else 1
+    each = each_model(frame, ledger, p.shape[1])          # rank --models M: the count reads M
+    models = each[0].shape[1] if each is not None and each[1][s].all() else 1
     now[~far] = flag_label_issues(lab[~far], mix[~far], models=models)
     before[~far] = flags_cleanlab_count(lab[~far], mix[~far])
     ours = np.argsort(-label_suspicion(loss[s], p[np.arange(len(s)), lab], votes[s]), kind="stable")

@@ -471,13 +471,8 @@ def auto_decisions(frame, ledger: Ledger, policy: AutoPolicy, *, round_no: int) 
     summary: dict = {"proposed": {"confirm": int(confirm.sum()), "relabel": int(relabel.sum()),
                                   "remove": int(unusable.sum()), "remove_outlier": int(far.sum())}}
     if policy.min_precision is not None:
-        each = None
-        if schema.RANK_MODEL_PROBS in frame.columns:
-            mp, has = ledger.host(frame, schema.RANK_MODEL_PROBS)
-            if has.any() and mp.shape[1] % max(len(rows.classes), 1) == 0 and mp.shape[1] > len(rows.classes):
-                each = (mp.reshape(len(mp), -1, len(rows.classes)), has)
         confirm, relabel, unusable, gate = _gate(rows, scored, probs, pred, confirm, relabel, unusable,
-                                                 policy.min_precision, each)
+                                                 policy.min_precision, each_model(frame, ledger, len(rows.classes)))
         summary.update(gate)
     accept = np.flatnonzero(confirm)
     relabel = np.flatnonzero(relabel)
@@ -494,6 +489,18 @@ def auto_decisions(frame, ledger: Ledger, policy: AutoPolicy, *, round_no: int) 
                        "remove": int(((action == "remove") & ~outlier_removed).sum()),
                        "remove_outlier": int(outlier_removed.sum())}
     return Decisions(pos, action, new, schema.SOURCE_AUTO, round_no, summary=summary)
+
+
+def each_model(frame, ledger: Ledger, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """``rank --models M``'s `schema.RANK_MODEL_PROBS` over ``k`` classes:
+    (each model's probabilities (N, M, K), rows holding them), or None where
+    the round averaged no models."""
+    if schema.RANK_MODEL_PROBS not in frame.columns or k < 1:
+        return None
+    mp, has = ledger.host(frame, schema.RANK_MODEL_PROBS)
+    if not has.any() or mp.shape[1] % k or mp.shape[1] <= k:
+        return None
+    return mp.reshape(len(mp), -1, k), has
 
 
 def _gate(rows: Rows, scored: np.ndarray, probs: np.ndarray, pred: np.ndarray, confirm: np.ndarray,
