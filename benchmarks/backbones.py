@@ -45,6 +45,27 @@ def wide_cnn(num_classes: int, channels: int) -> torch.nn.Module:
     return small_cnn(num_classes, channels, widths=(32, 64, 128, 256))
 
 
+class _Luma(torch.nn.Module):
+    """RGB (B, 3, H, W) -> luma (B, 1, H, W), Rec. 601 weights; no parameters."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("w", torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * self.w).sum(1, keepdim=True)
+
+
+def luma_cnn(num_classes: int, channels: int) -> torch.nn.Module:
+    """gpupipe's photo-cnn on the images' luma only: a model that cannot use colour
+    (sky, grass), for the second-opinion study of issue 25 (RESULTS.md §36)."""
+    from gpupipe.models.nets import photo_cnn
+
+    if channels != 3:
+        return photo_cnn(num_classes, channels)
+    return torch.nn.Sequential(_Luma(), photo_cnn(num_classes, 1))
+
+
 def main() -> int:
     from gpupipe.dali.augment import AugmentConfig
     from gpupipe.device import resolve_device

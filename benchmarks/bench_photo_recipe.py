@@ -24,6 +24,17 @@ others vary one thing of it (``-ls0``/``-ls2`` label smoothing, ``-lr05``/
 ``wide-sgd``: 2x; ``res*``: a compact ResNet).  ``--no-val`` trains on the
 validation rows too (what one cycle does in `rank`), ``--flip-tta`` scores
 each image as the mean of it and its mirror.
+
+Batch-level variants of photo-cnn's recipe (`EXTRA`, RESULTS.md §36):
+``mid-mixup02`` / ``mid-mixup1`` (mixup, Beta(0.2) / Beta(1)), ``mid-cutmix1``,
+``mid-ema`` (the weights' exponential average, decay 0.999).  ``--aum`` also
+prints the F1 at the true count of the training rows' area under the margin
+(the given label's logit minus the largest other, averaged over the steps
+after the first quarter of the epochs; Pleiss et al. 2020); ``--save F.npz``
+trains the first recipe on each of the 5 folds in turn (no validation rows)
+and saves every row's out-of-fold probabilities and its margins in the four
+folds that trained on it, for an offline reading of the two orders
+(RESULTS.md §36).
 """
 
 from __future__ import annotations
@@ -138,6 +149,16 @@ RECIPES = {
     "mid-sgd": (lambda k, c: nets.small_cnn(k, c, (24, 48, 96, 192)), "sgd", 30, 0.1, 0.1, "onecycle", 5e-4, 64),
     "small-sgd-20": (nets.small_cnn, "sgd", 20, 0.1, 0.1, "onecycle", 5e-4, 64),
 }
+_MID = RECIPES["mid-sgd"]
+#: Variants of photo-cnn's recipe with a batch-level regulariser (issue 25, RESULTS.md §36):
+#: name -> (recipe, {"mixup": Beta alpha, "cutmix": Beta alpha, "ema": weight-average decay}).
+EXTRA = {
+    "mid-mixup02": (_MID, {"mixup": 0.2}),
+    "mid-mixup1": (_MID, {"mixup": 1.0}),
+    "mid-cutmix1": (_MID, {"cutmix": 1.0}),
+    "mid-ema": (_MID, {"ema": 0.999}),
+    "mid-mixup02-45": ((*_MID[:2], 45, *_MID[3:]), {"mixup": 0.2}),
+}
 
 
 def evaluate(model, x, batch=512):
@@ -149,8 +170,9 @@ def evaluate(model, x, batch=512):
     return torch.cat(out)
 
 
-def run(name, x, y, truth, tr, va, te, seed, flip_tta=False):
-    factory, opt_name, epochs, lr, ls, sched, wd, batch = RECIPES[name]
+def run(name, x, y, truth, tr, va, te, seed, flip_tta=False, aum=False):
+    recipe, extra = EXTRA.get(name, (RECIPES.get(name), {}))
+    factory, opt_name, epochs, lr, ls, sched, wd, batch = recipe
     torch.manual_seed(seed)
     model = nets.to_layout(factory(10, 3))
     params = model.parameters()
@@ -163,18 +185,51 @@ def run(name, x, y, truth, tr, va, te, seed, flip_tta=False):
     yt = torch.as_tensor(y)
     t0 = time.perf_counter()
     best, best_state, stale, ran = math.inf, None, 0, 0
+    margin_sum = torch.zeros(len(y), dtype=torch.float64)      # --aum: the given label's margin on its
+    margin_n = torch.zeros(len(y), dtype=torch.float64)        # training steps (Pleiss et al. 2020)
+    ema = torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(extra["ema"]),
+        use_buffers=True) if "ema" in extra else None
     for ep in range(epochs):
         model.train()
         perm = torch.as_tensor(tr)[torch.randperm(len(tr), generator=gen)]
         for i in range(0, len(perm), batch):
             at = perm[i:i + batch]
-            xb = nets.as_input(augment(x[at], gen))
-            loss = F.cross_entropy(model(xb), yt[at], label_smoothing=ls)
+            xb = augment(x[at], gen)
+            yb, mix = yt[at], None
+            if "mixup" in extra or "cutmix" in extra:
+                a = extra.get("mixup", extra.get("cutmix"))
+                lam = float(torch.distributions.Beta(a, a).sample())
+                perm_b = torch.randperm(len(at), generator=gen)
+                if "mixup" in extra:
+                    xb = lam * xb + (1 - lam) * xb[perm_b]
+                else:
+                    h = w = xb.shape[-1]
+                    rh, rw = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
+                    cy, cx = int(torch.randint(h, (1,), generator=gen)), int(torch.randint(w, (1,), generator=gen))
+                    y0, y1, x0, x1 = max(cy - rh // 2, 0), min(cy + rh // 2, h), max(cx - rw // 2, 0), min(cx + rw // 2, w)
+                    xb = xb.clone()
+                    xb[:, :, y0:y1, x0:x1] = xb[perm_b][:, :, y0:y1, x0:x1]
+                    lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)
+                mix = (yb[perm_b], lam)
+            out = model(nets.as_input(xb))
+            if aum and mix is None and ep >= epochs // 4:     # after the warm-up
+                with torch.no_grad():
+                    lo = out.detach().double()
+                    given = lo.gather(1, yb[:, None])[:, 0]
+                    other = lo.scatter(1, yb[:, None], -math.inf).max(1).values
+                    margin_sum.index_add_(0, at, given - other)
+                    margin_n.index_add_(0, at, torch.ones(len(at), dtype=torch.float64))
+            loss = F.cross_entropy(out, yb, label_smoothing=ls)
+            if mix is not None:
+                loss = mix[1] * loss + (1 - mix[1]) * F.cross_entropy(out, mix[0], label_smoothing=ls)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             if sch is not None:
                 sch.step()
+            if ema is not None:
+                ema.update_parameters(model)
         ran = ep + 1
         if sched == "const-es":
             p = evaluate(model, x[va])
@@ -188,6 +243,8 @@ def run(name, x, y, truth, tr, va, te, seed, flip_tta=False):
                     break
     if best_state is not None:
         model.load_state_dict(best_state)
+    if ema is not None:
+        model = ema.module
     secs = time.perf_counter() - t0
     p = evaluate(model, x[te])
     if flip_tta:
@@ -197,10 +254,20 @@ def run(name, x, y, truth, tr, va, te, seed, flip_tta=False):
     acc_t = float((pred == truth[te]).mean())
     acc_n = float((pred == y[te]).mean())
     nll = float(-np.log(np.clip(p[np.arange(len(te)), y[te]], 1e-12, 1)).mean())
+    err = y[te] != truth[te]
+    worst = np.argsort(p[np.arange(len(te)), y[te]], kind="stable")[:int(err.sum())]
+    f1_true = float(err[worst].mean())     # precision = recall = F1 when as many are flagged as are wrong
+    if aum:
+        m = (margin_sum[tr] / margin_n[tr].clamp_min(1)).numpy()
+        e_tr = y[tr] != truth[tr]
+        low = np.argsort(m, kind="stable")[:int(e_tr.sum())]
+        print(f"    AUM on the {len(tr)} training rows ({int(e_tr.sum())} wrong): F1 at true count "
+              f"{float(e_tr[low].mean()):.3f}", flush=True)
     nparam = sum(q.numel() for q in model.parameters())
     print(f"{name:14s}{' no-val' if len(tr) + len(va) == len(y) - len(te) and len(tr) > 7500 else ''}"
           f"{' flip-tta' if flip_tta else ''} params {nparam:8d} epochs {ran:3d} {secs:7.1f} s  acc vs truth {acc_t:.3f}  "
-          f"vs given {acc_n:.3f}  nll(given) {nll:.3f}", flush=True)
+          f"vs given {acc_n:.3f}  nll(given) {nll:.3f}  F1 at true count {f1_true:.3f}", flush=True)
+    run.margins = (margin_sum / margin_n.clamp_min(1)).numpy(), margin_n.numpy() > 0
     return p
 
 
@@ -216,6 +283,11 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-val", action="store_true", help="train on the validation rows too")
     ap.add_argument("--flip-tta", action="store_true", help="score as the mean of the image and its mirror")
+    ap.add_argument("--save", default=None,
+                    help="every fold in turn (one recipe): save the out-of-fold probabilities and each "
+                         "row's training margins per fold to this .npz")
+    ap.add_argument("--aum", action="store_true",
+                    help="also the training rows' area under the margin: F1 of its order on them")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     x, y, truth = load(args)
@@ -228,8 +300,21 @@ def main():
         tr = rest
     print(f"{args.part}: train {len(tr)}, val {len(va)}, held out {len(te)}; "
           f"noise in held out {(y[te] != truth[te]).mean():.3f}", flush=True)
+    if args.save:
+        probs = np.zeros((len(y), 10))
+        margins = np.full((5, len(y)), np.nan)
+        for f in range(5):
+            rest = np.flatnonzero(fold != f)
+            te = np.flatnonzero(fold == f)
+            probs[te] = run(args.recipe[0], x, y, truth, rest, rest[:0], te, args.seed + f, args.flip_tta, True)
+            m, has = run.margins
+            margins[f, has] = m[has]
+        np.savez(args.save, probs=probs, margins=margins, y=y, truth=truth)
+        return
     for name in args.recipe:
-        run(name, x, y, truth, tr, va, te, args.seed, args.flip_tta)
+        if name not in RECIPES and name not in EXTRA:
+            raise SystemExit(f"unknown recipe {name!r}")
+        run(name, x, y, truth, tr, va, te, args.seed, args.flip_tta, args.aum)
 
 
 if __name__ == "__main__":
