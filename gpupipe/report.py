@@ -143,7 +143,9 @@ def build(ledger: pd.DataFrame, *, title: str, stages: dict[str, dict], groups: 
                    else np.full(len(scored), np.nan))
         key = label_suspicion(scored[schema.RANK_LOSS].to_numpy(float), scored[schema.RANK_PROB_GIVEN].to_numpy(float),
                               scored[schema.RANK_VOTE_GIVEN].to_numpy(float)
-                              if schema.RANK_VOTE_GIVEN in scored.columns else None)
+                              if schema.RANK_VOTE_GIVEN in scored.columns else None,
+                              scored[schema.RANK_TRAIN_MARGIN].to_numpy(float)
+                              if schema.RANK_TRAIN_MARGIN in scored.columns else None)
         order = np.argsort(-suspicion(key, outlier), kind="stable")
         s = scored.iloc[order[:suspicious]]
         cells = []

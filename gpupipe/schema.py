@@ -111,6 +111,7 @@ RANK_VOTES = "rank_neighbour_votes"
 RANK_VOTE_GIVEN = "rank_vote_given"
 RANK_FLAG = "is_mislabeled_issue"
 RANK_MODEL_PROBS = "rank_model_probs"
+RANK_TRAIN_MARGIN = "rank_train_margin"
 
 RANK = _cols(
     Column(RANK_ROUND, pa.int32(), "round whose model produced this row's scores; null if never scored"),
@@ -129,6 +130,10 @@ RANK = _cols(
     Column(RANK_MODEL_PROBS, pa.list_(pa.float32()), "with rank --models M >= 2: each model's own softmax, "
            "M vectors of the classes in rank_probs, one after the other (rank_probs is their mean); null with "
            "one model.  The automatic policy's gate asks each model to agree (stages.review.AutoPolicy)"),
+    Column(RANK_TRAIN_MARGIN, pa.float32(), "out-of-fold rounds: the area under the margin, the logit of the "
+           "current label minus the largest other logit, averaged over the training steps of the models that "
+           "trained on the row (the other folds'), after their warm-up (models.train); lower = more suspect; "
+           "null in other rounds"),
     Column(RANK_FLAG, pa.bool_(), "likely mislabeled: the rows whose label is most likely wrong given the model, "
            "the neighbours' votes and the estimated noise, as many as maximise the flags' expected F1 "
            "(models.score.flag_label_issues); never a row whose outlier score is >= models.outlier.FAR", False),

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from gpupipe.models.nets import MODELS, build, resolve_model
-from gpupipe.models.score import (expected_f1_count, flag_label_issues, label_error_odds, label_posterior, per_sample,
-                                  scaled_to, wrong_label_count)
+from gpupipe.models.score import (expected_f1_count, flag_label_issues, flag_order, label_error_odds, label_posterior,
+                                  per_sample, scaled_to, with_margin, wrong_label_count)
 
 
 def test_per_sample_scores_match_their_definitions():
@@ -116,6 +116,25 @@ def test_label_error_odds_follow_the_estimated_noise():
     assert gap[0] > 0.1
     # Spreading the estimated noise evenly over the classes brings the two closer (the loss order: equal).
     assert gap[0] > gap[1] > gap[2]
+
+
+def test_the_margin_is_a_third_opinion_by_percentile():
+    """`with_margin`: the mean of the percentiles by suspicion (higher first) and
+    by the area under the margin (lower first); a row without a margin counts
+    its suspicion twice, an unscored row stays unscored."""
+    suspect = np.array([0.1, 0.2, 0.3, 0.4, np.nan])
+    margin = np.array([-2.0, 1.0, np.nan, 3.0, -9.0])
+    out = with_margin(suspect, margin)
+    # suspicion percentiles 1/4..4/4; margins among the three rows that have one: -2 -> 3/3, 1 -> 2/3, 3 -> 1/3
+    np.testing.assert_allclose(out[:4], [(0.25 + 1) / 2, (0.5 + 2 / 3) / 2, 0.75, (1 + 1 / 3) / 2])
+    assert np.isnan(out[4])
+    # in the flags' order the margin breaks the odds' hold: two rows the odds rank alike, apart by margin
+    labels = np.array([0, 0, 1, 1] * 10)
+    probs = np.tile([[0.9, 0.1], [0.9, 0.1], [0.1, 0.9], [0.1, 0.9]], (10, 1))
+    probs[:2] = [[0.2, 0.8], [0.2, 0.8]]
+    order = list(flag_order(labels, probs, np.r_[5.0, -5.0, np.zeros(38)]))
+    assert order[0] == 1 and order.index(1) < order.index(0)
+    assert list(flag_order(labels, probs)[:2]) == [0, 1]         # without margins: the odds, then the index
 
 
 def test_resnet50_layer1_has_the_competition_models_shape():

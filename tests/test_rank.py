@@ -98,6 +98,8 @@ def test_the_automatic_policy_makes_the_decisions_it_expects_to_be_right(certifi
 
 def test_scores_are_joined_to_their_rows(certified_round):
     run, _, ledger = certified_round
+    # a certified seed set's model trained on none of the rows it scored: no margins
+    assert ledger.column(schema.RANK_TRAIN_MARGIN).null_count == ledger.num_rows
     d = ledger.to_pandas()
     classes = json.loads((run / RANK_STATE).read_text())["classes"]
     assert classes == [str(k) for k in range(10)]
@@ -147,6 +149,16 @@ def test_out_of_fold_scores_every_eligible_row(noisy_run, digits_noisy):
     n_flipped = sum(r in digits_noisy["flipped"] for r in kept[schema.REL_PATH])
     p_at_l, _ = _top(ledger, digits_noisy["flipped"], n_flipped)
     assert p_at_l >= 0.6      # measured 0.8 with these few epochs (0.96 with the defaults)
+    # Each row's area under the margin while the other folds' models trained on it:
+    # the flips' margins are the lowest (they fight the other images of their class).
+    # (Not every row: a row in both other folds' validation tenth trained nowhere.)
+    margin = kept[schema.RANK_TRAIN_MARGIN].to_numpy(np.float64)
+    assert np.isfinite(margin).mean() >= 0.98
+    is_flip = kept[schema.REL_PATH].isin(digits_noisy["flipped"]).to_numpy()
+    lowest = np.argsort(np.nan_to_num(margin, nan=np.inf), kind="stable")[:n_flipped]
+    print(f"margin: {np.isfinite(margin).mean():.4f} of rows, precision at the flips' count "
+          f"{is_flip[lowest].mean():.3f}, loss {p_at_l:.3f}")
+    assert is_flip[lowest].mean() >= 0.6
     # A weaker model (4 epochs): the policy still changes only rows it is right about.
     changed, right = _auto_changes(ledger, digits_noisy)
     print(f"auto after 4 epochs: changed {changed}, right {right}, {res.rounds[0]['policy']}")

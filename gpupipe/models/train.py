@@ -85,6 +85,8 @@ class TrainResult:
     val_accuracy: list[float]
     train_samples: int
     lr: list[float]             # the learning rate each epoch trained at
+    margins: np.ndarray | None = None   # float32 (len(files),): each training row's area under the margin
+    #                                     (`train`), NaN where no step after the warm-up saw it
 
 
 def train(
@@ -97,6 +99,17 @@ def train(
 
     Validation (no augmentation) runs after every epoch when ``val_files`` is
     non-empty; without it the model trains ``max_epochs`` epochs.
+
+    Each training row's area under the margin (Pleiss et al., 2020, "Identifying
+    mislabeled data using the area under the margin ranking") comes back in
+    ``TrainResult.margins``: the mean, over the steps that showed the row after
+    the first quarter of ``max_epochs`` (one cycle's warm-up), of the logit of
+    its label minus the largest other logit.  A wrong label is one the model
+    keeps failing to fit while it learns its class from the other images: out-of-fold,
+    each row is trained on by the other folds' models, and their mean margin
+    orders flags better than the held-out probabilities alone
+    (`gpupipe.models.score.flag_order`, RESULTS.md §36).  It costs one gather
+    and one max on logits the step computed anyway.
     """
     spec = nets.resolve_model(config.model, lr=config.lr, channels=channels, init=config.init)
     augment = AugmentConfig() if config.augment == "auto" else config.augment
@@ -133,6 +146,9 @@ def train(
     accs: list[float] = []
     rates: list[float] = []
     step = 0
+    warm = max(1, config.max_epochs // 4)
+    margin_sum = torch.zeros(len(files), dtype=torch.float64, device=device.torch_device)
+    margin_n = torch.zeros(len(files), dtype=torch.float64, device=device.torch_device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for epoch in range(1, config.max_epochs + 1):
@@ -140,9 +156,18 @@ def train(
             rates.append(float(opt.param_groups[0]["lr"]))
             for x, r in train_epochs:
                 x = nets.as_input(x.to(device.torch_device, non_blocking=True))
-                target = y[torch.as_tensor(r, device=device.torch_device)]
+                at = torch.as_tensor(r, device=device.torch_device)
+                target = y[at]
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.is_gpu):
-                    loss = F.cross_entropy(model(x), target, label_smoothing=smoothing)
+                    logits = model(x)
+                    loss = F.cross_entropy(logits, target, label_smoothing=smoothing)
+                if epoch > warm:
+                    with torch.no_grad():
+                        lo = logits.detach().double()
+                        own = lo.gather(1, target[:, None])[:, 0]
+                        other = lo.scatter(1, target[:, None], -math.inf).max(dim=1).values
+                        margin_sum.index_add_(0, at, own - other)
+                        margin_n.index_add_(0, at, torch.ones_like(own))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -167,4 +192,6 @@ def train(
                     break
     if best_state is not None:
         model.load_state_dict(best_state)
-    return TrainResult(model, best_epoch or config.max_epochs, epoch, losses, accs, len(files), rates)
+    seen = margin_n > 0
+    margins = torch.where(seen, margin_sum / margin_n.clamp_min(1), torch.nan).float().cpu().numpy()
+    return TrainResult(model, best_epoch or config.max_epochs, epoch, losses, accs, len(files), rates, margins)

@@ -10,7 +10,10 @@ when there is one.  Two modes:
   ``review_holdout`` validate), score every eligible row not yet certified.
 * ``oof``: out-of-fold over all eligible rows, for datasets without a
   trustworthy seed set: K stratified folds, each scored by a model trained on
-  the other K-1 (a tenth of those held out for early stopping).
+  the other K-1 (a tenth of those held out for early stopping).  Each row
+  also gets ``rank_train_margin``: its area under the margin while the
+  models of the other folds trained on it (`gpupipe.models.train.train`),
+  which the flags' and the review's order read beside the held-out scores.
 
 The scores of a row are those of the latest round that scored it; the class
 order of ``rank_probs`` is returned in `RankStats.classes` (and kept in
@@ -184,6 +187,7 @@ class JobResult:
     val_accuracy: list[float] = field(default_factory=list)
     seconds_train: float = 0.0
     seconds_score: float = 0.0
+    train_margins: np.ndarray | None = None   # float32, aligned with ``job.train_rows`` (`TrainResult.margins`)
 
 
 def run_job(job: Job) -> JobResult:
@@ -206,6 +210,7 @@ def run_job(job: Job) -> JobResult:
             out.epochs = res.epochs
             out.val_accuracy = res.val_accuracy[res.best_epoch - 1:res.best_epoch]
             out.seconds_train = time.perf_counter() - t
+            out.train_margins = res.margins
         else:
             spec = nets.resolve_model(job.config.model, lr=job.config.lr, channels=job.channels,
                                       init=job.config.init)
@@ -439,6 +444,7 @@ def rank(frame, ledger: Ledger, device: Device, cfg: RankConfig, *, round_no: in
             return list(rows.paths[pos])
         return images.take(pos)
     parts: list[Scores] = []
+    train_margin = None
     epochs: list[int] = []
     val_acc: list[float] = []
     trained = validated = 0
@@ -505,6 +511,7 @@ def rank(frame, ledger: Ledger, device: Device, cfg: RankConfig, *, round_no: in
             val_acc += res.val_accuracy
         parts += [_ensemble([r.scores for r in results[i:i + models]], rows.y)
                   for i in range(0, len(results), models)]
+        train_margin = _mean_margins(len(rows.y), jobs, results)
         if not val_acc:                   # one cycle: the held-out folds against their given labels
             val_acc = [float(np.mean([(p.pred == rows.y[p.rows]).mean() for p in parts]))]
         oof = True
@@ -520,7 +527,7 @@ def rank(frame, ledger: Ledger, device: Device, cfg: RankConfig, *, round_no: in
         if all(p.outlier is not None for p in g):
             for p, scaled in zip(g, outlier.robust_z([p.outlier for p in g])):
                 p.outlier = scaled
-    frame = _merge(frame, ledger, rows, parts, k, round_no=round_no, oof=oof)
+    frame = _merge(frame, ledger, rows, parts, k, round_no=round_no, oof=oof, train_margin=train_margin)
     stats = RankStats(cfg.mode, rows.classes, channels, sum(len(p.rows) for p in parts), trained, validated,
                       float(np.mean(val_acc)) if val_acc else None, epochs, t_train, t_score,
                       model=(cfg.backbone.factory if heads_only else
@@ -577,8 +584,24 @@ def _backbone_scores(device, cfg: RankConfig, rows: Rows, channels: int, seed: i
     return parts, trained, t_train, t_score, cfg.mode == "oof"
 
 
-def _merge(frame, ledger: Ledger, rows: Rows, parts: list[Scores], k: int, *, round_no: int, oof: bool):
-    """Write this round's scores into the RANK columns (other rows keep theirs)."""
+def _mean_margins(n: int, jobs: list[Job], results: list[JobResult]) -> np.ndarray:
+    """float32 (n,): each row's area under the margin (`TrainResult.margins`)
+    averaged over the models that trained on it (out-of-fold: the other folds'),
+    NaN where none did."""
+    total, count = np.zeros(n), np.zeros(n)
+    for job, res in zip(jobs, results):
+        if res.train_margins is None or job.train_rows is None:
+            continue
+        ok = np.isfinite(res.train_margins)
+        np.add.at(total, job.train_rows[ok], res.train_margins[ok])
+        np.add.at(count, job.train_rows[ok], 1.0)
+    return np.where(count > 0, total / np.maximum(count, 1.0), np.nan).astype(np.float32)
+
+
+def _merge(frame, ledger: Ledger, rows: Rows, parts: list[Scores], k: int, *, round_no: int, oof: bool,
+           train_margin: np.ndarray | None = None):
+    """Write this round's scores into the RANK columns (other rows keep theirs).
+    ``train_margin`` (N,): `_mean_margins` of an out-of-fold round, for the rows it scored."""
     n = len(rows.y)
     m = max((p.model_probs.shape[1] for p in parts if p.model_probs is not None), default=1)
     fresh = {
@@ -594,6 +617,7 @@ def _merge(frame, ledger: Ledger, rows: Rows, parts: list[Scores], k: int, *, ro
         schema.RANK_VOTE_GIVEN: lambda: np.zeros(n, np.float32),
         schema.RANK_FLAG: lambda: np.zeros(n, bool),
         schema.RANK_MODEL_PROBS: lambda: np.full((n, m * k), np.nan, np.float32),
+        schema.RANK_TRAIN_MARGIN: lambda: np.full(n, np.nan, np.float32),
     }
     # Earlier rounds' scores are kept, but all of them go when the classes
     # changed (the probability vectors' length); a column an older ledger
@@ -625,6 +649,9 @@ def _merge(frame, ledger: Ledger, rows: Rows, parts: list[Scores], k: int, *, ro
         has_models = s.model_probs is not None and s.model_probs.shape[1] * k == width
         cols[schema.RANK_MODEL_PROBS][0][r] = s.model_probs.reshape(len(r), -1) if has_models else np.nan
         cols[schema.RANK_MODEL_PROBS][1][r] = has_models
+        tm = train_margin[r] if train_margin is not None else np.full(len(r), np.nan, np.float32)
+        cols[schema.RANK_TRAIN_MARGIN][0][r] = tm
+        cols[schema.RANK_TRAIN_MARGIN][1][r] = np.isfinite(tm)
     # Flags over every row holding probabilities, against its current label, but
     # for the images of no class (outlier score >= FAR): they are not mislabeled,
     # and their losses are high under any label, so among the rows they crowded
@@ -635,8 +662,10 @@ def _merge(frame, ledger: Ledger, rows: Rows, parts: list[Scores], k: int, *, ro
     votes, has_votes = cols[schema.RANK_VOTES]
     use = has & rows.eligible & ~outlier.is_far(*cols[schema.RANK_OUTLIER])
     flags = np.zeros(n, bool)
+    margin, has_margin = cols[schema.RANK_TRAIN_MARGIN]
     flags[use] = flag_label_issues(rows.y[use], probs[use].astype(np.float64),
                                    np.where(has_votes[use, None], votes[use], np.nan).astype(np.float64),
-                                   models=m if bool(cols[schema.RANK_MODEL_PROBS][1][use].all()) else 1)
+                                   models=m if bool(cols[schema.RANK_MODEL_PROBS][1][use].all()) else 1,
+                                   margins=np.where(has_margin[use], margin[use], np.nan).astype(np.float64))
     cols[schema.RANK_FLAG] = (flags, np.ones(n, bool))
     return ledger.assign(frame, {name: (v, valid) for name, (v, valid) in cols.items()})

@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from gpupipe import schema
 from gpupipe.models.outlier import FAR, is_far
-from gpupipe.models.score import label_posterior, with_votes
+from gpupipe.models.score import label_posterior, with_margin, with_votes
 from gpupipe.stages.balance import suspects
 from gpupipe.stages.rank import Rows, rows_of
 from gpupipe.table import Ledger
@@ -164,7 +164,8 @@ AUTO_REMOVE_OUTLIER = 8.0
 AUTO_MIN_PRECISION = 0.9
 
 
-def label_suspicion(loss: np.ndarray, prob_given: np.ndarray, vote_given: np.ndarray | None) -> np.ndarray:
+def label_suspicion(loss: np.ndarray, prob_given: np.ndarray, vote_given: np.ndarray | None,
+                    margin: np.ndarray | None = None) -> np.ndarray:
     """The label's part of the review order, float (N,), higher = more suspect:
     minus the log of the model's probability of the current label mixed with
     the neighbours' vote for it (`gpupipe.models.score.with_votes`), the loss
@@ -173,13 +174,20 @@ def label_suspicion(loss: np.ndarray, prob_given: np.ndarray, vote_given: np.nda
     reviews needed for 90% of the errors on 6 of 8 planted sets and tied on 2
     (Fashion-MNIST 1.14x -> 1.09x; benchmarks/bench_flag_signals.py, RESULTS.md
     §16).  Not the flags' order (`score.label_error_odds`): within the first
-    1x of reviews that one lost on Fashion-MNIST with symmetric flips."""
+    1x of reviews that one lost on Fashion-MNIST with symmetric flips.
+
+    ``margin`` (N,): `rank_train_margin` (NaN where none; None: an older
+    ledger): then the mean of the rows' percentiles by that loss and by the
+    margin (`gpupipe.models.score.with_margin`), a third opinion, as in the
+    flags' order (RESULTS.md §36)."""
     loss = np.asarray(loss, np.float64)
-    if vote_given is None:
+    if vote_given is not None:
+        vote = np.asarray(vote_given, np.float64)
+        mixed = with_votes(prob_given, vote)
+        loss = np.where(np.isnan(vote), loss, -np.log(np.clip(mixed, 1e-12, None)))
+    if margin is None or not np.isfinite(margin).any():
         return loss
-    vote = np.asarray(vote_given, np.float64)
-    mixed = with_votes(prob_given, vote)
-    return np.where(np.isnan(vote), loss, -np.log(np.clip(mixed, 1e-12, None)))
+    return with_margin(loss, margin)
 
 
 def suspicion(loss: np.ndarray, outlier: np.ndarray, *, outlier_from: float = FAR) -> np.ndarray:
@@ -219,7 +227,8 @@ def queue(frame, ledger: Ledger, *, worst: int, best: int, policy: "AutoPolicy |
     rows = rows_of(frame, ledger)
     loss, scored = ledger.host(frame, schema.RANK_LOSS)
     open_ = np.flatnonzero(rows.eligible & ~rows.certified & scored)
-    key = label_suspicion(loss, ledger.host(frame, schema.RANK_PROB_GIVEN)[0], _vote_given(frame, ledger))
+    key = label_suspicion(loss, ledger.host(frame, schema.RANK_PROB_GIVEN)[0], _vote_given(frame, ledger),
+                          _float_column(frame, ledger, schema.RANK_TRAIN_MARGIN))
     order = open_[np.argsort(-suspicion(key[open_], _outlier(frame, ledger)[open_]), kind="stable")]
     w = order[:worst]
     b = order[::-1][:best]
@@ -373,7 +382,8 @@ def audit_queue(frame, ledger: Ledger, classes: list[str], *, open_rows: int | N
     if schema.RANK_LOSS in frame.columns:
         loss, scored = ledger.host(frame, schema.RANK_LOSS)
         keep = rows.eligible & ~rows.certified & scored & ~suspects(frame, ledger, rows.certified)
-        key = label_suspicion(loss, ledger.host(frame, schema.RANK_PROB_GIVEN)[0], _vote_given(frame, ledger))
+        key = label_suspicion(loss, ledger.host(frame, schema.RANK_PROB_GIVEN)[0], _vote_given(frame, ledger),
+                              _float_column(frame, ledger, schema.RANK_TRAIN_MARGIN))
         open_ = np.flatnonzero(keep)
         open_ = open_[np.argsort(-key[open_], kind="stable")]
         open_ = open_[:max(len(relabels), AUDIT_OPEN_MIN) if open_rows is None else open_rows]
