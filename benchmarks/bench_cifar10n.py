@@ -118,7 +118,12 @@ def evaluate(run: Path, truth: dict) -> dict:
            "flags": prf(flag, err[s]),
            "cleanlab": prf(find_label_issues(lab, probs[s], n_jobs=1), err[s])}
     votes = ledger.host(frame, schema.RANK_VOTE_GIVEN)[0].astype(float)[s]
-    order = np.argsort(-label_suspicion(loss[s], probs[s, :][np.arange(len(s)), lab], votes), kind="stable")
+    margin = None                   # rank_train_margin (RESULTS.md §36): kept runs before it lack the column
+    if schema.RANK_TRAIN_MARGIN in frame.columns:
+        m, has_m = ledger.host(frame, schema.RANK_TRAIN_MARGIN)
+        margin = np.where(has_m, m, np.nan)[s].astype(float)
+    order = np.argsort(-label_suspicion(loss[s], probs[s, :][np.arange(len(s)), lab], votes, margin),
+                       kind="stable")
     k = int(err[s].sum())
     out["review_top_1x_recall"] = round(float(err[s][order[:k]].mean() * 1.0 if k else 0), 3)
     out["suggested_right_on_errors"] = round(float((pred[err[s]] == true[s][err[s]]).mean()), 3)

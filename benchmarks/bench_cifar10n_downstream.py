@@ -16,12 +16,14 @@ the part's 10,000 training images labelled seven ways:
 * curated: gated, suspects out: what curate's balance stage keeps after that
   round: the rows it leaves open yet flags ``is_mislabeled_issue`` (or finds
   far from every class) are left out as suspects (`balance.suspects`), the
-  flags recomputed from the kept probabilities by the code at hand
-  (`score.flag_label_issues`, as `rank` writes them);
+  flags recomputed from the kept probabilities (and margins, where the run
+  has `rank_train_margin`) by the code at hand (`score.flag_label_issues`,
+  as `rank` writes them);
 * the same with the flags counted as before RESULTS.md §29 (as many as
   cleanlab's ``find_label_issues`` on the same mix);
 * reviewed, gpupipe order: a person checks the first ``--review`` rows of
-  gpupipe's review order (`review.label_suspicion`) and gives each its true
+  gpupipe's review order (`review.label_suspicion`, with the margins where
+  the run has them) and gives each its true
   label (every CIFAR-10 image is a valid picture of one class);
 * reviewed, cleanlab order: the same effort spent on cleanlab's order
   (``find_label_issues(..., return_indices_ranked_by="self_confidence")`` on
@@ -122,9 +124,13 @@ def training_sets(run: Path, truth: dict, review: int) -> tuple[dict, list[str],
     now, before = np.zeros(len(s), bool), np.zeros(len(s), bool)
     each = each_model(frame, ledger, p.shape[1])          # rank --models M: the count reads M
     models = each[0].shape[1] if each is not None and each[1][s].all() else 1
-    now[~far] = flag_label_issues(lab[~far], mix[~far], models=models)
+    margin = np.full(len(s), np.nan)          # rank_train_margin (RESULTS.md §36; older runs lack it)
+    if schema.RANK_TRAIN_MARGIN in frame.columns:
+        m, has_m = ledger.host(frame, schema.RANK_TRAIN_MARGIN)
+        margin = np.where(has_m, m, np.nan)[s].astype(np.float64)
+    now[~far] = flag_label_issues(lab[~far], mix[~far], models=models, margins=margin[~far])
     before[~far] = flags_cleanlab_count(lab[~far], mix[~far])
-    ours = np.argsort(-label_suspicion(loss[s], p[np.arange(len(s)), lab], votes[s]), kind="stable")
+    ours = np.argsort(-label_suspicion(loss[s], p[np.arange(len(s)), lab], votes[s], margin), kind="stable")
     flagged = find_label_issues(lab, p, return_indices_ranked_by="self_confidence", n_jobs=1)
     rest = np.setdiff1d(np.arange(len(s)), flagged)
     rest = rest[np.argsort(p[rest, lab[rest]], kind="stable")]      # least self-confident first
