@@ -53,22 +53,30 @@ def truth_of(run: Path) -> tuple[dict, set]:
     return planted["true"], set(planted["outliers"])
 
 
-def flagged_rows(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """A ranked run's rows as `rank` flags them (scored, eligible, not far from
-    every class) -> (labels (N,), probabilities (N, K) float64, the neighbours'
-    votes (N, K), NaN where none, whether each label is wrong (N,) bool)."""
+def flagged_positions(run: Path):
+    """The rows `rank` flags among in a ranked run (scored, eligible, not far
+    from every class) -> (ledger, frame, `rows_of`, those positions (bool N),
+    whether each of their labels is wrong (bool, one per position))."""
     ledger = Ledger(resolve_device("cpu"))
     frame = ledger.read(run / LEDGER)
     rows = rows_of(frame, ledger)
     rel = ledger.host(frame, schema.REL_PATH)[0].astype(str)
-    probs, has = ledger.host(frame, schema.RANK_PROBS)
-    votes, has_votes = ledger.host(frame, schema.RANK_VOTES)
+    has = ledger.host(frame, schema.RANK_PROBS)[1]
     use = has & rows.eligible & ~is_far(*ledger.host(frame, schema.RANK_OUTLIER))
-    y, p = rows.y[use], probs[use].astype(np.float64)
     true, junk = truth_of(run)
-    given = np.asarray(rows.classes, dtype=object)[y]
+    given = np.asarray(rows.classes, dtype=object)[rows.y[use]]
     err = np.array([r in junk or true.get(r, g) != g for r, g in zip(rel[use], given)])
-    return y, p, np.where(has_votes[use, None], votes[use], np.nan), err
+    return ledger, frame, rows, use, err
+
+
+def flagged_rows(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A ranked run's rows as `rank` flags them (`flagged_positions`) ->
+    (labels (N,), probabilities (N, K) float64, the neighbours' votes (N, K),
+    NaN where none, whether each label is wrong (N,) bool)."""
+    ledger, frame, rows, use, err = flagged_positions(run)
+    probs = ledger.host(frame, schema.RANK_PROBS)[0]
+    votes, has_votes = ledger.host(frame, schema.RANK_VOTES)
+    return (rows.y[use], probs[use].astype(np.float64), np.where(has_votes[use, None], votes[use], np.nan), err)
 
 
 def ranked(run: Path):

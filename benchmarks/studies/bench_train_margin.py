@@ -25,38 +25,31 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_flag_count import truth_of  # noqa: E402
+from bench_flag_count import flagged_positions  # noqa: E402
 
 from gpupipe import schema  # noqa: E402
-from gpupipe.runner import LEDGER  # noqa: E402
 
 
 def rows(run: Path):
-    from gpupipe.device import resolve_device
-    from gpupipe.models.outlier import is_far
-    from gpupipe.stages.rank import rows_of
+    """`bench_flag_count.flagged_positions`' rows -> (labels, probabilities, votes,
+    margins (NaN where none), wrong, the run's number of models, loss, P(given),
+    the neighbours' vote for the given label)."""
     from gpupipe.stages.review import each_model
-    from gpupipe.table import Ledger
 
-    ledger = Ledger(resolve_device("cpu"))
-    frame = ledger.read(run / LEDGER)
-    r = rows_of(frame, ledger)
-    rel = ledger.host(frame, schema.REL_PATH)[0].astype(str)
-    probs, has = ledger.host(frame, schema.RANK_PROBS)
+    ledger, frame, r, use, err = flagged_positions(run)
     votes, has_votes = ledger.host(frame, schema.RANK_VOTES)
-    margin, has_margin = (ledger.host(frame, schema.RANK_TRAIN_MARGIN) if schema.RANK_TRAIN_MARGIN in frame.columns
-                          else (np.full(len(frame), np.nan), np.zeros(len(frame), bool)))   # a run before §36
-    use = has & r.eligible & ~is_far(*ledger.host(frame, schema.RANK_OUTLIER))
-    true, junk = truth_of(run)
-    given = np.asarray(r.classes, dtype=object)[r.y[use]]
-    err = np.array([x in junk or true.get(x, g) != g for x, g in zip(rel[use], given)])
+
+    def floats(name: str) -> np.ndarray:          # NaN where null, or where a run before §36 lacks the column
+        if name not in frame.columns:
+            return np.full(int(use.sum()), np.nan)
+        v, has = ledger.host(frame, name)
+        return np.where(has, v, np.nan)[use].astype(np.float64)
+
     each = each_model(frame, ledger, len(r.classes))
     models = each[0].shape[1] if each is not None and each[1][use].all() else 1
-    return (r.y[use], probs[use].astype(np.float64), np.where(has_votes[use, None], votes[use], np.nan),
-            np.where(has_margin[use], margin[use], np.nan).astype(np.float64), err, models,
-            ledger.host(frame, schema.RANK_LOSS)[0][use].astype(np.float64),
-            ledger.host(frame, schema.RANK_PROB_GIVEN)[0][use].astype(np.float64),
-            ledger.host(frame, schema.RANK_VOTE_GIVEN)[0][use].astype(np.float64))
+    return (r.y[use], ledger.host(frame, schema.RANK_PROBS)[0][use].astype(np.float64),
+            np.where(has_votes[use, None], votes[use], np.nan), floats(schema.RANK_TRAIN_MARGIN), err, models, floats(schema.RANK_LOSS),
+            floats(schema.RANK_PROB_GIVEN), floats(schema.RANK_VOTE_GIVEN))
 
 
 def prf(flags: np.ndarray, err: np.ndarray) -> tuple[int, float, float, float]:
