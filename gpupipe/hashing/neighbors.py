@@ -165,24 +165,24 @@ def _close_positions(s, max_distance: int, window: int, chunk: int, xp: types.Mo
 
 
 def _window_edges(s, p, max_distance: int, window: int, xp: types.ModuleType, direct: bool = False):
-    """Edges (s[p], s[p + k]) within range, 1 <= k <= window, for ranks (P,) ``p`` of sorted ``s``.
+    """Edges (p, p + k) within range, 1 <= k <= window, for ranks (P,) ``p`` of sorted ``s``.
 
     Edge (p, p+k), k >= 2, is dropped when (p, p+1) .. (p+k-1, p+k) all match: those already
     connect it (unless ``direct``: then every matching pair is kept, for callers that
-    check pairs one by one).  -> left (E,), right (E,) uint64 values.
+    check pairs one by one).  -> left (E,), right (E,) int64 ranks in ``s``.
     """
     u = s.shape[0]
     idx = p[:, None] + xp.arange(1, window + 1, dtype=xp.int64)[None, :]    # (P, W)
     valid = idx < u
     idx = xp.minimum(idx, u - 1)
     match = (_popcount(s[p][:, None] ^ s[idx], xp) <= max_distance) & valid
-    adjacent = (_popcount(s[idx - 1] ^ s[idx], xp) <= max_distance) & valid
     if not direct:
+        adjacent = (_popcount(s[idx - 1] ^ s[idx], xp) <= max_distance) & valid
         chained = xp.cumsum(~adjacent, axis=1, dtype=xp.int32) == 0         # p..p+k all linked
         chained[:, 0] = False
         match &= ~chained
     rows, cols = xp.nonzero(match)
-    return s[p[rows]], s[idx[rows, cols]]
+    return p[rows], idx[rows, cols]
 
 
 def near_pairs(hashes, *, max_distance: int, xp: types.ModuleType | None = None,
@@ -257,6 +257,10 @@ def near_pairs(hashes, *, max_distance: int, xp: types.ModuleType | None = None,
     held, limit = 0, max(1 << 23, 8 * u)        # codes held before a prune (8 B each); pruning earlier cannot change the result
     todo = n_tables if u > 1 and max_distance > 0 else 0
     s = xp.empty(u if todo else 0, dtype=xp.uint64)
+    # Each sorted value's place in uniq, carried through every table's sort: an edge's ends
+    # are read off it (searching uniq for 2E permuted-back values per table took 5 of the
+    # pHash search's 18 s on a million mosaics; an argsort in place of each sort costs ~1 ms).
+    sid = xp.arange(u if todo else 0, dtype=xp.int64)
     if q is not None and (todo == 0) and u:                  # exact lookups only
         pos = xp.minimum(xp.searchsorted(uniq, q), u - 1)
         hit = xp.nonzero(_popcount(uniq[pos] ^ q, xp) <= max_distance)[0]
@@ -265,31 +269,28 @@ def near_pairs(hashes, *, max_distance: int, xp: types.ModuleType | None = None,
         rot = (t % _PER_PERM) * _STEP                       # total left rotation of this order
         if rot == 0:
             perm = rng.permutation(64)
-            inv_luts = xp.asarray(_bit_luts(np.argsort(perm)))
             _permute(uniq, xp.asarray(_bit_luts(perm)), xp, out=s)
-            s.sort()
+            o = xp.argsort(s)
+            sid = o
         else:                                                # 16 sorted runs: a merge on CPU
             carry = s >> xp.uint64(64 - _STEP)
             s <<= xp.uint64(_STEP)
             s |= carry
             del carry
-            if xp is np:
-                s.sort(kind="stable")    # timsort merges the 16 runs; CuPy < 14 has no kind= (its sort is radix)
-            else:
-                s.sort()
+            # timsort merges the 16 runs; CuPy < 14 has no kind= (its sort is radix)
+            o = xp.argsort(s, kind="stable") if xp is np else xp.argsort(s)
+            sid = sid[o]
+        s = s[o]
+        del o
         if q is not None:
             if rot == 0:
                 qbase = _permute(q, xp.asarray(_bit_luts(perm)), xp)
-            qcodes.append(_query_window(s, _rotl(qbase, rot, xp) if rot else qbase, uniq, inv_luts, rot,
+            qcodes.append(_query_window(s, sid, _rotl(qbase, rot, xp) if rot else qbase, u,
                                         max_distance, window, xp))
         p = _close_positions(s, max_distance, window, chunk, xp)
         for c in range(0, int(p.shape[0]), rows):
             left, right = _window_edges(s, p[c:c + rows], max_distance, window, xp, direct)
-            ends = _permute(_rotl(xp.concatenate([left, right]), (64 - rot) % 64, xp), inv_luts, xp)
-            o = xp.argsort(ends)                            # sorted queries: cache-friendly
-            ids = xp.empty(o.shape[0], dtype=xp.int64)
-            ids[o] = xp.searchsorted(uniq, ends[o])         # position of each end among uniq
-            a, b = ids[:left.shape[0]], ids[left.shape[0]:]
+            a, b = sid[left], sid[right]                    # each end's place in uniq
             codes.append(xp.minimum(a, b) * u + xp.maximum(a, b))
             held += int(a.shape[0])
         if held > limit:                                    # bound memory in clustered data
@@ -336,10 +337,10 @@ def _prune(codes, uniq, u: int, k: int, xp):
     return codes[top_k_pairs(a, b, d, k, xp)]
 
 
-def _query_window(s, qs, uniq, inv_luts, rot: int, max_distance: int, window: int, xp):
-    """Codes query * U + uniq_index of the sorted values ``s`` within range of each permuted
-    query ``qs``, among the ``window`` values on either side of its sorted position."""
-    u = int(s.shape[0])
+def _query_window(s, sid, qs, u: int, max_distance: int, window: int, xp):
+    """Codes query * U + uniq_index of the sorted values ``s`` (their places in uniq:
+    ``sid``) within range of each permuted query ``qs``, among the ``window`` values on
+    either side of its sorted position."""
     pos = xp.searchsorted(s, qs)
     off = xp.arange(-window, window, dtype=xp.int64)[None, :]
     idx = pos[:, None].astype(xp.int64) + off
@@ -347,9 +348,7 @@ def _query_window(s, qs, uniq, inv_luts, rot: int, max_distance: int, window: in
     idx = xp.clip(idx, 0, u - 1)
     match = (_popcount(s[idx] ^ qs[:, None], xp) <= max_distance) & valid
     rows, cols = xp.nonzero(match)
-    vals = s[idx[rows, cols]]
-    ends = _permute(_rotl(vals, (64 - rot) % 64, xp), inv_luts, xp)
-    return rows.astype(xp.int64) * u + xp.searchsorted(uniq, ends)
+    return rows.astype(xp.int64) * u + sid[idx[rows, cols]]
 
 
 _FULL = 64      # runs (and pairs of runs) up to this many pairs are expanded in full
