@@ -14,6 +14,9 @@ import os
 import numpy as np
 
 
+_PREADV = hasattr(os, "preadv")
+
+
 class NpyRows:
     """Read-only, row-indexed view of a C-ordered ``.npy`` file."""
 
@@ -69,8 +72,14 @@ class NpyRows:
         breaks = np.flatnonzero(np.diff(s) > self.GAP_ROWS) + 1
         starts = np.concatenate([[0], breaks])
         ends = np.concatenate([breaks, [len(s)]])
+        flat = out.reshape(len(idx), -1)
         for a, b in zip(starts.tolist(), ends.tolist()):
             first = int(s[a])
+            if b - a == 1 and _PREADV:     # a lone row: read straight into its place (2 us a row, not 6)
+                k = int(order[a])
+                if os.preadv(self._fd, [flat[k]], self.offset + first * self.row_bytes) != self.row_bytes:
+                    raise OSError(f"{self.path}: short read of row {first}")
+                continue
             block = self._read(first, int(s[b - 1]) - first + 1)
             out[order[a:b]] = block[s[a:b] - first]
         return out
