@@ -61,7 +61,7 @@ from __future__ import annotations
 import numpy as np
 
 from gpupipe.hashing.verify import (
-    COARSE_SHIFT, MARGIN, THUMB, _centre, _gauss, _half, _peaks_at, _sandwich, _to_host, _zoom, band_pass,
+    COARSE_SHIFT, MARGIN, THUMB, _centre, _gauss, _peaks_at, _sandwich, _to_host, _zoom, band_pass,
     correlations,
 )
 
@@ -101,7 +101,7 @@ def reg_filters(thumbs, xp=np):
     e2 = (w * w).sum(axis=(1, 2))
     pr = e2 * e2 / xp.maximum((w ** 4).sum(axis=(1, 2)), xp.float32(1e-12))
     sparsity = xp.minimum(xp.float32(1.0), 3 * pr / (w.shape[1] * w.shape[2]))[:, None].astype(xp.float32)
-    return f, _half(band_pass(thumbs, colour=False, sigmas=REG_COARSE_SIGMAS, xp=xp)), ac, sparsity
+    return f, band_pass(thumbs, colour=False, sigmas=REG_COARSE_SIGMAS, half=True, xp=xp), ac, sparsity
 
 
 def registered_z(r, ac_a, ac_b, sp_a, sp_b, xp=np):

@@ -199,6 +199,8 @@ def dedup(frame, ledger: Ledger, config: DedupConfig = DedupConfig(), *, thumbs=
         pos = xp.concatenate([pos[:e][order], pos[e:2 * e][order], pos[2 * e:]])
         strict = None if strict is None else strict[order]
     floor = _registered_floor(check, strict, xp)
+    if e and hasattr(check, "warm"):
+        check.warm(pos[:e], pos[e:2 * e])
     if e:
         ok = xp.zeros(e, dtype=bool)
         for a in range(0, e, CHECK_SLICE):
