@@ -478,10 +478,6 @@ class PairCheck:
         s1, s2 = _window_sums(f, w, self.xp)
         return f, _norms(s1, s2, f.shape[1] * w * w, self.xp)
 
-    def _fine_images(self, idx):
-        """(band-pass (K, C, 32, 32), window norms at zoom 1 (K, 2m+1, 2m+1)) of images idx."""
-        return self._fine_cache.get(idx)
-
     def unmoved(self, i, j):
         """(M,) bool: the pairs' 256-bit DCT hashes agree within GATE_FINE_BITS, i.e.
         their content is where it was (no shift, crop or zoom to undo)."""
