@@ -103,9 +103,17 @@ def is_colour(thumbs, xp=np):
     return ((thumbs[..., 0] != thumbs[..., 1]) | (thumbs[..., 1] != thumbs[..., 2])).any(axis=(1, 2))
 
 
+def _luma(rgb, xp):
+    """(..., 3) RGB -> (...) float32 BT.601 luma, as one flat (M, 3) @ (3,) product: numpy
+    takes a slower loop for a stacked one (0.56 vs 0.15 ms for 512 thumbnails), and the
+    two give the same float32 for every one of the 256**3 byte triples."""
+    rgb = rgb.astype(xp.float32, copy=False)
+    return (rgb.reshape(-1, 3) @ xp.asarray(_GRAY)).reshape(rgb.shape[:-1])
+
+
 def to_gray(rgb, xp=np):
     """(..., 3) uint8 RGB -> (...) uint8 gray."""
-    return xp.rint(rgb.astype(xp.float32) @ xp.asarray(_GRAY)).astype(xp.uint8)
+    return xp.rint(_luma(rgb, xp)).astype(xp.uint8)
 
 
 @functools.lru_cache(maxsize=8)
@@ -167,7 +175,7 @@ def band_pass(thumbs, *, colour: bool, sigmas: tuple[float, float] | None = None
     gauss = _halved_gauss if half else _gauss
     t = thumbs.astype(xp.float32)
     if t.ndim == 4:
-        t = xp.moveaxis(t, -1, 1) if colour else (t @ xp.asarray(_GRAY))[:, None]
+        t = xp.moveaxis(t, -1, 1) if colour else _luma(t, xp)[:, None]
     else:
         t = t[:, None]
     t = t - t.mean(axis=(1, 2, 3), keepdims=True)
