@@ -127,7 +127,7 @@ def decode_only(shards: list[str], threads: int, batch: int = 512) -> dict:
 # resident set (VmHWM of /proc/self/status) to the file named first.  Not ru_maxrss: Linux
 # carries the hiwater mark of the memory a process had before exec into it, and Python's
 # subprocess starts children by vfork, whose memory before exec is this bench's (after the
-# in-process decode-only pass over a million images, ~4 GiB): every "peak" read 3.96-3.98 GiB.
+# in-process decode-only pass over a million images, ~4 GiB): its 1M "peaks" read 3.90-3.98 GiB.
 _PEAK_WRAPPER = """
 import atexit, runpy, sys
 out = sys.argv.pop(1)
