@@ -169,6 +169,29 @@ def test_brace_patterns_and_errors(tmp_path, digits_planted):
         ingest(str(tmp_path / "s" / "test-{000000..000009}.tar"))
 
 
+def test_shards_listed_in_processes_give_the_same_table(tmp_path, digits_planted):
+    """From `PARALLEL_SHARDS` shards on, ingest lists them in worker processes: the
+    same rows in the same order, the same skipped members and shard errors, as
+    listing them here (good shards, one cut short, one not a tar)."""
+    from gpupipe.stages.ingest import PARALLEL_SHARDS, _from_webdataset
+
+    root, _ = digits_planted
+    src = tmp_path / "s"
+    shards = write_webdataset(imagefolder_samples(root)[:400], src, shard_size=40)
+    with tarfile.open(src / "z-extra.tar", "w") as tf:
+        add_tar_member(tf, "notes.txt.bak", b"skipped")              # a member that is no sample's image
+        add_tar_member(tf, "k.png", shards[0].read_bytes()[512:600])
+    shards[1].write_bytes(shards[1].read_bytes()[:600])               # cut short in its first member's data
+    (src / "y-bad.tar").write_bytes(b"<html>not a tar</html>" * 40)
+    tars = sorted(src.glob("*.tar"))
+    assert len(tars) >= PARALLEL_SHARDS
+    here = _from_webdataset(src, tars, None, processes=1)
+    there = _from_webdataset(src, tars, None, processes=3)
+    assert here.table.num_rows > 300 and here.table.equals(there.table)
+    assert here.skipped_non_images == there.skipped_non_images
+    assert here.source_errors == there.source_errors and len(here.source_errors) == 2
+
+
 def test_curate_from_shards_exports_real_files(three_layouts, digits_planted, tmp_path):
     """`gpupipe curate` on WebDataset shards: models train and score from the
     shards (DALI external_source), the export holds real files whose bytes are

@@ -331,61 +331,112 @@ def _wds_label(ext: str, data: bytes) -> str | None:
     return text or None
 
 
-def _from_webdataset(root: Path, shards: list[Path], label_column: str | None) -> IngestResult:
+# Shards are listed in worker processes from this many on.  Listing is Python work per
+# member (a tar header walk, the label members read, ~7 us a sample on this project's
+# 2-core machine: 14 s for a million samples in 101 shards, RESULTS.md §39), one shard
+# independent of the next; below this many the processes' start costs more than it saves.
+PARALLEL_SHARDS = 8
+MAX_LIST_PROCESSES = 16
+
+
+def _from_webdataset(root: Path, shards: list[Path], label_column: str | None, *,
+                     processes: int | None = None) -> IngestResult:
+    """processes: worker processes listing the shards (None: one per core, up to
+    `MAX_LIST_PROCESSES`, from `PARALLEL_SHARDS` shards on; 1: this process)."""
     label_exts = (label_column.lower().lstrip("."),) if label_column else WDS_LABEL_EXTS
     rows = _rows()
     skipped = 0
     errors: dict[str, str] = {}
-    for shard in sorted(shards):
-        srel = _rel_to(root, shard)
-        split = _split_of(srel)
-        samples: dict[str, dict[str, tuple[int, int]]] = {}
-        labels: dict[str, str | None] = {}
-        label_rank: dict[str, int] = {}
-        try:
-            listing = list_members(str(shard))
-        except (tarfile.TarError, OSError) as e:
-            errors[srel] = f"not a readable tar: {e}"
-            continue
-        if listing.error:
-            errors[srel] = listing.error
-        with open(shard, "rb") as fh:
-            for name, off, size in listing.members:
-                km = _KEY.match(name)
-                if km is None or km.group(1).rsplit("/", 1)[-1].startswith("."):
-                    skipped += 1
-                    continue
-                key, ext = km.group(1), km.group(2).lower()
-                if ext in label_exts:
-                    rank = label_exts.index(ext)            # cls before txt before json
-                    if rank < label_rank.get(key, len(label_exts)):
-                        fh.seek(off)
-                        labels[key] = _wds_label(ext, fh.read(min(size, 1 << 16)))
-                        label_rank[key] = rank
-                    samples.setdefault(key, {})
-                else:
-                    samples.setdefault(key, {})[ext] = (off, size)
-        for key in sorted(samples):
-            members = samples[key]
-            label = labels.get(key)
-            img = next((e for e in WDS_IMAGE_EXTS if e in members), None)
-            if img is None:   # a multi-part extension ending in an image one ("seg.png" alone)
-                img = next((e for e in sorted(members) if "." + e.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS), None)
-            others = [e for e in sorted(members) if e != img and e not in ("json",)]
-            if img is None and others:
-                img = others[0]           # unknown extension: sniffed and flagged by the hash stage
-                others = others[1:]
-            if img is None:
-                _append(rows, str(shard.absolute()), f"{srel}/{key}", label, split, None,
-                        missing_locator(NO_IMAGE_MEMBER))
-                continue
-            off, size = members[img]
-            skipped += len(others)
-            _append(rows, str(shard.absolute()), f"{srel}/{key}.{img}", label, split, size, tar_locator(off, size))
+    jobs = [(root, shard, label_exts) for shard in sorted(shards)]
+    for part, part_skipped, part_errors in _map_shards(jobs, processes):
+        for k, v in part.items():
+            rows[k].extend(v)
+        skipped += part_skipped
+        errors.update(part_errors)
     if not rows["path"]:
         raise SourceError(f"no samples in {len(shards)} shard(s) under {root}"
                           + (f": {next(iter(errors.items()))}" if errors else ""))
     return IngestResult(_table(rows), "webdataset", skipped, errors)
+
+
+def _map_shards(jobs: list, processes: int | None):
+    """`_shard_rows` of each job, in order: in worker processes or here.
+
+    Workers are forked (Linux only): a spawned worker re-imports the caller's main
+    module, which breaks any script that calls `ingest` without an ``if __name__ ==
+    "__main__"`` guard.  A forked worker runs only `_shard_rows` (Python, mmap and
+    file reads), so threads the caller holds (BLAS's, DALI's) do not matter to it."""
+    import multiprocessing
+    import sys
+
+    if processes is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        processes = min(cores, len(jobs), MAX_LIST_PROCESSES) if len(jobs) >= PARALLEL_SHARDS else 1
+    processes = min(processes, len(jobs))
+    if (processes <= 1 or not sys.platform.startswith("linux")
+            or multiprocessing.current_process().daemon):      # a daemon may not start processes
+        return map(_shard_rows, jobs)
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) as pool:
+            return list(pool.map(_shard_rows, jobs))
+    except (BrokenProcessPool, OSError):     # a worker lost (killed for memory?) or none could start
+        return map(_shard_rows, jobs)
+
+
+def _shard_rows(job) -> tuple[dict[str, list], int, dict[str, str]]:
+    """One shard's samples: (rows as `_rows`, members skipped, {shard: what went wrong})."""
+    root, shard, label_exts = job
+    rows = _rows()
+    skipped = 0
+    errors: dict[str, str] = {}
+    srel = _rel_to(root, shard)
+    split = _split_of(srel)
+    samples: dict[str, dict[str, tuple[int, int]]] = {}
+    labels: dict[str, str | None] = {}
+    label_rank: dict[str, int] = {}
+    try:
+        listing = list_members(str(shard))
+    except (tarfile.TarError, OSError) as e:
+        return rows, skipped, {srel: f"not a readable tar: {e}"}
+    if listing.error:
+        errors[srel] = listing.error
+    with open(shard, "rb") as fh:
+        for name, off, size in listing.members:
+            km = _KEY.match(name)
+            if km is None or km.group(1).rsplit("/", 1)[-1].startswith("."):
+                skipped += 1
+                continue
+            key, ext = km.group(1), km.group(2).lower()
+            if ext in label_exts:
+                rank = label_exts.index(ext)            # cls before txt before json
+                if rank < label_rank.get(key, len(label_exts)):
+                    fh.seek(off)
+                    labels[key] = _wds_label(ext, fh.read(min(size, 1 << 16)))
+                    label_rank[key] = rank
+                samples.setdefault(key, {})
+            else:
+                samples.setdefault(key, {})[ext] = (off, size)
+    path = str(shard.absolute())
+    for key in sorted(samples):
+        members = samples[key]
+        label = labels.get(key)
+        img = next((e for e in WDS_IMAGE_EXTS if e in members), None)
+        if img is None:   # a multi-part extension ending in an image one ("seg.png" alone)
+            img = next((e for e in sorted(members) if "." + e.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS), None)
+        others = [e for e in sorted(members) if e != img and e not in ("json",)]
+        if img is None and others:
+            img = others[0]           # unknown extension: sniffed and flagged by the hash stage
+            others = others[1:]
+        if img is None:
+            _append(rows, path, f"{srel}/{key}", label, split, None, missing_locator(NO_IMAGE_MEMBER))
+            continue
+        off, size = members[img]
+        skipped += len(others)
+        _append(rows, path, f"{srel}/{key}.{img}", label, split, size, tar_locator(off, size))
+    return rows, skipped, errors
 
 
 # --- Parquet files with image bytes ----------------------------------------------------
