@@ -334,7 +334,9 @@ def _wds_label(ext: str, data: bytes) -> str | None:
 # Shards are listed in worker processes from this many on.  Listing is Python work per
 # member (a tar header walk, the label members read, ~7 us a sample on this project's
 # 2-core machine: 14 s for a million samples in 101 shards, RESULTS.md §39), one shard
-# independent of the next; below this many the processes' start costs more than it saves.
+# independent of the next (11 shards of 100k samples: 1.2-1.3 s here, 0.7 s in two
+# processes).  8 is a choice, not a measured break-even: fewer shards are most often
+# small sets, listed here in well under a second.
 PARALLEL_SHARDS = 8
 MAX_LIST_PROCESSES = 16
 
