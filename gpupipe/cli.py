@@ -212,7 +212,8 @@ def _rank_options(args):
         worst=args.worst, best=args.best, max_rounds=args.max_rounds, review_budget=args.review_budget,
         policy=AutoPolicy(accept_prob=args.accept_prob, relabel_prob=args.relabel_prob,
                           remove_prob=args.remove_prob,
-                          remove_outlier=args.remove_outlier, min_precision=args.min_precision),
+                          remove_outlier=args.remove_outlier, min_precision=args.min_precision,
+                          colour_relabels=args.colour_relabels),
         train=train, channels=args.channels, score_batch=args.score_batch, seed=args.seed,
         workers=args.workers, scheduler=args.scheduler, torch_threads=args.torch_threads, tta=args.tta,
         backbone=_backbone(args), decode_cache=args.decode_cache == "auto", models=args.models,
@@ -329,6 +330,10 @@ def _add_rank_options(p: argparse.ArgumentParser, *, folds_flag: str, review_def
                    help="auto: of the decisions the thresholds above propose, make only those expected to be "
                         "right at least this often (calibrated probabilities and the label noise estimated "
                         "from them); the rest stay open for a person (default: 0.9; off: the thresholds alone)")
+    p.add_argument("--colour-relabels", choices=("with-backbone", "always"), default="with-backbone",
+                   help="auto: relabel colour images only where heads on a --backbone are part of the scores "
+                        "(default: with-backbone; on real photos the models trained on the labels alone relabeled "
+                        "7 clean images in 55 gated relabels, RESULTS.md §40); always: the gate alone decides")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
     _add_train_options(p)
 

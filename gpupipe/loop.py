@@ -318,12 +318,13 @@ def _rounds(run_dir: Path, options: RankOptions, cfg, device, ledger: Ledger, fr
 def _declined(d: rv.Decisions) -> str:
     """The automatic policy's declined decisions, for the round's log line."""
     g = d.summary or {}
+    held = f"; held {g['held']['relabel']} relabels for a person ({g['held_because']})" if "held" in g else ""
     if "declined" not in g:
-        return ""
+        return held
     wrong = f", expected wrong {g['expected_wrong']}" if "expected_wrong" in g else ""
     if not any(g["declined"].values()):
-        return f"; declined none{wrong}"
-    return f"; declined {g['declined']} ({g['declined_because']}){wrong}"
+        return f"; declined none{wrong}{held}"
+    return f"; declined {g['declined']} ({g['declined_because']}){wrong}{held}"
 
 
 def _tally(d: rv.Decisions) -> dict[str, int]:

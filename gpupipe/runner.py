@@ -133,13 +133,15 @@ class CurateResult:
 
 def _policy_totals(rounds: list[dict]) -> dict:
     """The automatic policy's account over the rounds (`stages.review.auto_decisions`):
-    decisions it declined (estimated precision too low; left open for a person)
-    and the decisions it made that it expected to be wrong."""
-    pol = [r["policy"] for r in rounds if "declined" in r.get("policy", {})]
+    decisions it declined (estimated precision too low; left open for a person),
+    relabels it held for a person (`AutoPolicy.colour_relabels`), and the
+    decisions it made that it expected to be wrong."""
+    pol = [r["policy"] for r in rounds if "declined" in r.get("policy", {}) or "held" in r.get("policy", {})]
     if not pol:
         return {}
-    declined = {a: sum(p["declined"].get(a, 0) for p in pol) for a in ("confirm", "relabel", "remove")}
+    declined = {a: sum(p.get("declined", {}).get(a, 0) for p in pol) for a in ("confirm", "relabel", "remove")}
     return {"auto_declined": declined,
+            "auto_held_relabels": sum(p.get("held", {}).get("relabel", 0) for p in pol),
             "auto_expected_wrong": round(sum(p.get("expected_wrong", 0.0) for p in pol), 1)}
 
 def _check(frame, stage: str, when: str) -> None:

@@ -112,6 +112,7 @@ RANK_VOTE_GIVEN = "rank_vote_given"
 RANK_FLAG = "is_mislabeled_issue"
 RANK_MODEL_PROBS = "rank_model_probs"
 RANK_TRAIN_MARGIN = "rank_train_margin"
+RANK_EVIDENCE = "rank_evidence"
 
 RANK = _cols(
     Column(RANK_ROUND, pa.int32(), "round whose model produced this row's scores; null if never scored"),
@@ -134,6 +135,10 @@ RANK = _cols(
            "current label minus the largest other logit, averaged over the training steps of the models that "
            "trained on the row (the other folds'), after their warm-up (models.train); lower = more suspect; "
            "null in other rounds"),
+    Column(RANK_EVIDENCE, pa.string(), "what the row's probabilities rest on: models trained on the run's own "
+           "labels ('trained') or heads on a backbone the user brought, alone or with them ('backbone'), on "
+           "'colour' or 'gray' images: e.g. 'trained-colour'.  The automatic policy relabels 'trained-colour' "
+           "rows only with --colour-relabels always (stages.review.AutoPolicy.colour_relabels)"),
     Column(RANK_FLAG, pa.bool_(), "likely mislabeled: the rows whose label is most likely wrong given the model, "
            "the neighbours' votes and the estimated noise, as many as maximise the flags' expected F1 "
            "(models.score.flag_label_issues); never a row whose outlier score is >= models.outlier.FAR", False),

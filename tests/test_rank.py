@@ -115,6 +115,7 @@ def test_scores_are_joined_to_their_rows(certified_round):
     assert np.allclose(-np.log(probs[np.arange(len(s)), label]), s[schema.RANK_LOSS], rtol=1e-3, atol=1e-4)
     assert (np.array(classes)[probs.argmax(1)] == s[schema.RANK_PRED]).all()
     assert not s[schema.RANK_OOF].any()
+    assert (s[schema.RANK_EVIDENCE] == "trained-gray").all() and d[schema.RANK_EVIDENCE].notna().sum() == len(s)
     # The schema is respected on disk.
     assert ledger.schema.field(schema.RANK_PROBS).type == schema.arrow_schema("rank").field(schema.RANK_PROBS).type
 
@@ -165,13 +166,16 @@ def test_out_of_fold_scores_every_eligible_row(noisy_run, digits_noisy):
     assert right >= 0.9 * changed
 
 
-def test_colour_images_of_mixed_sizes_and_three_classes(tmp_path):
-    """Any number of classes, any image size, colour: resized for the model in memory only."""
+@pytest.fixture(scope="module")
+def colour_run(tmp_path_factory):
+    """240 real digits of three classes, tinted (colour carries no label), of two
+    sizes, deduplicated and ranked out-of-fold with `--review auto`."""
     from PIL import Image
 
     from gpupipe.datasets import load_digits_images
     from gpupipe.runner import DedupOptions, run_dedup
 
+    tmp_path = tmp_path_factory.mktemp("colour")
     images, labels = load_digits_images()
     pick = np.flatnonzero(labels < 3)[:240]
     tint = np.array([[255, 80, 80], [80, 255, 80], [80, 80, 255]], np.float32) / 255
@@ -187,6 +191,12 @@ def test_colour_images_of_mixed_sizes_and_three_classes(tmp_path):
     quick = TrainConfig(max_epochs=3, epoch_samples=512, image_size=24, augment=AugmentConfig.light())
     res = run_rank(tmp_path / "run", RankOptions(device="cpu", mode="oof", folds=2, review="auto", max_rounds=1,
                                                  train=quick))
+    return tmp_path, res, before
+
+
+def test_colour_images_of_mixed_sizes_and_three_classes(colour_run):
+    """Any number of classes, any image size, colour: resized for the model in memory only."""
+    tmp_path, res, before = colour_run
     assert res.rounds[0]["channels"] == 3 and res.rounds[0]["classes"] == ["class_0", "class_1", "class_2"]
     # --model / --schedule / --models auto, decided by the images: colour, out-of-fold
     r = res.rounds[0]
@@ -200,7 +210,42 @@ def test_colour_images_of_mixed_sizes_and_three_classes(tmp_path):
     assert kept[schema.RANK_LOSS].notna().all()
     assert all(len(p) == 3 for p in kept[schema.RANK_PROBS])
     assert (kept[schema.RANK_PRED] == kept[schema.LABEL]).mean() > 0.8      # it learned the digits
+    assert (kept[schema.RANK_EVIDENCE] == "trained-colour").all()
     assert {p: p.read_bytes() for p in (tmp_path / "src").rglob("*.png")} == before   # sources untouched
+
+
+def test_colour_relabels_wait_for_a_person_without_a_backbone(colour_run):
+    """`AutoPolicy.colour_relabels`: on colour images scored by models trained on
+    the run's own labels, the relabels the gate would make are held for a person
+    (counted in the summary); with a backbone's heads among the scores, or with
+    ``colour_relabels="always"``, they are made.  The colour run's scores, with
+    the labels of 12 confidently predicted rows moved to another class."""
+    from gpupipe.device import resolve_device
+    from gpupipe.stages.review import AutoPolicy, auto_decisions, ensure_columns
+
+    tmp_path, _, _ = colour_run
+    ledger = Ledger(resolve_device("cpu"))
+    frame = ensure_columns(ledger.read(tmp_path / "run" / "ledger.parquet"), ledger)
+    frame = ledger.assign(frame, {c: (np.full(len(frame), None, object), np.zeros(len(frame), bool))
+                                  for c in (schema.REVIEW_STATUS, schema.REVIEW_LABEL)})   # undecided again
+    d = frame.copy()
+    confident = np.flatnonzero((d[schema.RANK_PRED] == d[schema.LABEL]).to_numpy()
+                               & (d[schema.RANK_PROB_GIVEN].to_numpy(float) > 0.9))[:12]
+    assert len(confident) == 12
+    moved = d[schema.LABEL].to_numpy(object).copy()
+    classes = ["class_0", "class_1", "class_2"]
+    moved[confident] = [classes[(classes.index(c) + 1) % 3] for c in moved[confident]]
+    frame = ledger.assign(frame, {schema.LABEL: (moved, np.ones(len(frame), bool))})
+    always = auto_decisions(frame, ledger, AutoPolicy(colour_relabels="always"), round_no=1)
+    made = set(always.positions[always.action == "relabel"].tolist())
+    assert len(made) >= 6 and made <= set(confident.tolist())       # the gate relabels the moved rows back
+    held = auto_decisions(frame, ledger, AutoPolicy(), round_no=1)
+    assert (held.action == "relabel").sum() == 0 and held.summary["held"]["relabel"] == len(made)
+    assert held.summary["made"]["confirm"] == always.summary["made"]["confirm"]
+    backbone = ledger.assign(frame, {schema.RANK_EVIDENCE: (np.full(len(frame), "backbone-colour", object),
+                                                            ledger.host(frame, schema.RANK_EVIDENCE)[1])})
+    lifted = auto_decisions(backbone, ledger, AutoPolicy(), round_no=1)
+    assert set(lifted.positions[lifted.action == "relabel"].tolist()) == made and "held" not in lifted.summary
 
 
 def test_test_time_augmentation_is_seeded_and_averages_probabilities(digits_noisy, tmp_path):

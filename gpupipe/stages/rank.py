@@ -527,7 +527,8 @@ def rank(frame, ledger: Ledger, device: Device, cfg: RankConfig, *, round_no: in
         if all(p.outlier is not None for p in g):
             for p, scaled in zip(g, outlier.robust_z([p.outlier for p in g])):
                 p.outlier = scaled
-    frame = _merge(frame, ledger, rows, parts, k, round_no=round_no, oof=oof, train_margin=train_margin)
+    frame = _merge(frame, ledger, rows, parts, k, round_no=round_no, oof=oof, train_margin=train_margin,
+                   evidence=evidence_of(backbone=cfg.backbone is not None, channels=channels))
     stats = RankStats(cfg.mode, rows.classes, channels, sum(len(p.rows) for p in parts), trained, validated,
                       float(np.mean(val_acc)) if val_acc else None, epochs, t_train, t_score,
                       model=(cfg.backbone.factory if heads_only else
@@ -598,10 +599,18 @@ def _mean_margins(n: int, jobs: list[Job], results: list[JobResult]) -> np.ndarr
     return np.where(count > 0, total / np.maximum(count, 1.0), np.nan).astype(np.float32)
 
 
+def evidence_of(*, backbone: bool, channels: int) -> str:
+    """`schema.RANK_EVIDENCE` of a round: 'backbone' when heads on a backbone the
+    user brought are part of its probabilities (alone or with ``--with-cnn``),
+    else 'trained' (models trained on the run's own labels); '-colour' or '-gray'."""
+    return f"{'backbone' if backbone else 'trained'}-{'colour' if channels == 3 else 'gray'}"
+
+
 def _merge(frame, ledger: Ledger, rows: Rows, parts: list[Scores], k: int, *, round_no: int, oof: bool,
-           train_margin: np.ndarray | None = None):
+           evidence: str, train_margin: np.ndarray | None = None):
     """Write this round's scores into the RANK columns (other rows keep theirs).
-    ``train_margin`` (N,): `_mean_margins` of an out-of-fold round, for the rows it scored."""
+    ``train_margin`` (N,): `_mean_margins` of an out-of-fold round, for the rows it scored.
+    ``evidence``: `schema.RANK_EVIDENCE` of the rows it scored (`evidence_of`)."""
     n = len(rows.y)
     m = max((p.model_probs.shape[1] for p in parts if p.model_probs is not None), default=1)
     fresh = {
@@ -618,6 +627,7 @@ def _merge(frame, ledger: Ledger, rows: Rows, parts: list[Scores], k: int, *, ro
         schema.RANK_FLAG: lambda: np.zeros(n, bool),
         schema.RANK_MODEL_PROBS: lambda: np.full((n, m * k), np.nan, np.float32),
         schema.RANK_TRAIN_MARGIN: lambda: np.full(n, np.nan, np.float32),
+        schema.RANK_EVIDENCE: lambda: np.full(n, None, object),
     }
     # Earlier rounds' scores are kept, but all of them go when the classes
     # changed (the probability vectors' length); a column an older ledger
@@ -634,7 +644,7 @@ def _merge(frame, ledger: Ledger, rows: Rows, parts: list[Scores], k: int, *, ro
         for name, values in ((schema.RANK_ROUND, round_no), (schema.RANK_LOSS, s.loss),
                              (schema.RANK_PRED, classes[s.pred]), (schema.RANK_PROB_GIVEN, s.prob_given),
                              (schema.RANK_MARGIN, s.margin), (schema.RANK_PROBS, s.probs),
-                             (schema.RANK_OOF, oof)):
+                             (schema.RANK_OOF, oof), (schema.RANK_EVIDENCE, evidence)):
             cols[name][0][r] = values
             cols[name][1][r] = True
         has_outlier = s.outlier is not None and len(r) > 0 and not np.isnan(s.outlier).all()
