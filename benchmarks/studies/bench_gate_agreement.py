@@ -29,7 +29,8 @@ def changes(run: Path) -> dict[str, tuple[str, str | None, str]]:
 
     ledger = Ledger(resolve_device("cpu"))
     frame = rv.ensure_columns(ledger.read(run / "ledger.parquet"), ledger)
-    d = rv.auto_decisions(frame, ledger, rv.AutoPolicy(), round_no=1)
+    # the gate alone, as before RESULTS.md §40 held colour relabels by default
+    d = rv.auto_decisions(frame, ledger, rv.AutoPolicy(colour_relabels="always"), round_no=1)
     rel = ledger.host(frame, schema.REL_PATH)[0].astype(str)
     given = ledger.host(frame, schema.LABEL)[0]
     return {rel[p]: (a, n, str(given[p])) for p, a, n in zip(d.positions, d.action, d.new_label)

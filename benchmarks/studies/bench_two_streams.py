@@ -45,6 +45,16 @@ def load(run: Path):
     return ledger, frame
 
 
+def load_pair(a: Path, b: Path):
+    """Two runs over the same rows -> (ledger A, frame A, ledger B, frame B in A's row
+    order, A's rel_paths)."""
+    la, fa = load(a)
+    lb, fb = load(b)
+    rel_a = la.host(fa, schema.REL_PATH)[0].astype(str)
+    order = {r: i for i, r in enumerate(lb.host(fb, schema.REL_PATH)[0].astype(str))}
+    return la, fa, lb, fb.iloc[[order[r] for r in rel_a]].reset_index(drop=True), rel_a
+
+
 def with_probs(ledger, frame, probs: np.ndarray, votes: np.ndarray, has: np.ndarray, each=None):
     """``frame`` with its rank columns rebuilt from ``probs (N, K)`` / ``votes`` on rows ``has``
     (and ``each (N, M, K)``, the models' own, as `rank --models M` writes them)."""
@@ -105,7 +115,8 @@ def flags_of(ledger, frame, err_of: dict, models: int = 1):
 def changes(ledger, frame):
     from gpupipe.stages import review as rv
 
-    d = rv.auto_decisions(frame, ledger, rv.AutoPolicy(), round_no=1)
+    # the gate alone, as before RESULTS.md §40 held colour relabels by default
+    d = rv.auto_decisions(frame, ledger, rv.AutoPolicy(colour_relabels="always"), round_no=1)
     rel = ledger.host(frame, schema.REL_PATH)[0].astype(str)
     given = ledger.host(frame, schema.LABEL)[0]
     return {rel[p]: (a, n, str(given[p])) for p, a, n in zip(d.positions, d.action, d.new_label) if a != "confirm"}
@@ -118,12 +129,7 @@ def main() -> None:
     from gpupipe.stages.rank import rows_of
 
     for a, b in zip(args.runs[::2], args.runs[1::2]):
-        la, fa = load(Path(a))
-        lb, fb = load(Path(b))
-        rel_a = la.host(fa, schema.REL_PATH)[0].astype(str)
-        rel_b = lb.host(fb, schema.REL_PATH)[0].astype(str)
-        order = {r: i for i, r in enumerate(rel_b)}
-        fb = fb.iloc[[order[r] for r in rel_a]].reset_index(drop=True)
+        la, fa, lb, fb, rel_a = load_pair(Path(a), Path(b))
         rows = rows_of(fa, la)
         k = len(rows.classes)
         true, junk = truth_of(Path(a))
