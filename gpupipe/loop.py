@@ -250,6 +250,7 @@ def _rounds(run_dir: Path, options: RankOptions, cfg, device, ledger: Ledger, fr
             return "review budget spent"
         return None
 
+    held = None                  # the last automatic round's held relabels (`AutoPolicy.colour_relabels`)
     while (stopped := stop_reason()) is None:
         left = budget_left()
         r = len(state["rounds"]) + 1
@@ -290,6 +291,7 @@ def _rounds(run_dir: Path, options: RankOptions, cfg, device, ledger: Ledger, fr
             state["reviewed"] += len(q)
         else:
             d = rv.auto_decisions(frame, ledger, options.policy, round_no=r)
+            held = d.held
         frame, entries = rv.apply(frame, ledger, d)
         entry.update(decided=len(d), source=d.source, **_tally(d))
         if d.summary is not None:
@@ -308,9 +310,10 @@ def _rounds(run_dir: Path, options: RankOptions, cfg, device, ledger: Ledger, fr
         RunDir(run_dir).commit({RANK_STATE: state})
     audit = None
     if options.review == "auto":
-        q = rv.audit_queue(frame, ledger, state.get("classes") or [])
+        q = rv.audit_queue(frame, ledger, state.get("classes") or [], held=held)
         audit = str(_write_queue(run_dir, q, AUDIT))
-        log(f"for a person to check, the most doubtful first: {audit} ({len(q)} rows: the automatic relabels "
+        first = f"the {n_held} relabels held for you, then " if (n_held := int((q["auto_action"] == "held").sum())) else ""
+        log(f"for a person to check, the most doubtful first: {audit} ({len(q)} rows: {first}the automatic relabels "
             f"in turn with rows left open, then the removes; apply with `gpupipe review {run_dir} FILE`)")
     return LoopResult(stopped, rounds, counts(frame, ledger), audit=audit)
 

@@ -62,7 +62,7 @@ def queue_sheet(q: pd.DataFrame, path: str | os.PathLike, *, columns: int = 12, 
     """A grid of the queue's images (first ``limit``), captioned ``given -> suggested``
     (worst), ``given`` (best, seed) or what the automatic policy did (audit:
     ``given -> its label``, ``label rm``, ``label ? suggested`` for a row
-    left open), in queue order."""
+    left open or a relabel held for a person), in queue order."""
     from PIL import Image, ImageDraw
 
     q = q.iloc[:limit]

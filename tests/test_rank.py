@@ -217,11 +217,12 @@ def test_colour_images_of_mixed_sizes_and_three_classes(colour_run):
 def test_colour_relabels_wait_for_a_person_without_a_backbone(colour_run):
     """`AutoPolicy.colour_relabels`: on colour images scored by models trained on
     the run's own labels, the relabels the gate would make are held for a person
-    (counted in the summary); with a backbone's heads among the scores, or with
-    ``colour_relabels="always"``, they are made.  The colour run's scores, with
+    (counted in the summary, listed first in the audit queue); with a
+    backbone's heads among the scores, or with ``colour_relabels="always"``,
+    they are made.  The colour run's scores, with
     the labels of 12 confidently predicted rows moved to another class."""
     from gpupipe.device import resolve_device
-    from gpupipe.stages.review import AutoPolicy, auto_decisions, ensure_columns
+    from gpupipe.stages.review import AutoPolicy, audit_queue, auto_decisions, ensure_columns
 
     tmp_path, _, _ = colour_run
     ledger = Ledger(resolve_device("cpu"))
@@ -241,7 +242,14 @@ def test_colour_relabels_wait_for_a_person_without_a_backbone(colour_run):
     assert len(made) >= 6 and made <= set(confident.tolist())       # the gate relabels the moved rows back
     held = auto_decisions(frame, ledger, AutoPolicy(), round_no=1)
     assert (held.action == "relabel").sum() == 0 and held.summary["held"]["relabel"] == len(made)
-    assert held.summary["made"]["confirm"] == always.summary["made"]["confirm"]
+    assert held.summary["made"]["confirm"] == always.summary["made"]["confirm"] and set(held.held) == made
+    # the audit queue lists them first, pre-filled with the relabel the gate would have made
+    q = audit_queue(frame, ledger, classes, held=held.held)
+    first = q.iloc[:len(made)]
+    assert (first["auto_action"] == "held").all() and (first["suggested_action"] == "relabel").all()
+    truth = dict(zip(d[schema.SAMPLE_ID], d[schema.LABEL]))          # the labels before they were moved
+    assert (first["new_label"] == first["sample_id"].map(truth)).all()
+    assert "held" not in set(q["auto_action"].iloc[len(made):])
     backbone = ledger.assign(frame, {schema.RANK_EVIDENCE: (np.full(len(frame), "backbone-colour", object),
                                                             ledger.host(frame, schema.RANK_EVIDENCE)[1])})
     lifted = auto_decisions(backbone, ledger, AutoPolicy(), round_no=1)

@@ -57,6 +57,7 @@ class Decisions:
     round: int
     holdout: np.ndarray | None = None   # bool per decision; None: by hash of sample_id
     summary: dict | None = None         # the automatic policy's account of itself (`auto_decisions`)
+    held: np.ndarray | None = None      # rows whose relabel the policy held for a person (`AutoPolicy.colour_relabels`)
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -335,10 +336,17 @@ def _alternate(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 AUDIT_OPEN_MIN = 100
 
 
-def audit_queue(frame, ledger: Ledger, classes: list[str], *, open_rows: int | None = None) -> pd.DataFrame:
+def audit_queue(frame, ledger: Ledger, classes: list[str], *, open_rows: int | None = None,
+                held: np.ndarray | None = None) -> pd.DataFrame:
     """What an unattended run (``--review auto``) leaves in the curated set that a
     person should check first, the most doubtful first:
 
+    * first the relabels the policy **held** for a person (``held``: positions,
+      `Decisions.held` of the last round; those still open), most suspect
+      first, ``auto_action`` held, ``new_label`` and ``suggested_action``
+      pre-filled with the relabel it would have made: on CIFAR-10N 46 of 55
+      such relabels were right (RESULTS.md §40).  They are flagged, so
+      curate leaves them out as suspects until a person decides;
     * its **relabels**, each by how much the latest round's scores still back
       the given label (`given_label_support`, highest first: the evidence
       for undoing it);
@@ -358,10 +366,11 @@ def audit_queue(frame, ledger: Ledger, classes: list[str], *, open_rows: int | N
 
     The queue's columns (``queue`` is ``audit``): ``label`` is the row's
     label now (the automatic one for a relabel), ``given_label`` the
-    source's, ``auto_action`` (relabel / open / remove) and ``auto_round``
-    (0 for open rows), ``given_support``; ``new_label`` is pre-filled with
-    the label a ``relabel`` most likely means (for a relabel its given label,
-    an undo; else the suggested label).  Decisions mean what they always
+    source's, ``auto_action`` (held / relabel / open / remove) and
+    ``auto_round`` (0 for held and open rows), ``given_support``;
+    ``new_label`` is pre-filled with the label a ``relabel`` most likely
+    means (for a relabel its given label, an undo; else the suggested
+    label).  Decisions mean what they always
     mean: ``confirm`` = valid with ``label`` (keeps a relabel; brings a
     removed row back with its given label), ``relabel`` = valid with
     ``new_label``, ``remove``; blank rows change nothing."""
@@ -387,15 +396,21 @@ def audit_queue(frame, ledger: Ledger, classes: list[str], *, open_rows: int | N
         open_ = np.flatnonzero(keep)
         open_ = open_[np.argsort(-key[open_], kind="stable")]
         open_ = open_[:max(len(relabels), AUDIT_OPEN_MIN) if open_rows is None else open_rows]
-    pos = np.concatenate([_alternate(relabels, open_), removes])
+    held = np.zeros(0, np.int64) if held is None else np.asarray(held, np.int64)
+    held = held[rows.eligible[held] & ~rows.certified[held]]
+    is_held = np.zeros(len(rows.y), bool)
+    is_held[held] = True
+    open_ = open_[~is_held[open_]]
+    pos = np.concatenate([held, _alternate(relabels, open_), removes])
     out = _queue_frame(frame, ledger, rows, pos, ["audit"] * len(pos))
-    action = np.where(relabeled[pos], "relabel", np.where(removed[pos], "remove", "open"))
+    action = np.where(is_held[pos], "held",
+                      np.where(relabeled[pos], "relabel", np.where(removed[pos], "remove", "open")))
     out["label"] = np.where(removed[pos], given[pos], rows.label[pos])
     out.insert(out.columns.get_loc("label") + 1, "given_label", given[pos])
     out["auto_action"] = action
-    out["auto_round"] = np.where(action == "open", 0, rnd[pos])
+    out["auto_round"] = np.where((action == "open") | (action == "held"), 0, rnd[pos])
     out["given_support"] = support[pos]
-    out["suggested_action"] = ""
+    out["suggested_action"] = np.where(action == "held", "relabel", "")
     sugg = out["suggested_label"].to_numpy(object) if "suggested_label" in out else np.full(len(pos), None)
     out["new_label"] = np.where(action == "relabel", given[pos], sugg)
     return out
@@ -506,13 +521,13 @@ def auto_decisions(frame, ledger: Ledger, policy: AutoPolicy, *, round_no: int) 
         evidence, has = ledger.host(frame, schema.RANK_EVIDENCE)
         hold = has & (evidence == HELD_EVIDENCE)
     if policy.min_precision is not None:
-        confirm, relabel, unusable, gate = _gate(rows, scored, probs, pred, confirm, relabel, unusable,
-                                                 policy.min_precision, each_model(frame, ledger, len(rows.classes)),
-                                                 hold=hold)
+        confirm, relabel, unusable, gate, held = _gate(rows, scored, probs, pred, confirm, relabel, unusable,
+                                                       policy.min_precision,
+                                                       each_model(frame, ledger, len(rows.classes)), hold=hold)
         summary.update(gate)
     else:
-        summary.update(_held(relabel & hold))
-        relabel = relabel & ~hold
+        held, relabel = relabel & hold, relabel & ~hold
+        summary.update(_held(held))
     accept = np.flatnonzero(confirm)
     relabel = np.flatnonzero(relabel)
     remove = np.flatnonzero(far | unusable)
@@ -527,7 +542,9 @@ def auto_decisions(frame, ledger: Ledger, policy: AutoPolicy, *, round_no: int) 
     summary["made"] = {"confirm": int((action == "confirm").sum()), "relabel": int((action == "relabel").sum()),
                        "remove": int(((action == "remove") & ~outlier_removed).sum()),
                        "remove_outlier": int(outlier_removed.sum())}
-    return Decisions(pos, action, new, schema.SOURCE_AUTO, round_no, summary=summary)
+    held = np.flatnonzero(held)
+    return Decisions(pos, action, new, schema.SOURCE_AUTO, round_no, summary=summary,
+                     held=held[np.argsort(-loss[held], kind="stable")])
 
 
 def each_model(frame, ledger: Ledger, k: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -557,9 +574,10 @@ def _gate(rows: Rows, scored: np.ndarray, probs: np.ndarray, pred: np.ndarray, c
     """`AutoPolicy.min_precision`: keep the proposed decisions whose estimated
     precision reaches ``min_precision``.  Returns the three masks and the
     summary's part: what was declined, the expected wrong decisions, and the
-    noise the estimate rests on.  ``hold`` (N,) bool: rows whose relabels the
-    gate passes but that wait for a person (`AutoPolicy.colour_relabels`),
-    counted under ``held``, not made, not in the expected wrong decisions.
+    noise the estimate rests on, and the (N,) mask of the relabels it held.
+    ``hold`` (N,) bool: rows whose relabels the gate passes but that wait for
+    a person (`AutoPolicy.colour_relabels`), counted under ``held``, not
+    made, not in the expected wrong decisions.
 
     ``each``: (probabilities (N, M, K), rows holding them) of the M models
     whose mean ``probs`` is (``rank --models M``): a decision is then made
@@ -576,7 +594,7 @@ def _gate(rows: Rows, scored: np.ndarray, probs: np.ndarray, pred: np.ndarray, c
     if k < 2 or len(s) < 2 or p.shape[1] != k:
         return confirm & False, relabel & False, unusable & False, {
             "declined": {"confirm": int(confirm.sum()), "relabel": int(relabel.sum()), "remove": int(unusable.sum())},
-            "declined_because": "no posterior: fewer than two classes or scored rows"}
+            "declined_because": "no posterior: fewer than two classes or scored rows"}, relabel & False
     lp = label_posterior(rows.y[s], p)
     right = {"confirm": np.zeros(len(scored)), "relabel": np.zeros(len(scored)), "remove": np.zeros(len(scored))}
     index = {c: i for i, c in enumerate(rows.classes)}
@@ -611,7 +629,7 @@ def _gate(rows: Rows, scored: np.ndarray, probs: np.ndarray, pred: np.ndarray, c
         gate["models"] = int(each[0].shape[1])
         gate["declined_by_a_model"] = {a: int((masks[a] & (estimate[a] >= bar[a]) & ~passed[a]).sum()) for a in masks}
         gate["declined_because"] += f"; or below it by one of the {gate['models']} models' own estimates"
-    return kept["confirm"], kept["relabel"], kept["remove"], gate
+    return kept["confirm"], kept["relabel"], kept["remove"], gate, held
 
 
 def load_oracle(path: str | Path) -> dict[str, str | None]:
