@@ -55,6 +55,16 @@ def load_pair(a: Path, b: Path):
     return la, fa, lb, fb.iloc[[order[r] for r in rel_a]].reset_index(drop=True), rel_a
 
 
+def pairs_from_argv(description: str):
+    """RUN_A RUN_B [RUN_A2 RUN_B2 ...] from the command line -> for each pair,
+    (path A, path B, `load_pair`'s five)."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("runs", nargs="+")
+    runs = ap.parse_args().runs
+    for a, b in zip(runs[::2], runs[1::2]):
+        yield (a, b, *load_pair(Path(a), Path(b)))
+
+
 def with_probs(ledger, frame, probs: np.ndarray, votes: np.ndarray, has: np.ndarray, each=None):
     """``frame`` with its rank columns rebuilt from ``probs (N, K)`` / ``votes`` on rows ``has``
     (and ``each (N, M, K)``, the models' own, as `rank --models M` writes them)."""
@@ -123,13 +133,9 @@ def changes(ledger, frame):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("runs", nargs="+")
-    args = ap.parse_args()
     from gpupipe.stages.rank import rows_of
 
-    for a, b in zip(args.runs[::2], args.runs[1::2]):
-        la, fa, lb, fb, rel_a = load_pair(Path(a), Path(b))
+    for a, b, la, fa, lb, fb, rel_a in pairs_from_argv(__doc__.split("\n")[0]):
         rows = rows_of(fa, la)
         k = len(rows.classes)
         true, junk = truth_of(Path(a))

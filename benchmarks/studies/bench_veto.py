@@ -23,7 +23,6 @@ kept, right, clean.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -32,20 +31,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_flag_count import truth_of  # noqa: E402
-from bench_two_streams import arrays, load_pair  # noqa: E402
+from bench_two_streams import arrays, pairs_from_argv  # noqa: E402
 
 from gpupipe import schema  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("runs", nargs="+")
-    args = ap.parse_args()
     from gpupipe.stages import review as rv
     from gpupipe.stages.rank import rows_of
 
-    for a, b in zip(args.runs[::2], args.runs[1::2]):
-        la, fa, lb, fb, rel_a = load_pair(Path(a), Path(b))
+    for a, b, la, fa, lb, fb, rel_a in pairs_from_argv(__doc__.split("\n")[0]):
         rows = rows_of(fa, la)
         cls = {c: i for i, c in enumerate(rows.classes)}
         pb, _, hb = arrays(lb, fb, len(rows.classes))
