@@ -312,7 +312,8 @@ def _rounds(run_dir: Path, options: RankOptions, cfg, device, ledger: Ledger, fr
     if options.review == "auto":
         q = rv.audit_queue(frame, ledger, state.get("classes") or [], held=held)
         audit = str(_write_queue(run_dir, q, AUDIT))
-        first = f"the {n_held} relabels held for you, then " if (n_held := int((q["auto_action"] == "held").sum())) else ""
+        n_held = int((q["auto_action"] == "held").sum())
+        first = f"the {n_held} relabels held for you, then " if n_held else ""
         log(f"for a person to check, the most doubtful first: {audit} ({len(q)} rows: {first}the automatic relabels "
             f"in turn with rows left open, then the removes; apply with `gpupipe review {run_dir} FILE`)")
     return LoopResult(stopped, rounds, counts(frame, ledger), audit=audit)
