@@ -62,7 +62,8 @@ def queue_sheet(q: pd.DataFrame, path: str | os.PathLike, *, columns: int = 12, 
     """A grid of the queue's images (first ``limit``), captioned ``given -> suggested``
     (worst), ``given`` (best, seed) or what the automatic policy did (audit:
     ``given -> its label``, ``label rm``, ``label ? suggested`` for a row
-    left open or a relabel held for a person), in queue order."""
+    left open or a relabel held for a person, the held ones numbered ``held N``),
+    in queue order."""
     from PIL import Image, ImageDraw
 
     q = q.iloc[:limit]
@@ -85,7 +86,8 @@ def queue_sheet(q: pd.DataFrame, path: str | os.PathLike, *, columns: int = 12, 
                     else f"{given}?{sugg}" if sugg is not None and sugg != given else f"{given}?")
         colour = (200, 0, 0) if r.queue == "worst" else (0, 110, 0) if r.queue == "best" else (0, 0, 160)
         draw.text((x + 2, y + CELL + 2), text, fill=colour)
-        draw.text((x + 2, y + CELL + 12), f"{r.queue} {i + 1}", fill=(110, 110, 110))
+        held = r.queue == "audit" and r.auto_action == "held"   # a relabel waiting for a person
+        draw.text((x + 2, y + CELL + 12), f"{'held' if held else r.queue} {i + 1}", fill=(110, 110, 110))
     return _save_png(sheet, path)
 
 
