@@ -106,8 +106,8 @@ def evaluate(run: Path, truth: dict) -> dict:
     classes = state["classes"]
     if schema.RANK_EVIDENCE not in frame.columns:     # a round kept from before the column: from rank.json
         last = state["rounds"][-1]
-        ev = evidence_of(backbone=last["schedule"] == "linear heads" or " heads on " in last["model"],
-                         channels=last["channels"])
+        heads = last["schedule"] == "linear heads" or " heads on " in last["model"]
+        ev = evidence_of(backbone="brought" if heads else None, channels=last["channels"])
         scored_rows = ~np.isnan(ledger.host(frame, schema.RANK_LOSS)[0].astype(float))
         frame = ledger.assign(frame, {schema.RANK_EVIDENCE: (np.full(len(frame), ev, object), scored_rows)})
     rel = ledger.host(frame, schema.REL_PATH)[0].astype(str)

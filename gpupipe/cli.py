@@ -80,7 +80,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                         "each image's features are extracted once per round and linear heads (per fold, or on "
                         "the certified rows) trained on them")
     g.add_argument("--backbone-weights", default=None, metavar="FILE",
-                   help="a state_dict (torch.save) loaded into --backbone strictly; nothing is downloaded")
+                   help="a state_dict (torch.save) or gpupipe pretrain's file, loaded into --backbone strictly; "
+                        "nothing is downloaded")
     g.add_argument("--with-cnn", action="store_true",
                    help="with --backbone and --mode oof: train the CNN(s) too (--model, --models) and average "
                         "them with the backbone's heads per fold; the automatic policy's gate asks both")
@@ -331,8 +332,8 @@ def _add_rank_options(p: argparse.ArgumentParser, *, folds_flag: str, review_def
                         "right at least this often (calibrated probabilities and the label noise estimated "
                         "from them); the rest stay open for a person (default: 0.9; off: the thresholds alone)")
     p.add_argument("--colour-relabels", choices=("with-backbone", "always"), default="with-backbone",
-                   help="auto: relabel colour images only where heads on a --backbone are part of the scores "
-                        "(default: with-backbone; on real photos the models trained on the labels alone relabeled "
+                   help="auto: relabel colour images only where heads on a --backbone (not gpupipe pretrain's) "
+                        "are part of the scores (default: with-backbone; on real photos the models trained on the labels alone relabeled "
                         "7 clean images in 55 gated relabels, RESULTS.md §40); always: the gate alone decides")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
     _add_train_options(p)
@@ -627,7 +628,9 @@ def main(argv: list[str] | None = None) -> int:
             gray = res.backbone[0].in_channels == 1
             print(f"gpupipe pretrain: wrote {path} ({res.images} images, {res.seconds:.0f} s); use it with "
                   f"`gpupipe rank {args.run_dir} --backbone gpupipe.models.nets:small_cnn_features"
-                  f"{'_gray' if gray else ''} --backbone-weights {path}`")
+                  f"{'_gray' if gray else ''} --backbone-weights {path}`"
+                  + ("" if gray else " (on colour images the automatic policy holds the relabels its heads "
+                     "suggest for a person, as without a backbone)"))
             return 0
         if args.command == "bench":
             return _bench(args)

@@ -429,5 +429,5 @@ def run_pretrain(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         f"{config.batch_size} views a step, on {dev.kind}")
     res = pretrain.simclr(dev, list(rows.paths[elig]), channels=ch, config=config, seed=seed,
                           progress=lambda e, n, loss: log(f"pretrain: epoch {e}/{n}, loss {loss:.3f}"))
-    path = pretrain.save(res.backbone, out or run / "backbone-ssl.pt")
+    path = pretrain.save(res.backbone, out or run / "backbone-ssl.pt", images=len(elig), epochs=config.epochs)
     return path, res

@@ -136,8 +136,9 @@ RANK = _cols(
            "trained on the row (the other folds'), after their warm-up (models.train); lower = more suspect; "
            "null in other rounds"),
     Column(RANK_EVIDENCE, pa.string(), "what the row's probabilities rest on: models trained on the run's own "
-           "labels ('trained') or heads on a backbone the user brought, alone or with them ('backbone'), on "
-           "'colour' or 'gray' images: e.g. 'trained-colour'.  The automatic policy relabels 'trained-colour' "
+           "labels ('trained') or heads on a backbone the user brought, alone or with them ('backbone'; "
+           "'self-supervised' when it is gpupipe pretrain's), on 'colour' or 'gray' images: e.g. "
+           "'trained-colour'.  The automatic policy relabels 'trained-colour' and 'self-supervised-colour' "
            "rows only with --colour-relabels always (stages.review.AutoPolicy.colour_relabels)"),
     Column(RANK_FLAG, pa.bool_(), "likely mislabeled: the rows whose label is most likely wrong given the model, "
            "the neighbours' votes and the estimated noise, as many as maximise the flags' expected F1 "

@@ -59,6 +59,7 @@ def test_label_flips_are_found_from_a_backbones_features(backbone, noisy_run, di
     kept = d[d[schema.DEDUP_KEEP]]
     assert kept[schema.RANK_LOSS].notna().all() and kept[schema.RANK_OOF].all()
     assert kept[schema.RANK_OUTLIER].notna().all() and kept[schema.RANK_VOTE_GIVEN].notna().all()
+    assert (kept[schema.RANK_EVIDENCE] == "backbone-gray").all()          # a brought backbone: a second opinion
     r = res.rounds[0]
     assert r["scored"] == len(kept) and r["trained_on"] == 4 * len(kept) and r["epochs"] == []
     flipped = kept[schema.REL_PATH].isin(digits_noisy["flipped"]).to_numpy()

@@ -5,6 +5,7 @@ What it buys on real photos with real label noise (CIFAR-10N) is a benchmark
 
 from __future__ import annotations
 
+import re
 import numpy as np
 import pytest
 import torch
@@ -51,14 +52,32 @@ def test_pretraining_tells_views_of_one_image_from_other_images(digits_noisy):
 
 
 def test_the_pretrain_command_writes_weights_the_backbone_factory_takes(noisy_run, capsys):
-    from gpupipe.models.backbone import BackboneSpec, load
+    import pyarrow.parquet as pq
+
+    from gpupipe import schema
+    from gpupipe.loop import RankOptions, run_rank
+    from gpupipe.models import nets
+    from gpupipe.models.backbone import BackboneSpec, load, self_supervised
+    from gpupipe.stages.rank import evidence_of
 
     out = noisy_run / "ssl.pt"
     assert main(["pretrain", str(noisy_run), "--out", str(out), "--epochs", "1", "--device", "cpu"]) == 0
     said = capsys.readouterr().out
     assert "--backbone gpupipe.models.nets:small_cnn_features_gray" in said and out.is_file()
-    assert len(load(BackboneSpec("gpupipe.models.nets:small_cnn_features_gray", str(out)))(
-        torch.zeros(2, 1, 32, 32))[0]) == 128
+    spec = BackboneSpec("gpupipe.models.nets:small_cnn_features_gray", str(out))
+    assert len(load(spec)(torch.zeros(2, 1, 32, 32))[0]) == 128
+    # the file says how it was learned, so rank tells the automatic policy (rank_evidence)
+    state, how = nets.read_weights(out, "--backbone-weights")
+    images = int(re.search(r"\((\d+) images", said).group(1))       # the eligible rows, as the command says
+    assert how == {"method": "simclr", "images": images, "epochs": 1} and images > 1700 and "0.weight" in state
+    assert self_supervised(spec) and evidence_of(backbone="self-supervised", channels=3) == "self-supervised-colour"
+    plain = noisy_run / "plain.pt"
+    torch.save(state, plain)                      # a user's own state_dict: a brought backbone
+    assert not self_supervised(BackboneSpec(spec.factory, str(plain)))
+    nets.load_init(nets.build(nets.resolve_model("small-cnn"), 10, 1, seed=0), str(out))   # both kinds start a CNN
+    run_rank(noisy_run, RankOptions(device="cpu", mode="oof", review="auto", max_rounds=1, backbone=spec))
+    d = pq.read_table(noisy_run / "ledger.parquet").to_pandas()
+    assert set(d.loc[d[schema.RANK_LOSS].notna(), schema.RANK_EVIDENCE]) == {"self-supervised-gray"}
     assert main(["pretrain", str(noisy_run), "--batch", "8192", "--device", "cpu"]) == 2
     assert "needs at least 4096 images" in capsys.readouterr().err
 

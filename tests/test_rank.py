@@ -250,10 +250,15 @@ def test_colour_relabels_wait_for_a_person_without_a_backbone(colour_run):
     truth = dict(zip(d[schema.SAMPLE_ID], d[schema.LABEL]))          # the labels before they were moved
     assert (first["new_label"] == first["sample_id"].map(truth)).all()
     assert "held" not in set(q["auto_action"].iloc[len(made):])
-    backbone = ledger.assign(frame, {schema.RANK_EVIDENCE: (np.full(len(frame), "backbone-colour", object),
+    def scored_on(evidence: str):
+        return ledger.assign(frame, {schema.RANK_EVIDENCE: (np.full(len(frame), evidence, object),
                                                             ledger.host(frame, schema.RANK_EVIDENCE)[1])})
-    lifted = auto_decisions(backbone, ledger, AutoPolicy(), round_no=1)
+
+    lifted = auto_decisions(scored_on("backbone-colour"), ledger, AutoPolicy(), round_no=1)
     assert set(lifted.positions[lifted.action == "relabel"].tolist()) == made and "held" not in lifted.summary
+    # heads on gpupipe pretrain's features (no labels, the same images) are no second opinion: held
+    own = auto_decisions(scored_on("self-supervised-colour"), ledger, AutoPolicy(), round_no=1)
+    assert (own.action == "relabel").sum() == 0 and set(own.held) == made
 
 
 def test_test_time_augmentation_is_seeded_and_averages_probabilities(digits_noisy, tmp_path):

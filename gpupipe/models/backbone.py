@@ -4,7 +4,8 @@
 function returns a ``torch.nn.Module`` mapping model-input images (float
 (B, C, S, S) in 0..1, `gpupipe.dali.augment.file_pipeline`'s batches) to
 features (B, D, ...; flattened).  Its weights come from FILE (a state_dict
-saved with ``torch.save``; loaded with ``weights_only=True``, strictly) or
+saved with ``torch.save``, or `gpupipe pretrain`'s file, `nets.read_weights`;
+loaded with ``weights_only=True``, strictly) or
 from the function itself; nothing is downloaded.  E.g. for torchvision's
 ResNet-18 with a checkpoint of your own::
 
@@ -57,17 +58,21 @@ def load(spec: BackboneSpec) -> torch.nn.Module:
         raise ValueError(f"--backbone {spec.factory!r} returned {type(model).__name__}, not a torch.nn.Module")
     if spec.weights is not None:
         path = Path(spec.weights)
-        if not path.is_file():
-            raise ValueError(f"--backbone-weights {path}: no such file")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - a corrupt or foreign file: say which
-            raise ValueError(f"--backbone-weights {path}: not a torch state_dict ({e})") from None
+        state, _ = nets.read_weights(path, "--backbone-weights")
         try:
             model.load_state_dict(state)
         except RuntimeError as e:
             raise ValueError(f"--backbone-weights {path} do not fit {spec.factory}: {e}") from None
     return model.eval()
+
+
+def self_supervised(spec: BackboneSpec) -> bool:
+    """Whether ``spec``'s weights are `gpupipe pretrain`'s: learned without labels
+    from images of the run (`nets.read_weights`).  Their heads do not count as a
+    second opinion for the automatic policy (`schema.RANK_EVIDENCE`
+    'self-supervised-*'): on CIFAR-10N they shared the trained models' confident
+    mistakes (benchmarks/RESULTS.md §25, §40)."""
+    return spec.weights is not None and nets.read_weights(spec.weights, "--backbone-weights")[1] is not None
 
 
 def features(device: Device, model: torch.nn.Module, refs: list, rows: np.ndarray, *, size: int, channels: int,

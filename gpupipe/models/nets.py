@@ -10,6 +10,7 @@ tools for curation only; nothing downstream depends on their weights.
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -207,17 +208,36 @@ def build(spec: ModelSpec, num_classes: int, channels: int, *, seed: int) -> nn.
     return to_layout(model)
 
 
+#: The entry of a `gpupipe pretrain` weights file that says how they were learned
+#: (`read_weights`); `rank` reads it to tell the automatic policy (`schema.RANK_EVIDENCE`).
+SELF_SUPERVISED = "self_supervised"
+
+
+def read_weights(path: str | os.PathLike, flag: str) -> tuple[dict, dict | None]:
+    """A weights file: a plain ``state_dict`` (``torch.save(model.state_dict())``),
+    or `gpupipe pretrain`'s ``{"state_dict": ..., "self_supervised": {...}}``.
+    -> (the state_dict, what pretrain wrote of how it was learned, or None).
+    ``flag`` names the option in the clear error a missing or foreign file gets."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"{flag} {path}: no such file") from None
+    except Exception as e:  # noqa: BLE001 - a corrupt or foreign file: say which
+        raise ValueError(f"{flag} {path}: not a torch state_dict ({e})") from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        how = obj.get(SELF_SUPERVISED)
+        return obj["state_dict"], how if isinstance(how, dict) else None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{flag} {path}: not a torch state_dict (a {type(obj).__name__})")
+    return obj, None
+
+
 def load_init(model: nn.Module, path: str) -> nn.Module:
     """Start ``model`` from a pretrained feature part: the state_dict in ``path``
-    (e.g. ``gpupipe pretrain``'s, `small_cnn_features`' keys) loaded where its
-    names and shapes match ``model``'s; every one of its tensors must find a
+    (e.g. ``gpupipe pretrain``'s, `small_cnn_features`' keys; `read_weights`) loaded
+    where its names and shapes match ``model``'s; every one of its tensors must find a
     place (the classifier layer it lacks keeps its seeded init).  -> model."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ValueError(f"--init-weights {path}: no such file") from None
-    except Exception as e:  # noqa: BLE001 - a corrupt or foreign file: say which
-        raise ValueError(f"--init-weights {path}: not a torch state_dict ({e})") from None
+    state, _ = read_weights(path, "--init-weights")
     own = model.state_dict()
     misfit = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
     if misfit or not state:

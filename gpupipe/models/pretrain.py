@@ -6,7 +6,8 @@ random resized crops of 20-100% of the area, flips, brightness, contrast and
 saturation +-0.4), and the small CNN's feature part trained so that the two
 views of one image are closer than any other image of the batch (SimCLR's
 NT-Xent loss over a small projection head, Chen et al. 2020).  The feature part
-is saved as a ``state_dict`` for ``rank --backbone``::
+is saved (its ``state_dict`` under "state_dict", beside what says it was learned
+without labels from the run's images; `save`) for ``rank --backbone``::
 
     gpupipe pretrain RUN --epochs 30             # writes RUN/backbone-ssl.pt
     gpupipe rank RUN --backbone gpupipe.models.nets:small_cnn_features \\
@@ -146,10 +147,15 @@ def _simclr(device: Device, refs: list, *, channels: int, config: PretrainConfig
     return PretrainResult(body.eval(), losses, n, time.perf_counter() - t0)
 
 
-def save(backbone: nn.Module, path: str | os.PathLike) -> Path:
-    """The backbone's state_dict at ``path``, written atomically (`gpupipe.table.atomic_file`)."""
+def save(backbone: nn.Module, path: str | os.PathLike, *, images: int, epochs: int) -> Path:
+    """The backbone's state_dict at ``path``, written atomically (`gpupipe.table.atomic_file`),
+    as ``{"state_dict": ..., "self_supervised": {"method": "simclr", "images": N, "epochs": E}}``:
+    `rank` reads the second entry (`nets.read_weights`) so that the automatic policy
+    does not take heads on these features for a second opinion of another kind."""
     from gpupipe.table import atomic_file
 
+    state = {k: v.detach().cpu() for k, v in backbone.state_dict().items()}
+    how = {"method": "simclr", "images": int(images), "epochs": int(epochs)}
     with atomic_file(path, "wb") as fh:
-        torch.save({k: v.detach().cpu() for k, v in backbone.state_dict().items()}, fh)
+        torch.save({"state_dict": state, nets.SELF_SUPERVISED: how}, fh)
     return Path(path)

@@ -34,7 +34,7 @@ from gpupipe.dali.augment import AugmentConfig, file_pipeline
 from gpupipe.dali.strokes import StrokeSpec
 from gpupipe.device import Device
 from gpupipe.models import nets, outlier
-from gpupipe.models.backbone import BackboneSpec
+from gpupipe.models.backbone import BackboneSpec, self_supervised
 from gpupipe.models.score import Scores, flag_label_issues, per_sample, score
 from gpupipe.models.train import TrainConfig, train
 from gpupipe.table import Ledger
@@ -528,7 +528,9 @@ def rank(frame, ledger: Ledger, device: Device, cfg: RankConfig, *, round_no: in
             for p, scaled in zip(g, outlier.robust_z([p.outlier for p in g])):
                 p.outlier = scaled
     frame = _merge(frame, ledger, rows, parts, k, round_no=round_no, oof=oof, train_margin=train_margin,
-                   evidence=evidence_of(backbone=cfg.backbone is not None, channels=channels))
+                   evidence=evidence_of(backbone=None if cfg.backbone is None else
+                                        "self-supervised" if self_supervised(cfg.backbone) else "brought",
+                                        channels=channels))
     stats = RankStats(cfg.mode, rows.classes, channels, sum(len(p.rows) for p in parts), trained, validated,
                       float(np.mean(val_acc)) if val_acc else None, epochs, t_train, t_score,
                       model=(cfg.backbone.factory if heads_only else
@@ -599,11 +601,14 @@ def _mean_margins(n: int, jobs: list[Job], results: list[JobResult]) -> np.ndarr
     return np.where(count > 0, total / np.maximum(count, 1.0), np.nan).astype(np.float32)
 
 
-def evidence_of(*, backbone: bool, channels: int) -> str:
+def evidence_of(*, backbone: Literal["brought", "self-supervised"] | None, channels: int) -> str:
     """`schema.RANK_EVIDENCE` of a round: 'backbone' when heads on a backbone the
     user brought are part of its probabilities (alone or with ``--with-cnn``),
-    else 'trained' (models trained on the run's own labels); '-colour' or '-gray'."""
-    return f"{'backbone' if backbone else 'trained'}-{'colour' if channels == 3 else 'gray'}"
+    'self-supervised' when that backbone is `gpupipe pretrain`'s
+    (`backbone.self_supervised`), 'trained' without one (models trained on the
+    run's own labels); '-colour' or '-gray'."""
+    kind = {None: "trained", "brought": "backbone", "self-supervised": "self-supervised"}[backbone]
+    return f"{kind}-{'colour' if channels == 3 else 'gray'}"
 
 
 def _merge(frame, ledger: Ledger, rows: Rows, parts: list[Scores], k: int, *, round_no: int, oof: bool,

@@ -461,7 +461,12 @@ class AutoPolicy:
         stays open, flagged, with the model's suggestion, for a person, and
         the round's summary counts it under ``held``.  Heads on a backbone
         the user brought (``rank --backbone``, alone or ``--with-cnn``) lift
-        it.  Why: on real annotators' mistakes in photos the gate's estimate
+        it, unless that backbone is `gpupipe pretrain`'s, learned without
+        labels from the same images ('self-supervised-colour'): the gate on
+        its heads alone changed 4 clean photos of 11 and 10 of 19 (100
+        epochs, CIFAR-10N choose and judge, RESULTS.md §25), 1 of 10 and 6
+        of 11 (30 epochs, §40), and as a veto on the CNNs' relabels left 4
+        clean of 12 (judge, §40).  Why: on real annotators' mistakes in photos the gate's estimate
         does not see the confident mistakes the models share (a bird against
         the sky read as an airplane by both).  On CIFAR-10N `aggre`, three
         parts of 10,000 photos, the default photo models' gated relabels
@@ -492,7 +497,7 @@ class AutoPolicy:
 
 
 #: `schema.RANK_EVIDENCE` whose relabels `AutoPolicy.colour_relabels` holds for a person.
-HELD_EVIDENCE = "trained-colour"
+HELD_EVIDENCE = ("trained-colour", "self-supervised-colour")
 
 
 def auto_decisions(frame, ledger: Ledger, policy: AutoPolicy, *, round_no: int) -> Decisions:
@@ -519,7 +524,7 @@ def auto_decisions(frame, ledger: Ledger, policy: AutoPolicy, *, round_no: int) 
     hold = np.zeros(len(open_), bool)      # rows whose relabels wait for a person (`AutoPolicy.colour_relabels`)
     if policy.colour_relabels == "with-backbone" and schema.RANK_EVIDENCE in frame.columns:
         evidence, has = ledger.host(frame, schema.RANK_EVIDENCE)
-        hold = has & (evidence == HELD_EVIDENCE)
+        hold = has & np.isin(evidence.astype(str), HELD_EVIDENCE)
     if policy.min_precision is not None:
         confirm, relabel, unusable, gate, held = _gate(rows, scored, probs, pred, confirm, relabel, unusable,
                                                        policy.min_precision,
