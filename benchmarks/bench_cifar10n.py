@@ -2,13 +2,14 @@
 
     python benchmarks/bench_cifar10n.py --cifar /tmp/cifar10 \
         --labels ../shared/data/cifar10/cifar10n_labels_dev.csv --part choose|judge|third \
-        [--noise aggre|worse] [--augment auto|light|photo|method] [--n 10000]
+        [--noise aggre|worse|random1] [--augment auto|light|photo|method] [--n 10000]
         [--backbone backbones:small_cnn_features --backbone-weights W.pt] [--init-weights W.pt]
         [--lr-decay D] [--tag NAME]
 
 10,000 CIFAR-10 training images filed under the labels Mechanical Turk workers
 gave them (CIFAR-10N ``aggre``: the majority of three, 9% differ from the
-original label; ``worse``: ~40%).  The original label is the truth.  Parts of
+original label; ``random1``: one worker's, ~17%; ``worse``: ~40%).  The
+original label is the truth.  Parts of
 the development labels (images 0-29,999): ``choose`` = images 0-9,999 (where
 rules and defaults are chosen), ``judge`` = 10,000-19,999 (where they are
 reported), ``third`` = 20,000-29,999 (a second part to report on).
