@@ -333,8 +333,9 @@ def _add_rank_options(p: argparse.ArgumentParser, *, folds_flag: str, review_def
                         "from them); the rest stay open for a person (default: 0.9; off: the thresholds alone)")
     p.add_argument("--colour-relabels", choices=("with-backbone", "always"), default="with-backbone",
                    help="auto: relabel colour images only where heads on a --backbone (not gpupipe pretrain's) "
-                        "are part of the scores (default: with-backbone; on real photos the models trained on the labels alone relabeled "
-                        "7 clean images in 55 gated relabels, RESULTS.md §40); always: the gate alone decides")
+                        "are part of the scores (default: with-backbone; on real photos the models trained on the "
+                        "labels alone relabeled 7 clean images in 55 gated relabels, RESULTS.md §40); always: the "
+                        "gate alone decides")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
     _add_train_options(p)
 

@@ -6,6 +6,7 @@ What it buys on real photos with real label noise (CIFAR-10N) is a benchmark
 from __future__ import annotations
 
 import re
+
 import numpy as np
 import pytest
 import torch

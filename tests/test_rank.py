@@ -250,9 +250,10 @@ def test_colour_relabels_wait_for_a_person_without_a_backbone(colour_run):
     truth = dict(zip(d[schema.SAMPLE_ID], d[schema.LABEL]))          # the labels before they were moved
     assert (first["new_label"] == first["sample_id"].map(truth)).all()
     assert "held" not in set(q["auto_action"].iloc[len(made):])
+
     def scored_on(evidence: str):
         return ledger.assign(frame, {schema.RANK_EVIDENCE: (np.full(len(frame), evidence, object),
-                                                            ledger.host(frame, schema.RANK_EVIDENCE)[1])})
+                                                        ledger.host(frame, schema.RANK_EVIDENCE)[1])})
 
     lifted = auto_decisions(scored_on("backbone-colour"), ledger, AutoPolicy(), round_no=1)
     assert set(lifted.positions[lifted.action == "relabel"].tolist()) == made and "held" not in lifted.summary

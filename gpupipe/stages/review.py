@@ -466,14 +466,17 @@ class AutoPolicy:
         its heads alone changed 4 clean photos of 11 and 10 of 19 (100
         epochs, CIFAR-10N choose and judge, RESULTS.md §25), 1 of 10 and 6
         of 11 (30 epochs, §40), and as a veto on the CNNs' relabels left 4
-        clean of 12 (judge, §40).  Why: on real annotators' mistakes in photos the gate's estimate
-        does not see the confident mistakes the models share (a bird against
-        the sky read as an airplane by both).  On CIFAR-10N `aggre`, three
-        parts of 10,000 photos, the default photo models' gated relabels
-        were right 46 of 55 times and relabeled 7 clean images (0, 4 and 3
-        per part: 13% of the changes, above the 10% this policy allows
-        itself); with heads on a brought backbone as a second opinion, 2
-        clean of 38 (benchmarks/bench_cifar10n.py, RESULTS.md §40).  Gray
+        clean of 12 (judge, §40).  Why: on real annotators' mistakes in
+        photos the gate's estimate does not see the confident mistakes the
+        models share (a bird against the sky read as an airplane by both).
+        On CIFAR-10N `aggre`, three parts of 10,000 photos, the default
+        photo models' gated relabels were right 46 of 55 times and
+        relabeled 7 clean images (0, 4 and 3 per part: 13% of the changes,
+        above the 10% this policy allows itself); with heads on a brought
+        backbone as a second opinion, 2 clean of 38
+        (benchmarks/bench_cifar10n.py, RESULTS.md §40).  Judged on labels it
+        was not chosen on (one worker's, `random1`, two parts), the gate
+        alone relabeled 121, 3 clean (§41): conservative there.  Gray
         images (digits, Fashion-MNIST) are not held: 0 clean relabels there
         (§15, §33).  "always": the gate alone decides, as before.
 
