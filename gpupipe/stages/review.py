@@ -572,8 +572,9 @@ def _held(held: np.ndarray) -> dict:
     if not held.any():
         return {}
     return {"held": {"relabel": int(held.sum())},
-            "held_because": "colour images scored by models trained on these labels alone: relabels wait for "
-                            "a person, or for a backbone's heads as a second opinion (--backbone; "
+            "held_because": "colour images scored by models trained on these labels alone, or by heads on "
+                            "gpupipe pretrain's backbone from these images: relabels wait for a person, or for "
+                            "the heads of a backbone you bring as a second opinion (--backbone; "
                             "--colour-relabels always: the gate alone)"}
 
 
